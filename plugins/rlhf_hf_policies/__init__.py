@@ -1,0 +1,53 @@
+"""Policies: ``hf-causal-lm`` (a hub id, local directory or earlier stage's output) and
+``tiny-causal-lm`` (a small GPT-J/GPT-2/GPT-NeoX built from a config, with a BPE tokenizer
+trained on the stage's datasets, for offline runs)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from rlhf_plugins import Policy, StageContext, UserError, hookimpl
+
+
+@hookimpl
+def register_policies(register):
+    register("hf-causal-lm", hf_causal_lm,
+             description="A causal LM loaded with from_pretrained (hub id, local dir or from_stage).")
+    register("tiny-causal-lm", tiny_causal_lm,
+             description="A tiny causal LM built from a config, tokenizer trained on the stage data.")
+
+
+def hf_causal_lm(
+    model: str | None = None,
+    from_stage: str | None = None,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+) -> Policy:
+    """A causal LM from a hub id or local directory (``model``), or from the output directory
+    of an earlier stage (``from_stage``). ``trust_remote_code`` stays off unless set."""
+    if (model is None) == (from_stage is None):
+        raise UserError("hf-causal-lm takes exactly one of 'model' or 'from_stage'")
+    from rlhf_hf_policies.policies import PretrainedPolicy
+
+    return PretrainedPolicy(model or from_stage, revision=revision,
+                            trust_remote_code=trust_remote_code)
+
+
+def tiny_causal_lm(
+    stage: StageContext,
+    architecture: Literal["gptj", "gpt2", "gpt_neox"] = "gptj",
+    n_layer: int = 2,
+    n_embd: int = 64,
+    n_head: int = 4,
+    vocab_size: int = 1024,
+    max_positions: int = 512,
+    tokenizer_samples: int = 5000,
+) -> Policy:
+    """A randomly initialised model of ``architecture`` with a byte-level BPE tokenizer trained
+    on up to ``tokenizer_samples`` rows of the stage's datasets (every string column). The
+    tokenizer is saved under the stage output so later stages reuse it."""
+    from rlhf_hf_policies.policies import TinyPolicy
+
+    return TinyPolicy(stage, architecture=architecture, n_layer=n_layer, n_embd=n_embd,
+                      n_head=n_head, vocab_size=vocab_size, max_positions=max_positions,
+                      tokenizer_samples=tokenizer_samples)

@@ -1,0 +1,29 @@
+"""rlhf-plugins: a small pluggy core for RLHF recipes.
+
+Public plugin API (stable; see docs/plugins.md):
+
+- ``hookimpl``: decorate ``register_*`` functions in a module named by an entry point in the
+  ``rlhf_plugins`` group.
+- ``Policy``, ``Dataset``, ``RewardFunction``, ``StageContext``, ``StageFn``: the types that
+  factory signatures use to declare component slots and to receive the running stage.
+
+This module imports neither torch nor transformers.
+"""
+
+from rlhf_plugins.components import Dataset, Policy, RewardFunction, StageFn
+from rlhf_plugins.errors import UserError
+from rlhf_plugins.hookspecs import hookimpl
+from rlhf_plugins.stage import StageContext
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Dataset",
+    "Policy",
+    "RewardFunction",
+    "StageContext",
+    "StageFn",
+    "UserError",
+    "__version__",
+    "hookimpl",
+]

@@ -1,0 +1,149 @@
+"""The ``rlhf`` command line. Exit codes: 0 ok, 1 a stage failed, 2 bad usage or bad recipe.
+
+User errors print one message; ``--debug`` shows the traceback. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+
+from rlhf_plugins import __version__
+from rlhf_plugins.components import KINDS
+from rlhf_plugins.errors import UserError
+from rlhf_plugins.registry import Registry, load_registry
+
+
+def _registry() -> Registry:
+    return load_registry()
+
+
+def handle_errors(command: Callable) -> Callable:
+    """Turn ``UserError`` into one message and its exit code; ``--debug`` keeps tracebacks."""
+
+    @click.option("--debug", is_flag=True, help="Show full tracebacks.")
+    @functools.wraps(command)
+    def wrapper(*args, debug: bool, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except UserError as exc:
+            if debug:
+                traceback.print_exc()
+                if exc.__cause__ is not None:
+                    click.echo("caused by:", err=True)
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted; run the same command again to resume", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="rlhf")
+def cli() -> None:
+    """rlhf-plugins: run RLHF recipes (SFT -> reward model -> PPO/ILQL -> evaluation) built
+    from installed plugins.
+
+    \b
+      rlhf list-plugins                      what is installed
+      rlhf validate recipes/tiny_sft.toml    check a recipe without running it
+      rlhf run recipes/tiny_sft.toml         run it; finished stages are skipped
+    """
+
+
+set_option = click.option(
+    "--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE",
+    help="Override a recipe value (TOML literal), e.g. stages.sft.trainer_settings.learning_rate=1e-3.",
+)
+
+
+@cli.command()
+@click.argument("recipe", type=click.Path(path_type=Path))
+@set_option
+@handle_errors
+def validate(recipe: Path, overrides: tuple[str, ...]) -> None:
+    """Check RECIPE and report every problem at once (exit 2), or print ok."""
+    from rlhf_plugins.recipe import load_recipe
+
+    loaded = load_recipe(recipe, _registry(), overrides)
+    chain = " -> ".join(loaded.stages)
+    click.echo(f"ok: {recipe} ({len(loaded.stages)} stages: {chain})")
+
+
+@cli.command()
+@click.argument("recipe", type=click.Path(path_type=Path))
+@set_option
+@click.option("--force", is_flag=True, help="Rerun stages even when finished and unchanged.")
+@click.option("--only", metavar="STAGE", help="Run one stage (its inputs must exist).")
+@click.option("--num-processes", type=click.IntRange(min=1),
+              help="Processes to launch with Accelerate (default: [launch] num_processes or 1).")
+@handle_errors
+def run(recipe: Path, overrides: tuple[str, ...], force: bool, only: str | None,
+        num_processes: int | None) -> None:
+    """Run RECIPE: every stage in order, outputs under runs/<recipe>/<stage>/."""
+    from dataclasses import replace
+
+    from rlhf_plugins.launcher import needs_launcher, relaunch
+    from rlhf_plugins.recipe import load_recipe
+    from rlhf_plugins.runner import Runner
+
+    registry = _registry()
+    loaded = load_recipe(recipe, registry, overrides)
+    if num_processes is not None:
+        loaded.launch = replace(loaded.launch, num_processes=num_processes)
+    if needs_launcher(loaded.launch):
+        args = ["run", str(recipe), *(f"--set={o}" for o in overrides)]
+        args += ["--force"] * force + (["--only", only] if only else [])
+        click.echo(f"launching {loaded.launch.num_processes} processes with Accelerate")
+        code = relaunch(loaded.launch, args)
+        if code != 0:
+            click.echo(f"error: the launched run exited with code {code}", err=True)
+            sys.exit(1 if code != 2 else 2)
+        return
+    results = Runner(loaded, registry, echo=click.echo).run(force=force, only=only)
+    click.echo(f"finished {loaded.name}: {len(results)} stage(s) in {loaded.run_dir}")
+
+
+@cli.command("list-plugins")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of plugins.")
+@click.option("-v", "--verbose", is_flag=True, help="Also show each component's description.")
+def list_plugins(as_json: bool, verbose: bool) -> None:
+    """Show installed plugins, the hooks they implement and the components they register."""
+    registry = _registry()
+    if as_json:
+        click.echo(json.dumps([p.as_json() for p in registry.plugins.values()], indent=2))
+        return
+    rows = []
+    for plugin in registry.plugins.values():
+        version = plugin.version or "-"
+        if plugin.error:
+            rows.append((plugin.name, version, "ERROR", plugin.error))
+        for hook, names in plugin.components.items():
+            rows.append((plugin.name, version, hook.removeprefix("register_"), ", ".join(names)))
+        if not plugin.components and not plugin.error:
+            rows.append((plugin.name, version, "-", "(registers nothing)"))
+    header = ("plugin", "version", "hook", "components")
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(3)]
+    for row in [header, *rows]:
+        click.echo("  ".join(str(c).ljust(w) for c, w in zip(row[:3], widths, strict=True)) + "  " + row[3])
+    if verbose:
+        for kind in KINDS:
+            for name in registry.names(kind):
+                component = registry.get(kind, name)
+                click.echo(f"\n{kind} {name} [{component.plugin}]: {component.description}")
+
+
+def main() -> None:
+    cli(prog_name="rlhf")
+
+
+if __name__ == "__main__":
+    main()

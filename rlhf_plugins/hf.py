@@ -1,0 +1,66 @@
+"""Helpers for plugins whose stages wrap a Hugging Face ``Trainer`` (TRL's SFT, reward, ...).
+
+Import this module inside a factory's body or a plugin's implementation module, never from a
+plugin's hook module: it imports transformers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import TrainerCallback
+
+from rlhf_plugins.stage import StageContext
+
+
+class StageMetricsCallback(TrainerCallback):
+    """Forwards every ``Trainer`` log record to ``stage.log`` (metrics.jsonl and wandb)."""
+
+    def __init__(self, stage: StageContext):
+        self.stage = stage
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs:
+            self.stage.log(logs, step=state.global_step)
+
+
+def training_arguments(stage: StageContext, config_class: type, **settings: Any) -> Any:
+    """``config_class`` (``TrainingArguments`` or a TRL config) for this stage: checkpoints
+    under the stage directory, the recipe seed, precision and DeepSpeed from ``[launch]``,
+    no third-party reporting (the stage logs itself). ``settings`` override the defaults."""
+    precision = stage.launch.mixed_precision
+    defaults: dict[str, Any] = dict(
+        output_dir=str(stage.output_dir),
+        seed=stage.seed,
+        data_seed=stage.seed,
+        report_to=[],
+        logging_steps=10,
+        logging_first_step=True,
+        save_strategy="steps",
+        save_steps=500,
+        save_total_limit=2,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        use_cpu=not torch.cuda.is_available(),
+        disable_tqdm=not stage.is_main_process,
+        deepspeed=str(stage.launch.deepspeed) if stage.launch.deepspeed else None,
+        dataloader_num_workers=0,
+    )
+    return config_class(**{**defaults, **settings})
+
+
+def resume_checkpoint(stage: StageContext) -> str | None:
+    """The checkpoint to pass as ``resume_from_checkpoint`` when the stage was interrupted."""
+    if not stage.resume:
+        return None
+    checkpoint = stage.latest_checkpoint()
+    return str(checkpoint) if checkpoint else None
+
+
+def save_final(stage: StageContext, trainer: Any, tokenizer: Any) -> None:
+    """Save the trained model and its tokenizer into the stage directory (main process writes;
+    every rank must call it, DeepSpeed gathers shards)."""
+    trainer.save_model(str(stage.output_dir))
+    if stage.is_main_process:
+        tokenizer.save_pretrained(str(stage.output_dir))

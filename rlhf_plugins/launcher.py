@@ -1,0 +1,51 @@
+"""Relaunch ``rlhf run`` under ``accelerate launch`` for N processes (gloo ranks on CPU)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+from rlhf_plugins.stage import LaunchConfig
+
+LAUNCHED_ENV = "RLHF_PLUGINS_LAUNCHED"
+
+
+def already_launched() -> bool:
+    """True inside a process that a launcher (ours or anyone's) started as one rank."""
+    return bool(os.environ.get(LAUNCHED_ENV) or os.environ.get("LOCAL_RANK"))
+
+
+def needs_launcher(launch: LaunchConfig) -> bool:
+    return not already_launched() and (launch.num_processes > 1 or launch.deepspeed is not None)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_command(launch: LaunchConfig, cli_args: list[str]) -> tuple[list[str], dict[str, str]]:
+    """The ``accelerate launch`` command line and environment that rerun ``cli_args``."""
+    import torch
+
+    env = {**os.environ, LAUNCHED_ENV: "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch",
+           "--num_processes", str(launch.num_processes), "--num_machines", "1",
+           "--mixed_precision", launch.mixed_precision, "--dynamo_backend", "no",
+           "--main_process_port", str(_free_port())]
+    if launch.num_processes > 1:
+        cmd.append("--multi_gpu")
+    if not torch.cuda.is_available():
+        env["ACCELERATE_USE_CPU"] = "1"
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // launch.num_processes)))
+    cmd += ["-m", "rlhf_plugins.cli", *cli_args]
+    return cmd, env
+
+
+def relaunch(launch: LaunchConfig, cli_args: list[str]) -> int:
+    """Run ``rlhf <cli_args>`` as ``launch.num_processes`` ranks; return the exit code."""
+    cmd, env = launch_command(launch, cli_args)
+    return subprocess.call(cmd, env=env)

@@ -1,0 +1,417 @@
+"""TOML recipes: loading, ``--set`` overrides and validation that reports every problem at once.
+
+A recipe never executes code: it only names installed components.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rlhf_plugins.errors import UserError
+from rlhf_plugins.registry import Registry
+from rlhf_plugins.settings import (
+    RESERVED_COMPONENT_KEYS,
+    FactorySpec,
+    Param,
+    check_value,
+    describe,
+    did_you_mean,
+    expects_path,
+)
+from rlhf_plugins.stage import LaunchConfig, LoggingConfig
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+RECIPE_KEYS = {"name", "seed", "output_dir", "description"}
+LAUNCH_KEYS = {"num_processes", "mixed_precision", "deepspeed"}
+LOGGING_KEYS = {"wandb", "wandb_project", "wandb_entity"}
+TOP_LEVEL_KEYS = {"recipe", "launch", "logging", "stages"}
+STAGE_KEYS = {"trainer", "evaluator", "needs", "trainer_settings", "evaluator_settings",
+              "description"}
+MIXED_PRECISION = ("no", "fp16", "bf16")
+STAGE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+
+
+@dataclass(frozen=True)
+class Problem:
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.message}" if self.key else self.message
+
+
+class RecipeError(UserError):
+    """Every problem found in one recipe, printed together."""
+
+    def __init__(self, path: Path | str, problems: list[Problem]):
+        self.path = Path(path)
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        noun = "problem" if len(problems) == 1 else "problems"
+        super().__init__(f"{path}: {len(problems)} {noun}:\n{lines}")
+
+
+@dataclass
+class StageSpec:
+    """One validated stage."""
+
+    name: str
+    kind: str
+    component: str
+    settings: dict[str, Any]
+    slots: dict[str, Any]
+    needs: list[str]
+    table: dict[str, Any]
+
+
+@dataclass
+class Recipe:
+    """A validated recipe; ``stages`` are in execution order."""
+
+    path: Path
+    name: str
+    seed: int
+    output_dir: Path
+    launch: LaunchConfig
+    logging: LoggingConfig
+    stages: dict[str, StageSpec]
+    data: dict[str, Any] = field(repr=False)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.output_dir / self.name
+
+    @property
+    def base_dir(self) -> Path:
+        """Relative input paths in the recipe are relative to this directory."""
+        return self.path.parent
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"a.b.c=value"`` -> (["a", "b", "c"], value). The value is a TOML literal; anything
+    that is not one is taken as a plain string."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise UserError(f"--set expects KEY.PATH=VALUE, got {text!r}")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return key.split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> None:
+    """Apply ``--set`` overrides in place, creating tables as needed."""
+    for text in overrides:
+        keys, value = parse_override(text)
+        table = data
+        for i, key in enumerate(keys[:-1]):
+            table = table.setdefault(key, {})
+            if not isinstance(table, dict):
+                where = ".".join(keys[: i + 1])
+                raise UserError(f"--set {text!r}: '{where}' is a value, not a table")
+        table[keys[-1]] = value
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise UserError(f"{path}: recipe file not found")
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise RecipeError(path, [Problem("", f"not valid TOML: {exc}")]) from None
+
+
+def load_recipe(path: Path | str, registry: Registry, overrides: list[str] = ()) -> Recipe:
+    """Read, override and validate a recipe; raise ``RecipeError`` listing every problem."""
+    path = Path(path)
+    data = read_toml(path)
+    apply_overrides(data, list(overrides))
+    checker = _Checker(path, registry)
+    recipe = checker.check(data)
+    if checker.problems:
+        raise RecipeError(path, checker.problems)
+    return recipe
+
+
+class _Checker:
+    def __init__(self, path: Path, registry: Registry):
+        self.path = path
+        self.registry = registry
+        self.problems: list[Problem] = []
+        self.stage_order: list[str] = []
+
+    def problem(self, key: str, message: str) -> None:
+        self.problems.append(Problem(key, message))
+
+    def unknown_keys(self, table: dict, allowed: set[str], prefix: str) -> None:
+        for key in table:
+            if key not in allowed:
+                hint = did_you_mean(key, allowed) or f" (allowed: {', '.join(sorted(allowed))})"
+                self.problem(f"{prefix}{key}", f"unknown key{hint}")
+
+    def table(self, data: dict, key: str, required: bool = False) -> dict:
+        value = data.get(key, None)
+        if value is None:
+            if required:
+                self.problem(key, f"missing [{key}] table")
+            return {}
+        if not isinstance(value, dict):
+            self.problem(key, f"must be a table, got {type(value).__name__}")
+            return {}
+        return value
+
+    def check(self, data: dict) -> Recipe:
+        self.unknown_keys(data, TOP_LEVEL_KEYS, "")
+        head = self.table(data, "recipe", required=True)
+        self.unknown_keys(head, RECIPE_KEYS, "recipe.")
+        name = head.get("name", self.path.stem)
+        if not isinstance(name, str) or not STAGE_NAME.match(name):
+            self.problem("recipe.name", f"must be a name of letters, digits, '_', '-', '.', got {name!r}")
+        seed = head.get("seed", 42)
+        if message := check_value(seed, int):
+            self.problem("recipe.seed", message)
+        output_dir = head.get("output_dir", "runs")
+        if message := check_value(output_dir, str):
+            self.problem("recipe.output_dir", message)
+            output_dir = "runs"
+        launch = self.check_launch(self.table(data, "launch"))
+        logging = self.check_logging(self.table(data, "logging"))
+        stages = self.check_stages(self.table(data, "stages", required=True))
+        return Recipe(path=self.path, name=str(name), seed=seed if isinstance(seed, int) else 42,
+                      output_dir=Path(output_dir), launch=launch, logging=logging,
+                      stages=stages, data=data)
+
+    def check_launch(self, table: dict) -> LaunchConfig:
+        self.unknown_keys(table, LAUNCH_KEYS, "launch.")
+        n = table.get("num_processes", 1)
+        if check_value(n, int) or n < 1:
+            self.problem("launch.num_processes", f"must be a positive integer, got {n!r}")
+            n = 1
+        precision = table.get("mixed_precision", "no")
+        if precision not in MIXED_PRECISION:
+            hint = did_you_mean(str(precision), MIXED_PRECISION)
+            self.problem("launch.mixed_precision",
+                         f"must be one of {', '.join(MIXED_PRECISION)}, got {precision!r}{hint}")
+            precision = "no"
+        deepspeed = table.get("deepspeed")
+        if deepspeed is not None:
+            deepspeed = self.check_path("launch.deepspeed", deepspeed)
+        return LaunchConfig(num_processes=n, mixed_precision=precision, deepspeed=deepspeed)
+
+    def check_logging(self, table: dict) -> LoggingConfig:
+        self.unknown_keys(table, LOGGING_KEYS, "logging.")
+        values = {}
+        for key, kind in (("wandb", bool), ("wandb_project", str), ("wandb_entity", str)):
+            if key in table:
+                if message := check_value(table[key], kind):
+                    self.problem(f"logging.{key}", message)
+                else:
+                    values[key] = table[key]
+        return LoggingConfig(**values)
+
+    def check_path(self, key: str, value: Any) -> Path | None:
+        if message := check_value(value, str):
+            self.problem(key, message)
+            return None
+        path = Path(value).expanduser()
+        path = path if path.is_absolute() else (self.path.parent / path)
+        if not path.exists():
+            self.problem(key, f"file not found: {value} (looked for {path.resolve()})")
+            return None
+        return path.resolve()
+
+    def check_stages(self, tables: dict) -> dict[str, StageSpec]:
+        if not tables:
+            if "stages" not in [p.key for p in self.problems]:
+                self.problem("stages", "the recipe has no stages; add a [stages.<name>] table")
+            return {}
+        self.stage_order = list(tables)
+        specs: dict[str, StageSpec] = {}
+        for name, table in tables.items():
+            prefix = f"stages.{name}"
+            if not STAGE_NAME.match(name):
+                self.problem(prefix, "stage names use letters, digits, '_', '-', '.'")
+            if not isinstance(table, dict):
+                self.problem(prefix, f"must be a table, got {type(table).__name__}")
+                continue
+            if spec := self.check_stage(name, table, prefix):
+                specs[name] = spec
+        return {name: specs[name] for name in self.ordered(specs) if name in specs}
+
+    def check_stage(self, name: str, table: dict, prefix: str) -> StageSpec | None:
+        kinds = [k for k in ("trainer", "evaluator") if k in table]
+        if len(kinds) != 1:
+            what = "both" if kinds else "neither"
+            self.problem(prefix, f"a stage names exactly one of 'trainer' or 'evaluator' ({what} given)")
+            self.unknown_keys(table, STAGE_KEYS, f"{prefix}.")
+            return None
+        kind = kinds[0]
+        component = self.lookup(kind, table[kind], f"{prefix}.{kind}")
+        needs = table.get("needs", [])
+        if check_value(needs, list[str]):
+            self.problem(f"{prefix}.needs", f"must be a list of stage names, got {needs!r}")
+            needs = []
+        for need in needs:
+            if need not in self.stage_order:
+                self.problem(f"{prefix}.needs", f"unknown stage '{need}'{did_you_mean(need, self.stage_order)}")
+            elif need == name:
+                self.problem(f"{prefix}.needs", "a stage cannot need itself")
+        settings_key = f"{kind}_settings"
+        other = "evaluator_settings" if kind == "trainer" else "trainer_settings"
+        if other in table:
+            self.problem(f"{prefix}.{other}", f"this stage runs a {kind}; use '{settings_key}'")
+        settings = table.get(settings_key, {})
+        if not isinstance(settings, dict):
+            self.problem(f"{prefix}.{settings_key}", "must be a table")
+            settings = {}
+        slots = {k: v for k, v in table.items() if k not in STAGE_KEYS}
+        needs = list(needs)
+        if component is not None:
+            spec = describe(component.factory)
+            self.check_slots(spec, slots, prefix, needs, name)
+            self.check_settings(spec, settings, f"{prefix}.{settings_key}")
+        return StageSpec(name=name, kind=kind, component=str(table[kind]), settings=settings,
+                         slots=slots, needs=needs, table=table)
+
+    def lookup(self, kind: str, name: Any, key: str):
+        if not isinstance(name, str):
+            self.problem(key, f"expected a registered {kind} name, got {name!r}")
+            return None
+        if conflict := self.registry.conflict(kind, name):
+            self.problem(key, conflict)
+            return None
+        component = self.registry.get(kind, name)
+        if component is None:
+            label = kind.replace("_", " ")
+            hint = did_you_mean(name, self.registry.names(kind))
+            failed = self.registry.failed_plugin_for(kind, name)
+            if failed and not hint:
+                hint = f"; plugin '{failed.name}' failed to load ({failed.error})"
+            elif not hint:
+                known = ", ".join(self.registry.names(kind)) or "none installed"
+                hint = f" (installed: {known})"
+            self.problem(key, f"unknown {label} '{name}'{hint}")
+        return component
+
+    def check_slots(self, spec: FactorySpec, slots: dict, prefix: str, needs: list[str],
+                    stage: str) -> None:
+        for key, value in slots.items():
+            param = spec.slots.get(key)
+            if param is None:
+                allowed = sorted(STAGE_KEYS | set(spec.slots))
+                hint = did_you_mean(key, allowed) or f" (this stage takes: {', '.join(allowed)})"
+                self.problem(f"{prefix}.{key}", f"unknown key{hint}")
+                continue
+            self.check_slot(param, value, f"{prefix}.{key}", needs, stage)
+        for key, param in spec.slots.items():
+            if param.required and key not in slots:
+                self.problem(f"{prefix}.{key}", f"missing required {param.slot.replace('_', ' ')}"
+                             f" (a table like {{ use = \"...\" }})")
+
+    def check_slot(self, param: Param, value: Any, key: str, needs: list[str], stage: str) -> None:
+        if param.container == "list":
+            if not isinstance(value, list):
+                self.problem(key, "expected a list of component tables")
+                return
+            for i, item in enumerate(value):
+                self.check_component(param.slot, item, f"{key}[{i}]", needs, stage)
+        elif param.container == "dict":
+            if not isinstance(value, dict) or "use" in value:
+                self.problem(key, "expected a table of named component tables, e.g. { sft = { use = \"...\" } }")
+                return
+            for label, item in value.items():
+                self.check_component(param.slot, item, f"{key}.{label}", needs, stage)
+        else:
+            self.check_component(param.slot, value, key, needs, stage)
+
+    def check_component(self, kind: str, table: Any, key: str, needs: list[str], stage: str) -> None:
+        if not isinstance(table, dict) or "use" not in table:
+            self.problem(key, f"expected a table with 'use' naming a {kind.replace('_', ' ')}")
+            return
+        component = self.lookup(kind, table["use"], f"{key}.use")
+        if component is None:
+            return
+        spec = describe(component.factory)
+        settings = {k: v for k, v in table.items() if k not in RESERVED_COMPONENT_KEYS}
+        if "from_stage" in table:
+            self.check_from_stage(spec, table["from_stage"], f"{key}.from_stage", needs, stage)
+        for sub, value in settings.items():
+            param = spec.params.get(sub)
+            if param is not None and param.slot:
+                self.check_slot(param, value, f"{key}.{sub}", needs, stage)
+        self.check_settings(spec, {k: v for k, v in settings.items()
+                                   if not (k in spec.params and spec.params[k].slot)}, key,
+                            skip_missing=set(spec.slots) | {"from_stage"})
+        for name, param in spec.slots.items():
+            if param.required and name not in settings:
+                self.problem(f"{key}.{name}", f"missing required {param.slot.replace('_', ' ')}")
+
+    def check_from_stage(self, spec: FactorySpec, value: Any, key: str, needs: list[str],
+                         stage: str) -> None:
+        if not spec.accepts_from_stage:
+            self.problem(key, "this component does not read another stage's output")
+        elif not isinstance(value, str) or value not in self.stage_order:
+            hint = did_you_mean(str(value), self.stage_order)
+            self.problem(key, f"unknown stage {value!r}{hint}")
+        elif self.stage_order.index(value) >= self.stage_order.index(stage):
+            self.problem(key, f"stage '{value}' does not run before '{stage}'")
+        elif value not in needs:
+            needs.append(value)
+
+    def check_settings(self, spec: FactorySpec, settings: dict, prefix: str,
+                       skip_missing: set[str] = frozenset()) -> None:
+        known = spec.settings
+        for key, value in settings.items():
+            param = known.get(key)
+            if param is None:
+                if spec.takes_extra:
+                    continue
+                hint = did_you_mean(key, known) or (
+                    f" (settings: {', '.join(sorted(known))})" if known else " (it takes no settings)")
+                self.problem(f"{prefix}.{key}", f"unknown setting{hint}")
+                continue
+            if message := check_value(value, param.annotation):
+                self.problem(f"{prefix}.{key}", message)
+            elif expects_path(param.annotation):
+                self.check_path(f"{prefix}.{key}", value)
+        for key, param in known.items():
+            if param.required and key not in settings and key not in skip_missing:
+                self.problem(f"{prefix}.{key}", "missing required setting")
+
+    def ordered(self, specs: dict[str, StageSpec]) -> list[str]:
+        """Declaration order, moved only as far as ``needs`` requires; cycles are problems."""
+        order: list[str] = []
+        state: dict[str, str] = {}
+
+        def visit(name: str, trail: list[str]) -> None:
+            if state.get(name) == "done" or name not in specs:
+                return
+            if state.get(name) == "active":
+                cycle = " -> ".join([*trail[trail.index(name):], name])
+                self.problem(f"stages.{name}.needs", f"dependency cycle: {cycle}")
+                return
+            state[name] = "active"
+            for need in specs[name].needs:
+                visit(need, [*trail, name])
+            state[name] = "done"
+            order.append(name)
+
+        for name in specs:
+            visit(name, [])
+        return order
+
+
+def resolve_path(recipe: Recipe, value: str) -> Path:
+    """An input path from the recipe, made absolute against the recipe's directory."""
+    path = Path(value).expanduser()
+    return (path if path.is_absolute() else recipe.base_dir / path).resolve()

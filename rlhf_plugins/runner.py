@@ -1,0 +1,201 @@
+"""Run a validated recipe: stages in order, outputs under ``runs/<recipe>/<stage>/``.
+
+Each stage directory holds a ``stage_state.json`` with the hash of the stage's resolved config
+(its table, the recipe seed and the run ids of the stages it needs). A finished stage with the
+same hash is skipped; an interrupted one with the same hash resumes; ``force`` reruns.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from rlhf_plugins.errors import StageFailed, UserError
+from rlhf_plugins.recipe import Recipe, StageSpec, resolve_path
+from rlhf_plugins.registry import Registry
+from rlhf_plugins.settings import RESERVED_COMPONENT_KEYS, FactorySpec, describe, expects_path
+from rlhf_plugins.stage import StageContext, is_main_process
+
+STATE_FILE = "stage_state.json"
+
+Echo = Callable[[str], None]
+
+
+def read_state(stage_dir: Path) -> dict[str, Any]:
+    try:
+        return json.loads((stage_dir / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def write_state(stage_dir: Path, state: dict[str, Any]) -> None:
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    tmp = stage_dir / f".{STATE_FILE}.tmp"
+    tmp.write_text(json.dumps(state, indent=2, default=str))
+    tmp.replace(stage_dir / STATE_FILE)
+
+
+def stage_hash(recipe: Recipe, spec: StageSpec, upstream_run_ids: Mapping[str, str]) -> str:
+    payload = {"stage": spec.table, "seed": recipe.seed, "needs": dict(sorted(upstream_run_ids.items()))}
+    blob = json.dumps(payload, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def wait_for_everyone() -> None:
+    """A barrier across ranks when running under a launcher; a no-op otherwise."""
+    from rlhf_plugins.stage import num_processes
+
+    if num_processes() > 1:
+        from accelerate import PartialState
+
+        PartialState().wait_for_everyone()
+
+
+def _format_metrics(metrics: Mapping[str, Any]) -> str:
+    parts = []
+    for key, value in list(metrics.items())[:8]:
+        parts.append(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}")
+    return ", ".join(parts)
+
+
+class Runner:
+    """Runs the stages of one recipe. ``echo`` prints progress lines (main process only)."""
+
+    def __init__(self, recipe: Recipe, registry: Registry, echo: Echo = print):
+        self.recipe = recipe
+        self.registry = registry
+        self._echo = echo
+
+    def echo(self, line: str) -> None:
+        if is_main_process():
+            self._echo(line)
+
+    def stage_dir(self, name: str) -> Path:
+        return self.recipe.run_dir / name
+
+    def run(self, *, force: bool = False, only: str | None = None) -> dict[str, dict]:
+        """Run every stage (or ``only`` one); return each stage's final metrics."""
+        stages = self.recipe.stages
+        if only is not None and only not in stages:
+            from rlhf_plugins.settings import did_you_mean
+
+            raise UserError(f"--only: no stage '{only}' in {self.recipe.path}{did_you_mean(only, stages)}")
+        results: dict[str, dict] = {}
+        run_ids: dict[str, str] = {}
+        total = len(stages) if only is None else 1
+        position = 0
+        for name, spec in stages.items():
+            state = read_state(self.stage_dir(name))
+            upstream = {need: run_ids.get(need) or read_state(self.stage_dir(need)).get("run_id", "")
+                        for need in spec.needs}
+            config_hash = stage_hash(self.recipe, spec, upstream)
+            if only is not None and name != only:
+                run_ids[name] = state.get("run_id", "")
+                continue
+            position += 1
+            label = f"[{position}/{total}] {name} ({spec.kind} '{spec.component}')"
+            if not force and state.get("status") == "finished" and state.get("config_hash") == config_hash:
+                self.echo(f"{label}: finished and unchanged, skipped (--force reruns it)")
+                run_ids[name] = state["run_id"]
+                results[name] = state.get("metrics") or {}
+                continue
+            missing = [n for n in spec.needs if read_state(self.stage_dir(n)).get("status") != "finished"]
+            if missing:
+                raise UserError(f"stage '{name}' needs {', '.join(missing)}, which has not finished; "
+                                "run the whole recipe first")
+            resume = (not force and state.get("status") == "running"
+                      and state.get("config_hash") == config_hash)
+            self.echo(f"{label}: {'resuming' if resume else 'running'}")
+            metrics, run_id = self.run_stage(spec, config_hash, resume=resume, fresh=not resume)
+            run_ids[name] = run_id
+            results[name] = metrics
+        return results
+
+    def run_stage(self, spec: StageSpec, config_hash: str, *, resume: bool, fresh: bool
+                  ) -> tuple[dict, str]:
+        out = self.stage_dir(spec.name)
+        if is_main_process():
+            if fresh and out.exists():
+                shutil.rmtree(out)
+            out.mkdir(parents=True, exist_ok=True)
+            write_state(out, {"status": "running", "config_hash": config_hash,
+                              "started_at": time.time(), "stage": spec.table})
+        wait_for_everyone()
+        seed = self.recipe.seed
+        from accelerate.utils import set_seed
+
+        set_seed(seed)
+        context = StageContext(
+            recipe_name=self.recipe.name, name=spec.name, output_dir=out, seed=seed,
+            config=spec.table, inputs={n: self.stage_dir(n) for n in spec.needs},
+            launch=self.recipe.launch, logging=self.recipe.logging, resume=resume,
+        )
+        started = time.monotonic()
+        try:
+            component = self.registry.get(spec.kind, spec.component)
+            factory_spec = describe(component.factory)
+            slots = {key: self.build_slot(factory_spec, key, value, context)
+                     for key, value in spec.slots.items()}
+            context.components.update(slots)
+            stage_fn = component.factory(**slots, **spec.settings)
+            metrics = dict(stage_fn(context) or {})
+        except UserError:
+            raise
+        except Exception as exc:
+            raise StageFailed(f"stage '{spec.name}' failed: {type(exc).__name__}: {exc}") from exc
+        finally:
+            context.close()
+        wait_for_everyone()
+        run_id = uuid.uuid4().hex[:12]
+        elapsed = time.monotonic() - started
+        if is_main_process():
+            write_state(out, {"status": "finished", "config_hash": config_hash, "run_id": run_id,
+                              "seconds": round(elapsed, 2), "finished_at": time.time(),
+                              "metrics": metrics, "stage": spec.table})
+        self.echo(f"    done in {elapsed:.1f}s" + (f": {_format_metrics(metrics)}" if metrics else ""))
+        self.echo(f"    output: {out}")
+        wait_for_everyone()
+        # all ranks must agree on the run id that downstream hashes read
+        return metrics, read_state(out).get("run_id", run_id)
+
+    def build_slot(self, spec: FactorySpec, key: str, value: Any, stage: StageContext) -> Any:
+        param = spec.params[key]
+        if param.container == "list":
+            return [self.build_component(param.slot, item, stage) for item in value]
+        if param.container == "dict":
+            return {label: self.build_component(param.slot, item, stage) for label, item in value.items()}
+        return self.build_component(param.slot, value, stage)
+
+    def build_component(self, kind: str, table: dict, stage: StageContext) -> Any:
+        """Build one component table (nested components first) with its factory."""
+        component = self.registry.get(kind, table["use"])
+        spec = describe(component.factory)
+        kwargs: dict[str, Any] = {}
+        for key, value in table.items():
+            if key in RESERVED_COMPONENT_KEYS:
+                continue
+            param = spec.params.get(key)
+            if param is not None and param.slot:
+                kwargs[key] = self.build_slot(spec, key, value, stage)
+            elif param is not None and expects_path(param.annotation):
+                kwargs[key] = resolve_path(self.recipe, value)
+            else:
+                kwargs[key] = value
+        if "from_stage" in table:
+            kwargs["from_stage"] = str(self.stage_dir(table["from_stage"]))
+        for name, param in spec.params.items():
+            if param.injected:
+                kwargs[name] = stage
+        try:
+            return component.factory(**kwargs)
+        except UserError:
+            raise
+        except Exception as exc:
+            raise StageFailed(f"building {kind.replace('_', ' ')} '{table['use']}' for stage "
+                              f"'{stage.name}' failed: {type(exc).__name__}: {exc}") from exc

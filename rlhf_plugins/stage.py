@@ -1,0 +1,175 @@
+"""The running stage, as trainers and evaluators see it.
+
+Imports of torch, accelerate and wandb happen inside methods, never at import time.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+CHECKPOINT_PREFIX = "checkpoint-"
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    """``[launch]``: how many processes, precision, an optional DeepSpeed config."""
+
+    num_processes: int = 1
+    mixed_precision: str = "no"
+    deepspeed: Path | None = None
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    """``[logging]``: metrics.jsonl is always written; wandb only when asked."""
+
+    wandb: bool = False
+    wandb_project: str = "rlhf-plugins"
+    wandb_entity: str | None = None
+
+
+def process_index() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def num_processes() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    return process_index() == 0
+
+
+@dataclass
+class StageContext:
+    """What a trainer or evaluator gets when its stage runs.
+
+    ``output_dir`` is ``runs/<recipe>/<stage>/``: write the final ``save_pretrained`` output
+    there and checkpoints under ``checkpoint-<step>/``. ``inputs`` maps each stage this one needs
+    to its output directory. ``resume`` is True when the same stage, unchanged, was interrupted
+    earlier: trainers continue from ``latest_checkpoint()``. ``components`` holds the built
+    components of this stage by slot name.
+    """
+
+    recipe_name: str
+    name: str
+    output_dir: Path
+    seed: int
+    config: dict[str, Any]
+    inputs: dict[str, Path] = field(default_factory=dict)
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    resume: bool = False
+    components: dict[str, Any] = field(default_factory=dict)
+    _wandb_run: Any = field(default=None, repr=False)
+    _started: float = field(default_factory=time.monotonic, repr=False)
+
+    @property
+    def is_main_process(self) -> bool:
+        return is_main_process()
+
+    @property
+    def process_index(self) -> int:
+        return process_index()
+
+    @property
+    def num_processes(self) -> int:
+        return num_processes()
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.output_dir / "metrics.jsonl"
+
+    def log(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        """Append one record to ``metrics.jsonl`` (and wandb when enabled); main process only.
+        Non-finite floats are written as null."""
+        if not self.is_main_process:
+            return
+        record: dict[str, Any] = {"step": step, "time": round(time.monotonic() - self._started, 3)}
+        for key, value in metrics.items():
+            value = value.item() if hasattr(value, "item") else value
+            if isinstance(value, float) and not math.isfinite(value):
+                value = None
+            record[key] = value
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        with self.metrics_path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.logging.wandb:
+            self._wandb().log({k: v for k, v in record.items() if k != "step"}, step=step)
+
+    def _wandb(self) -> Any:
+        if self._wandb_run is None:
+            import wandb
+
+            self._wandb_run = wandb.init(
+                project=self.logging.wandb_project,
+                entity=self.logging.wandb_entity,
+                name=f"{self.recipe_name}/{self.name}",
+                group=self.recipe_name,
+                config={"stage": self.config, "seed": self.seed},
+                dir=str(self.output_dir),
+                reinit="finish_previous",
+            )
+        return self._wandb_run
+
+    def progress(self, iterable: Iterable | None = None, *, total: int | None = None,
+                 desc: str = "") -> Any:
+        """A tqdm progress bar shown on the main process only."""
+        from tqdm.auto import tqdm
+
+        return tqdm(iterable, total=total, desc=f"{self.name}: {desc}".rstrip(": "),
+                    disable=not self.is_main_process, dynamic_ncols=True)
+
+    def checkpoint_dir(self, step: int) -> Path:
+        return self.output_dir / f"{CHECKPOINT_PREFIX}{step}"
+
+    def latest_checkpoint(self) -> Path | None:
+        """The highest-numbered ``checkpoint-<step>`` directory, or None."""
+        found = [p for p in self.output_dir.glob(f"{CHECKPOINT_PREFIX}*")
+                 if p.is_dir() and p.name.removeprefix(CHECKPOINT_PREFIX).isdigit()]
+        return max(found, key=lambda p: int(p.name.removeprefix(CHECKPOINT_PREFIX)), default=None)
+
+    @cached_property
+    def device(self) -> Any:
+        """The torch device for this rank (the accelerator's when one exists)."""
+        from accelerate import PartialState
+
+        return PartialState().device
+
+    def accelerator(self, **kwargs: Any) -> Any:
+        """An ``accelerate.Accelerator`` configured from ``[launch]`` (mixed precision,
+        DeepSpeed). DeepSpeed without CUDA gets a gloo process group. Created once per stage;
+        ``kwargs`` (e.g. ``gradient_accumulation_steps``) apply on the first call."""
+        if "_accelerator" in self.__dict__:
+            return self.__dict__["_accelerator"]
+        import torch
+        from accelerate import Accelerator
+        from accelerate.utils import DeepSpeedPlugin
+
+        plugin = None
+        if self.launch.deepspeed is not None:
+            if not torch.cuda.is_available() and not torch.distributed.is_initialized():
+                torch.distributed.init_process_group(backend="gloo")
+            plugin = DeepSpeedPlugin(hf_ds_config=str(self.launch.deepspeed))
+        accelerator = Accelerator(
+            mixed_precision=self.launch.mixed_precision,
+            deepspeed_plugin=plugin,
+            cpu=not torch.cuda.is_available(),
+            **kwargs,
+        )
+        self.__dict__["_accelerator"] = accelerator
+        return accelerator
+
+    def close(self) -> None:
+        """Finish the wandb run, if any."""
+        if self._wandb_run is not None:
+            self._wandb_run.finish()
+            self._wandb_run = None
