@@ -60,7 +60,10 @@ def cli() -> None:
 
 
 set_option = click.option(
-    "--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE",
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY.PATH=VALUE",
     help="Override a recipe value (TOML literal), e.g. stages.sft.trainer_settings.learning_rate=1e-3.",
 )
 
@@ -83,17 +86,26 @@ def validate(recipe: Path, overrides: tuple[str, ...]) -> None:
 @set_option
 @click.option("--force", is_flag=True, help="Rerun stages even when finished and unchanged.")
 @click.option("--only", metavar="STAGE", help="Run one stage (its inputs must exist).")
-@click.option("--num-processes", type=click.IntRange(min=1),
-              help="Processes to launch with Accelerate (default: [launch] num_processes or 1).")
+@click.option(
+    "--num-processes",
+    type=click.IntRange(min=1),
+    help="Processes to launch with Accelerate (default: [launch] num_processes or 1).",
+)
 @handle_errors
-def run(recipe: Path, overrides: tuple[str, ...], force: bool, only: str | None,
-        num_processes: int | None) -> None:
+def run(
+    recipe: Path,
+    overrides: tuple[str, ...],
+    force: bool,
+    only: str | None,
+    num_processes: int | None,
+) -> None:
     """Run RECIPE: every stage in order, outputs under runs/<recipe>/<stage>/."""
     from dataclasses import replace
 
     from rlhf_plugins.launcher import needs_launcher, relaunch
     from rlhf_plugins.recipe import load_recipe
     from rlhf_plugins.runner import Runner
+    from rlhf_plugins.stage import is_main_process
 
     registry = _registry()
     loaded = load_recipe(recipe, registry, overrides)
@@ -109,7 +121,8 @@ def run(recipe: Path, overrides: tuple[str, ...], force: bool, only: str | None,
             sys.exit(1 if code != 2 else 2)
         return
     results = Runner(loaded, registry, echo=click.echo).run(force=force, only=only)
-    click.echo(f"finished {loaded.name}: {len(results)} stage(s) in {loaded.run_dir}")
+    if is_main_process():
+        click.echo(f"finished {loaded.name}: {len(results)} stage(s) in {loaded.run_dir}")
 
 
 @cli.command("list-plugins")
@@ -133,7 +146,9 @@ def list_plugins(as_json: bool, verbose: bool) -> None:
     header = ("plugin", "version", "hook", "components")
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(3)]
     for row in [header, *rows]:
-        click.echo("  ".join(str(c).ljust(w) for c, w in zip(row[:3], widths, strict=True)) + "  " + row[3])
+        click.echo(
+            "  ".join(str(c).ljust(w) for c, w in zip(row[:3], widths, strict=True)) + "  " + row[3]
+        )
     if verbose:
         for kind in KINDS:
             for name in registry.names(kind):

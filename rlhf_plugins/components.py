@@ -37,7 +37,9 @@ class RewardFunction(Protocol):
     """``fn(prompts, completions, **columns) -> list[float]``, one score per completion.
     Extra dataset columns (e.g. a reference summary) arrive as keyword lists."""
 
-    def __call__(self, prompts: list[str], completions: list[str], **columns: list) -> list[float]: ...
+    def __call__(
+        self, prompts: list[str], completions: list[str], **columns: list
+    ) -> list[float]: ...
 
 
 class Dataset(Protocol):

@@ -25,8 +25,11 @@ class SamplingSettings:
 
     def generate_kwargs(self, tokenizer: Any) -> dict[str, Any]:
         kwargs: dict[str, Any] = dict(
-            max_new_tokens=self.max_new_tokens, do_sample=self.do_sample, use_cache=True,
-            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+            max_new_tokens=self.max_new_tokens,
+            do_sample=self.do_sample,
+            use_cache=True,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
         )
         if self.do_sample:
             kwargs.update(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
@@ -35,15 +38,21 @@ class SamplingSettings:
         return kwargs
 
 
-def encode_prompts(tokenizer: Any, prompts: list[str], max_length: int | None = None,
-                   device: Any = None) -> dict[str, torch.Tensor]:
+def encode_prompts(
+    tokenizer: Any, prompts: list[str], max_length: int | None = None, device: Any = None
+) -> dict[str, torch.Tensor]:
     """Left-padded (and, with ``max_length``, left-truncated) prompt batch."""
     side, trunc = tokenizer.padding_side, tokenizer.truncation_side
     tokenizer.padding_side = tokenizer.truncation_side = "left"
     try:
-        batch = tokenizer(prompts, return_tensors="pt", padding=True,
-                          truncation=max_length is not None, max_length=max_length,
-                          add_special_tokens=False)
+        batch = tokenizer(
+            prompts,
+            return_tensors="pt",
+            padding=True,
+            truncation=max_length is not None,
+            max_length=max_length,
+            add_special_tokens=False,
+        )
     finally:
         tokenizer.padding_side, tokenizer.truncation_side = side, trunc
     return {k: v.to(device) for k, v in batch.items()} if device is not None else dict(batch)
@@ -55,9 +64,16 @@ def completion_texts(tokenizer: Any, sequences: torch.Tensor, prompt_length: int
 
 
 @torch.no_grad()
-def generate_texts(model: Any, tokenizer: Any, prompts: list[str], sampling: SamplingSettings,
-                   *, batch_size: int = 16, max_prompt_length: int | None = None,
-                   progress: Any = None) -> list[str]:
+def generate_texts(
+    model: Any,
+    tokenizer: Any,
+    prompts: list[str],
+    sampling: SamplingSettings,
+    *,
+    batch_size: int = 16,
+    max_prompt_length: int | None = None,
+    progress: Any = None,
+) -> list[str]:
     """Completions for ``prompts``, in order, generated ``batch_size`` at a time."""
     device = next(model.parameters()).device
     was_training = model.training
@@ -78,4 +94,4 @@ def generate_texts(model: Any, tokenizer: Any, prompts: list[str], sampling: Sam
 def batched(items: list, size: int) -> Iterator[list]:
     """Consecutive slices of ``items`` of at most ``size``."""
     for start in range(0, len(items), size):
-        yield items[start:start + size]
+        yield items[start : start + size]

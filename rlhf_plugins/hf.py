@@ -6,6 +6,7 @@ plugin's hook module: it imports transformers.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -28,7 +29,8 @@ class StageMetricsCallback(TrainerCallback):
 def training_arguments(stage: StageContext, config_class: type, **settings: Any) -> Any:
     """``config_class`` (``TrainingArguments`` or a TRL config) for this stage: checkpoints
     under the stage directory, the recipe seed, precision and DeepSpeed from ``[launch]``,
-    no third-party reporting (the stage logs itself). ``settings`` override the defaults."""
+    no third-party reporting (the stage logs itself). ``settings`` override the defaults;
+    ``gradient_checkpointing`` maps to ``activation_checkpointing`` where transformers renamed it."""
     precision = stage.launch.mixed_precision
     defaults: dict[str, Any] = dict(
         output_dir=str(stage.output_dir),
@@ -46,8 +48,13 @@ def training_arguments(stage: StageContext, config_class: type, **settings: Any)
         disable_tqdm=not stage.is_main_process,
         deepspeed=str(stage.launch.deepspeed) if stage.launch.deepspeed else None,
         dataloader_num_workers=0,
+        ddp_find_unused_parameters=False,
     )
-    return config_class(**{**defaults, **settings})
+    merged = {**defaults, **settings}
+    fields = inspect.signature(config_class).parameters
+    if "gradient_checkpointing" in merged and "activation_checkpointing" in fields:
+        merged["activation_checkpointing"] = merged.pop("gradient_checkpointing")
+    return config_class(**merged)
 
 
 def resume_checkpoint(stage: StageContext) -> str | None:

@@ -32,15 +32,28 @@ def launch_command(launch: LaunchConfig, cli_args: list[str]) -> tuple[list[str]
     import torch
 
     env = {**os.environ, LAUNCHED_ENV: "1"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch",
-           "--num_processes", str(launch.num_processes), "--num_machines", "1",
-           "--mixed_precision", launch.mixed_precision, "--dynamo_backend", "no",
-           "--main_process_port", str(_free_port())]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--num_processes",
+        str(launch.num_processes),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        launch.mixed_precision,
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(_free_port()),
+    ]
     if launch.num_processes > 1:
         cmd.append("--multi_gpu")
     if not torch.cuda.is_available():
         env["ACCELERATE_USE_CPU"] = "1"
-        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // launch.num_processes)))
+        env.setdefault(
+            "OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // launch.num_processes))
+        )
     cmd += ["-m", "rlhf_plugins.cli", *cli_args]
     return cmd, env
 

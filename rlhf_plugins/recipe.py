@@ -33,8 +33,14 @@ RECIPE_KEYS = {"name", "seed", "output_dir", "description"}
 LAUNCH_KEYS = {"num_processes", "mixed_precision", "deepspeed"}
 LOGGING_KEYS = {"wandb", "wandb_project", "wandb_entity"}
 TOP_LEVEL_KEYS = {"recipe", "launch", "logging", "stages"}
-STAGE_KEYS = {"trainer", "evaluator", "needs", "trainer_settings", "evaluator_settings",
-              "description"}
+STAGE_KEYS = {
+    "trainer",
+    "evaluator",
+    "needs",
+    "trainer_settings",
+    "evaluator_settings",
+    "description",
+}
 MIXED_PRECISION = ("no", "fp16", "bf16")
 STAGE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
@@ -160,7 +166,7 @@ class _Checker:
                 self.problem(f"{prefix}{key}", f"unknown key{hint}")
 
     def table(self, data: dict, key: str, required: bool = False) -> dict:
-        value = data.get(key, None)
+        value = data.get(key)
         if value is None:
             if required:
                 self.problem(key, f"missing [{key}] table")
@@ -176,7 +182,9 @@ class _Checker:
         self.unknown_keys(head, RECIPE_KEYS, "recipe.")
         name = head.get("name", self.path.stem)
         if not isinstance(name, str) or not STAGE_NAME.match(name):
-            self.problem("recipe.name", f"must be a name of letters, digits, '_', '-', '.', got {name!r}")
+            self.problem(
+                "recipe.name", f"must be a name of letters, digits, '_', '-', '.', got {name!r}"
+            )
         seed = head.get("seed", 42)
         if message := check_value(seed, int):
             self.problem("recipe.seed", message)
@@ -187,9 +195,16 @@ class _Checker:
         launch = self.check_launch(self.table(data, "launch"))
         logging = self.check_logging(self.table(data, "logging"))
         stages = self.check_stages(self.table(data, "stages", required=True))
-        return Recipe(path=self.path, name=str(name), seed=seed if isinstance(seed, int) else 42,
-                      output_dir=Path(output_dir), launch=launch, logging=logging,
-                      stages=stages, data=data)
+        return Recipe(
+            path=self.path,
+            name=str(name),
+            seed=seed if isinstance(seed, int) else 42,
+            output_dir=Path(output_dir),
+            launch=launch,
+            logging=logging,
+            stages=stages,
+            data=data,
+        )
 
     def check_launch(self, table: dict) -> LaunchConfig:
         self.unknown_keys(table, LAUNCH_KEYS, "launch.")
@@ -200,8 +215,10 @@ class _Checker:
         precision = table.get("mixed_precision", "no")
         if precision not in MIXED_PRECISION:
             hint = did_you_mean(str(precision), MIXED_PRECISION)
-            self.problem("launch.mixed_precision",
-                         f"must be one of {', '.join(MIXED_PRECISION)}, got {precision!r}{hint}")
+            self.problem(
+                "launch.mixed_precision",
+                f"must be one of {', '.join(MIXED_PRECISION)}, got {precision!r}{hint}",
+            )
             precision = "no"
         deepspeed = table.get("deepspeed")
         if deepspeed is not None:
@@ -252,7 +269,9 @@ class _Checker:
         kinds = [k for k in ("trainer", "evaluator") if k in table]
         if len(kinds) != 1:
             what = "both" if kinds else "neither"
-            self.problem(prefix, f"a stage names exactly one of 'trainer' or 'evaluator' ({what} given)")
+            self.problem(
+                prefix, f"a stage names exactly one of 'trainer' or 'evaluator' ({what} given)"
+            )
             self.unknown_keys(table, STAGE_KEYS, f"{prefix}.")
             return None
         kind = kinds[0]
@@ -263,7 +282,10 @@ class _Checker:
             needs = []
         for need in needs:
             if need not in self.stage_order:
-                self.problem(f"{prefix}.needs", f"unknown stage '{need}'{did_you_mean(need, self.stage_order)}")
+                self.problem(
+                    f"{prefix}.needs",
+                    f"unknown stage '{need}'{did_you_mean(need, self.stage_order)}",
+                )
             elif need == name:
                 self.problem(f"{prefix}.needs", "a stage cannot need itself")
         settings_key = f"{kind}_settings"
@@ -280,8 +302,15 @@ class _Checker:
             spec = describe(component.factory)
             self.check_slots(spec, slots, prefix, needs, name)
             self.check_settings(spec, settings, f"{prefix}.{settings_key}")
-        return StageSpec(name=name, kind=kind, component=str(table[kind]), settings=settings,
-                         slots=slots, needs=needs, table=table)
+        return StageSpec(
+            name=name,
+            kind=kind,
+            component=str(table[kind]),
+            settings=settings,
+            slots=slots,
+            needs=needs,
+            table=table,
+        )
 
     def lookup(self, kind: str, name: Any, key: str):
         if not isinstance(name, str):
@@ -303,8 +332,9 @@ class _Checker:
             self.problem(key, f"unknown {label} '{name}'{hint}")
         return component
 
-    def check_slots(self, spec: FactorySpec, slots: dict, prefix: str, needs: list[str],
-                    stage: str) -> None:
+    def check_slots(
+        self, spec: FactorySpec, slots: dict, prefix: str, needs: list[str], stage: str
+    ) -> None:
         for key, value in slots.items():
             param = spec.slots.get(key)
             if param is None:
@@ -315,8 +345,11 @@ class _Checker:
             self.check_slot(param, value, f"{prefix}.{key}", needs, stage)
         for key, param in spec.slots.items():
             if param.required and key not in slots:
-                self.problem(f"{prefix}.{key}", f"missing required {param.slot.replace('_', ' ')}"
-                             f" (a table like {{ use = \"...\" }})")
+                self.problem(
+                    f"{prefix}.{key}",
+                    f"missing required {param.slot.replace('_', ' ')}"
+                    f' (a table like {{ use = "..." }})',
+                )
 
     def check_slot(self, param: Param, value: Any, key: str, needs: list[str], stage: str) -> None:
         if param.container == "list":
@@ -327,14 +360,19 @@ class _Checker:
                 self.check_component(param.slot, item, f"{key}[{i}]", needs, stage)
         elif param.container == "dict":
             if not isinstance(value, dict) or "use" in value:
-                self.problem(key, "expected a table of named component tables, e.g. { sft = { use = \"...\" } }")
+                self.problem(
+                    key,
+                    'expected a table of named component tables, e.g. { sft = { use = "..." } }',
+                )
                 return
             for label, item in value.items():
                 self.check_component(param.slot, item, f"{key}.{label}", needs, stage)
         else:
             self.check_component(param.slot, value, key, needs, stage)
 
-    def check_component(self, kind: str, table: Any, key: str, needs: list[str], stage: str) -> None:
+    def check_component(
+        self, kind: str, table: Any, key: str, needs: list[str], stage: str
+    ) -> None:
         if not isinstance(table, dict) or "use" not in table:
             self.problem(key, f"expected a table with 'use' naming a {kind.replace('_', ' ')}")
             return
@@ -349,15 +387,19 @@ class _Checker:
             param = spec.params.get(sub)
             if param is not None and param.slot:
                 self.check_slot(param, value, f"{key}.{sub}", needs, stage)
-        self.check_settings(spec, {k: v for k, v in settings.items()
-                                   if not (k in spec.params and spec.params[k].slot)}, key,
-                            skip_missing=set(spec.slots) | {"from_stage"})
+        self.check_settings(
+            spec,
+            {k: v for k, v in settings.items() if not (k in spec.params and spec.params[k].slot)},
+            key,
+            skip_missing=set(spec.slots) | {"from_stage"},
+        )
         for name, param in spec.slots.items():
             if param.required and name not in settings:
                 self.problem(f"{key}.{name}", f"missing required {param.slot.replace('_', ' ')}")
 
-    def check_from_stage(self, spec: FactorySpec, value: Any, key: str, needs: list[str],
-                         stage: str) -> None:
+    def check_from_stage(
+        self, spec: FactorySpec, value: Any, key: str, needs: list[str], stage: str
+    ) -> None:
         if not spec.accepts_from_stage:
             self.problem(key, "this component does not read another stage's output")
         elif not isinstance(value, str) or value not in self.stage_order:
@@ -368,8 +410,9 @@ class _Checker:
         elif value not in needs:
             needs.append(value)
 
-    def check_settings(self, spec: FactorySpec, settings: dict, prefix: str,
-                       skip_missing: set[str] = frozenset()) -> None:
+    def check_settings(
+        self, spec: FactorySpec, settings: dict, prefix: str, skip_missing: set[str] = frozenset()
+    ) -> None:
         known = spec.settings
         for key, value in settings.items():
             param = known.get(key)
@@ -377,7 +420,10 @@ class _Checker:
                 if spec.takes_extra:
                     continue
                 hint = did_you_mean(key, known) or (
-                    f" (settings: {', '.join(sorted(known))})" if known else " (it takes no settings)")
+                    f" (settings: {', '.join(sorted(known))})"
+                    if known
+                    else " (it takes no settings)"
+                )
                 self.problem(f"{prefix}.{key}", f"unknown setting{hint}")
                 continue
             if message := check_value(value, param.annotation):
@@ -397,7 +443,7 @@ class _Checker:
             if state.get(name) == "done" or name not in specs:
                 return
             if state.get(name) == "active":
-                cycle = " -> ".join([*trail[trail.index(name):], name])
+                cycle = " -> ".join([*trail[trail.index(name) :], name])
                 self.problem(f"stages.{name}.needs", f"dependency cycle: {cycle}")
                 return
             state[name] = "active"

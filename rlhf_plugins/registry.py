@@ -166,13 +166,18 @@ def _register_components(pm: pluggy.PluginManager, registry: Registry, info: Plu
         names = info.components.setdefault(hook_name, [])
 
         def register(
-            name: str, factory: Callable, *, description: str = "", _kind: str = kind
+            name: str,
+            factory: Callable,
+            *,
+            description: str = "",
+            _kind: str = kind,
+            _names: list[str] = names,
         ) -> None:
             if not isinstance(name, str) or not name:
                 raise ValueError(f"component names must be non-empty strings, got {name!r}")
             if not callable(factory):
                 raise TypeError(f"factory for '{name}' is not callable")
-            names.append(name)
+            _names.append(name)
             registry.add(
                 Component(
                     kind=_kind,

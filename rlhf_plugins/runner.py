@@ -42,7 +42,11 @@ def write_state(stage_dir: Path, state: dict[str, Any]) -> None:
 
 
 def stage_hash(recipe: Recipe, spec: StageSpec, upstream_run_ids: Mapping[str, str]) -> str:
-    payload = {"stage": spec.table, "seed": recipe.seed, "needs": dict(sorted(upstream_run_ids.items()))}
+    payload = {
+        "stage": spec.table,
+        "seed": recipe.seed,
+        "needs": dict(sorted(upstream_run_ids.items())),
+    }
     blob = json.dumps(payload, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -85,63 +89,94 @@ class Runner:
         if only is not None and only not in stages:
             from rlhf_plugins.settings import did_you_mean
 
-            raise UserError(f"--only: no stage '{only}' in {self.recipe.path}{did_you_mean(only, stages)}")
+            raise UserError(
+                f"--only: no stage '{only}' in {self.recipe.path}{did_you_mean(only, stages)}"
+            )
         results: dict[str, dict] = {}
         run_ids: dict[str, str] = {}
         total = len(stages) if only is None else 1
         position = 0
         for name, spec in stages.items():
             state = read_state(self.stage_dir(name))
-            upstream = {need: run_ids.get(need) or read_state(self.stage_dir(need)).get("run_id", "")
-                        for need in spec.needs}
+            upstream = {
+                need: run_ids.get(need) or read_state(self.stage_dir(need)).get("run_id", "")
+                for need in spec.needs
+            }
             config_hash = stage_hash(self.recipe, spec, upstream)
             if only is not None and name != only:
                 run_ids[name] = state.get("run_id", "")
                 continue
             position += 1
             label = f"[{position}/{total}] {name} ({spec.kind} '{spec.component}')"
-            if not force and state.get("status") == "finished" and state.get("config_hash") == config_hash:
+            if (
+                not force
+                and state.get("status") == "finished"
+                and state.get("config_hash") == config_hash
+            ):
                 self.echo(f"{label}: finished and unchanged, skipped (--force reruns it)")
                 run_ids[name] = state["run_id"]
                 results[name] = state.get("metrics") or {}
                 continue
-            missing = [n for n in spec.needs if read_state(self.stage_dir(n)).get("status") != "finished"]
+            missing = [
+                n for n in spec.needs if read_state(self.stage_dir(n)).get("status") != "finished"
+            ]
             if missing:
-                raise UserError(f"stage '{name}' needs {', '.join(missing)}, which has not finished; "
-                                "run the whole recipe first")
-            resume = (not force and state.get("status") == "running"
-                      and state.get("config_hash") == config_hash)
+                raise UserError(
+                    f"stage '{name}' needs {', '.join(missing)}, which has not finished; "
+                    "run the whole recipe first"
+                )
+            resume = (
+                not force
+                and state.get("status") == "running"
+                and state.get("config_hash") == config_hash
+            )
             self.echo(f"{label}: {'resuming' if resume else 'running'}")
             metrics, run_id = self.run_stage(spec, config_hash, resume=resume, fresh=not resume)
             run_ids[name] = run_id
             results[name] = metrics
         return results
 
-    def run_stage(self, spec: StageSpec, config_hash: str, *, resume: bool, fresh: bool
-                  ) -> tuple[dict, str]:
+    def run_stage(
+        self, spec: StageSpec, config_hash: str, *, resume: bool, fresh: bool
+    ) -> tuple[dict, str]:
         out = self.stage_dir(spec.name)
         if is_main_process():
             if fresh and out.exists():
                 shutil.rmtree(out)
             out.mkdir(parents=True, exist_ok=True)
-            write_state(out, {"status": "running", "config_hash": config_hash,
-                              "started_at": time.time(), "stage": spec.table})
+            write_state(
+                out,
+                {
+                    "status": "running",
+                    "config_hash": config_hash,
+                    "started_at": time.time(),
+                    "stage": spec.table,
+                },
+            )
         wait_for_everyone()
         seed = self.recipe.seed
         from accelerate.utils import set_seed
 
         set_seed(seed)
         context = StageContext(
-            recipe_name=self.recipe.name, name=spec.name, output_dir=out, seed=seed,
-            config=spec.table, inputs={n: self.stage_dir(n) for n in spec.needs},
-            launch=self.recipe.launch, logging=self.recipe.logging, resume=resume,
+            recipe_name=self.recipe.name,
+            name=spec.name,
+            output_dir=out,
+            seed=seed,
+            config=spec.table,
+            inputs={n: self.stage_dir(n) for n in spec.needs},
+            launch=self.recipe.launch,
+            logging=self.recipe.logging,
+            resume=resume,
         )
         started = time.monotonic()
         try:
             component = self.registry.get(spec.kind, spec.component)
             factory_spec = describe(component.factory)
-            slots = {key: self.build_slot(factory_spec, key, value, context)
-                     for key, value in spec.slots.items()}
+            slots = {
+                key: self.build_slot(factory_spec, key, value, context)
+                for key, value in spec.slots.items()
+            }
             context.components.update(slots)
             stage_fn = component.factory(**slots, **spec.settings)
             metrics = dict(stage_fn(context) or {})
@@ -155,10 +190,21 @@ class Runner:
         run_id = uuid.uuid4().hex[:12]
         elapsed = time.monotonic() - started
         if is_main_process():
-            write_state(out, {"status": "finished", "config_hash": config_hash, "run_id": run_id,
-                              "seconds": round(elapsed, 2), "finished_at": time.time(),
-                              "metrics": metrics, "stage": spec.table})
-        self.echo(f"    done in {elapsed:.1f}s" + (f": {_format_metrics(metrics)}" if metrics else ""))
+            write_state(
+                out,
+                {
+                    "status": "finished",
+                    "config_hash": config_hash,
+                    "run_id": run_id,
+                    "seconds": round(elapsed, 2),
+                    "finished_at": time.time(),
+                    "metrics": metrics,
+                    "stage": spec.table,
+                },
+            )
+        self.echo(
+            f"    done in {elapsed:.1f}s" + (f": {_format_metrics(metrics)}" if metrics else "")
+        )
         self.echo(f"    output: {out}")
         wait_for_everyone()
         # all ranks must agree on the run id that downstream hashes read
@@ -169,7 +215,10 @@ class Runner:
         if param.container == "list":
             return [self.build_component(param.slot, item, stage) for item in value]
         if param.container == "dict":
-            return {label: self.build_component(param.slot, item, stage) for label, item in value.items()}
+            return {
+                label: self.build_component(param.slot, item, stage)
+                for label, item in value.items()
+            }
         return self.build_component(param.slot, value, stage)
 
     def build_component(self, kind: str, table: dict, stage: StageContext) -> Any:
@@ -197,5 +246,7 @@ class Runner:
         except UserError:
             raise
         except Exception as exc:
-            raise StageFailed(f"building {kind.replace('_', ' ')} '{table['use']}' for stage "
-                              f"'{stage.name}' failed: {type(exc).__name__}: {exc}") from exc
+            raise StageFailed(
+                f"building {kind.replace('_', ' ')} '{table['use']}' for stage "
+                f"'{stage.name}' failed: {type(exc).__name__}: {exc}"
+            ) from exc

@@ -96,8 +96,9 @@ def _slot_kind(annotation: Any) -> str | None:
 def _classify(name: str, annotation: Any, default: Any) -> Param:
     required = default is inspect.Parameter.empty
     base = _strip_optional(annotation)
-    common = dict(name=name, annotation=annotation, required=required,
-                  default=None if required else default)
+    common = dict(
+        name=name, annotation=annotation, required=required, default=None if required else default
+    )
     if getattr(base, "__name__", None) == "StageContext":
         return Param(**common, injected=True)
     if kind := _slot_kind(base):

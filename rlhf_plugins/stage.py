@@ -120,21 +120,30 @@ class StageContext:
             )
         return self._wandb_run
 
-    def progress(self, iterable: Iterable | None = None, *, total: int | None = None,
-                 desc: str = "") -> Any:
+    def progress(
+        self, iterable: Iterable | None = None, *, total: int | None = None, desc: str = ""
+    ) -> Any:
         """A tqdm progress bar shown on the main process only."""
         from tqdm.auto import tqdm
 
-        return tqdm(iterable, total=total, desc=f"{self.name}: {desc}".rstrip(": "),
-                    disable=not self.is_main_process, dynamic_ncols=True)
+        return tqdm(
+            iterable,
+            total=total,
+            desc=f"{self.name}: {desc}".rstrip(": "),
+            disable=not self.is_main_process,
+            dynamic_ncols=True,
+        )
 
     def checkpoint_dir(self, step: int) -> Path:
         return self.output_dir / f"{CHECKPOINT_PREFIX}{step}"
 
     def latest_checkpoint(self) -> Path | None:
         """The highest-numbered ``checkpoint-<step>`` directory, or None."""
-        found = [p for p in self.output_dir.glob(f"{CHECKPOINT_PREFIX}*")
-                 if p.is_dir() and p.name.removeprefix(CHECKPOINT_PREFIX).isdigit()]
+        found = [
+            p
+            for p in self.output_dir.glob(f"{CHECKPOINT_PREFIX}*")
+            if p.is_dir() and p.name.removeprefix(CHECKPOINT_PREFIX).isdigit()
+        ]
         return max(found, key=lambda p: int(p.name.removeprefix(CHECKPOINT_PREFIX)), default=None)
 
     @cached_property

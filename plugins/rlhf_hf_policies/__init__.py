@@ -11,10 +11,16 @@ from rlhf_plugins import Policy, StageContext, UserError, hookimpl
 
 @hookimpl
 def register_policies(register):
-    register("hf-causal-lm", hf_causal_lm,
-             description="A causal LM loaded with from_pretrained (hub id, local dir or from_stage).")
-    register("tiny-causal-lm", tiny_causal_lm,
-             description="A tiny causal LM built from a config, tokenizer trained on the stage data.")
+    register(
+        "hf-causal-lm",
+        hf_causal_lm,
+        description="A causal LM loaded with from_pretrained (hub id, local dir or from_stage).",
+    )
+    register(
+        "tiny-causal-lm",
+        tiny_causal_lm,
+        description="A tiny causal LM built from a config, tokenizer trained on the stage data.",
+    )
 
 
 def hf_causal_lm(
@@ -29,8 +35,9 @@ def hf_causal_lm(
         raise UserError("hf-causal-lm takes exactly one of 'model' or 'from_stage'")
     from rlhf_hf_policies.policies import PretrainedPolicy
 
-    return PretrainedPolicy(model or from_stage, revision=revision,
-                            trust_remote_code=trust_remote_code)
+    return PretrainedPolicy(
+        model or from_stage, revision=revision, trust_remote_code=trust_remote_code
+    )
 
 
 def tiny_causal_lm(
@@ -48,6 +55,13 @@ def tiny_causal_lm(
     tokenizer is saved under the stage output so later stages reuse it."""
     from rlhf_hf_policies.policies import TinyPolicy
 
-    return TinyPolicy(stage, architecture=architecture, n_layer=n_layer, n_embd=n_embd,
-                      n_head=n_head, vocab_size=vocab_size, max_positions=max_positions,
-                      tokenizer_samples=tokenizer_samples)
+    return TinyPolicy(
+        stage,
+        architecture=architecture,
+        n_layer=n_layer,
+        n_embd=n_embd,
+        n_head=n_head,
+        vocab_size=vocab_size,
+        max_positions=max_positions,
+        tokenizer_samples=tokenizer_samples,
+    )

@@ -34,27 +34,50 @@ class PretrainedPolicy:
 
     def load_tokenizer(self) -> Any:
         tokenizer = AutoTokenizer.from_pretrained(
-            self.name, revision=self.revision, trust_remote_code=self.trust_remote_code)
+            self.name, revision=self.revision, trust_remote_code=self.trust_remote_code
+        )
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         return tokenizer
 
     def load_model(self, auto_class: Any = AutoModelForCausalLM, **kwargs: Any) -> Any:
-        return auto_class.from_pretrained(self.name, revision=self.revision,
-                                          trust_remote_code=self.trust_remote_code, **kwargs)
+        return auto_class.from_pretrained(
+            self.name, revision=self.revision, trust_remote_code=self.trust_remote_code, **kwargs
+        )
 
 
-def _config(architecture: str, vocab: int, n_layer: int, n_embd: int, n_head: int,
-            positions: int, eos: int, pad: int) -> Any:
+def _config(
+    architecture: str,
+    vocab: int,
+    n_layer: int,
+    n_embd: int,
+    n_head: int,
+    positions: int,
+    eos: int,
+    pad: int,
+) -> Any:
     common = dict(vocab_size=vocab, bos_token_id=eos, eos_token_id=eos, pad_token_id=pad)
     if architecture == "gptj":
-        return GPTJConfig(n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_positions=positions,
-                          rotary_dim=max(2, (n_embd // n_head) // 2), **common)
+        return GPTJConfig(
+            n_layer=n_layer,
+            n_embd=n_embd,
+            n_head=n_head,
+            n_positions=positions,
+            rotary_dim=max(2, (n_embd // n_head) // 2),
+            **common,
+        )
     if architecture == "gpt2":
-        return GPT2Config(n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_positions=positions,
-                          **common)
-    return GPTNeoXConfig(num_hidden_layers=n_layer, hidden_size=n_embd, num_attention_heads=n_head,
-                         intermediate_size=4 * n_embd, max_position_embeddings=positions, **common)
+        return GPT2Config(
+            n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_positions=positions, **common
+        )
+    return GPTNeoXConfig(
+        num_hidden_layers=n_layer,
+        hidden_size=n_embd,
+        num_attention_heads=n_head,
+        intermediate_size=4 * n_embd,
+        max_position_embeddings=positions,
+        **common,
+    )
 
 
 def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
@@ -62,12 +85,20 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFas
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS, PAD],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOS, PAD],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tokenizer.train_from_iterator(texts, trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=EOS, bos_token=EOS,
-                                   pad_token=PAD, model_max_length=100_000)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        eos_token=EOS,
+        bos_token=EOS,
+        pad_token=PAD,
+        model_max_length=100_000,
+    )
 
 
 def dataset_texts(stage: StageContext, limit: int) -> list[str]:
@@ -76,7 +107,11 @@ def dataset_texts(stage: StageContext, limit: int) -> list[str]:
     for component in stage.components.values():
         if not hasattr(component, "column_names"):
             continue
-        columns = [c for c, f in component.features.items() if getattr(f, "dtype", "") in ("string", "large_string")]
+        columns = [
+            c
+            for c, f in component.features.items()
+            if getattr(f, "dtype", "") in ("string", "large_string")
+        ]
         for row in islice(iter(component), limit):
             texts.extend(row[c] for c in columns if row[c])
     return texts
@@ -85,10 +120,22 @@ def dataset_texts(stage: StageContext, limit: int) -> list[str]:
 class TinyPolicy:
     """A config-built model and a tokenizer trained on the stage's data (saved in the stage)."""
 
-    def __init__(self, stage: StageContext, *, architecture: str, n_layer: int, n_embd: int,
-                 n_head: int, vocab_size: int, max_positions: int, tokenizer_samples: int):
+    def __init__(
+        self,
+        stage: StageContext,
+        *,
+        architecture: str,
+        n_layer: int,
+        n_embd: int,
+        n_head: int,
+        vocab_size: int,
+        max_positions: int,
+        tokenizer_samples: int,
+    ):
         if n_embd % n_head:
-            raise UserError(f"tiny-causal-lm: n_embd ({n_embd}) must be divisible by n_head ({n_head})")
+            raise UserError(
+                f"tiny-causal-lm: n_embd ({n_embd}) must be divisible by n_head ({n_head})"
+            )
         self.stage = stage
         self.name = f"tiny-{architecture}-{n_layer}x{n_embd}"
         self.architecture = architecture
@@ -108,8 +155,10 @@ class TinyPolicy:
             else:
                 texts = dataset_texts(self.stage, self.tokenizer_samples)
                 if not texts:
-                    raise UserError(f"tiny-causal-lm in stage '{self.stage.name}' needs a dataset "
-                                    "in the same stage to train its tokenizer on")
+                    raise UserError(
+                        f"tiny-causal-lm in stage '{self.stage.name}' needs a dataset "
+                        "in the same stage to train its tokenizer on"
+                    )
                 self._tokenizer = train_tokenizer(texts, self.vocab_size)
                 if self.stage.is_main_process:
                     self._tokenizer.save_pretrained(self.tokenizer_dir)
@@ -117,12 +166,16 @@ class TinyPolicy:
 
     def config(self) -> Any:
         tokenizer = self.load_tokenizer()
-        return _config(self.architecture, len(tokenizer), eos=tokenizer.eos_token_id,
-                       pad=tokenizer.pad_token_id, **self.shape)
+        return _config(
+            self.architecture,
+            len(tokenizer),
+            eos=tokenizer.eos_token_id,
+            pad=tokenizer.pad_token_id,
+            **self.shape,
+        )
 
     def load_model(self, auto_class: Any = AutoModelForCausalLM, **kwargs: Any) -> Any:
         dtype = kwargs.pop("dtype", None)
         torch.manual_seed(self.stage.seed)
         model = auto_class.from_config(self.config())
         return model.to(dtype) if dtype not in (None, "auto") else model
-

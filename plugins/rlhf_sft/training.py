@@ -1,0 +1,70 @@
+"""The ``sft`` stage: TRL's SFTTrainer configured from the recipe and the stage."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from trl import SFTConfig, SFTTrainer
+
+from rlhf_plugins import Policy, StageContext, UserError
+from rlhf_plugins.hf import StageMetricsCallback, resume_checkpoint, save_final, training_arguments
+
+REQUIRED_COLUMNS = ("prompt", "completion")
+
+
+@dataclass
+class SFTStage:
+    policy: Policy
+    dataset: Any
+    eval_dataset: Any
+    settings: dict[str, Any]
+
+    def __call__(self, stage: StageContext) -> dict[str, float]:
+        for name, data in (("dataset", self.dataset), ("eval_dataset", self.eval_dataset)):
+            if data is not None and not set(REQUIRED_COLUMNS) <= set(data.column_names):
+                raise UserError(
+                    f"sft: {name} needs columns prompt and completion (an 'sft' view); "
+                    f"it has {', '.join(data.column_names)}"
+                )
+        tokenizer = self.policy.load_tokenizer()
+        model = self.policy.load_model()
+        settings = dict(self.settings)
+        eval_steps = settings.pop("eval_steps")
+        has_eval = self.eval_dataset is not None
+        args = training_arguments(
+            stage,
+            SFTConfig,
+            **settings,
+            eval_strategy="steps" if has_eval else "no",
+            eval_steps=eval_steps or settings["logging_steps"],
+            packing=False,
+            dataset_num_proc=None,
+        )
+        trainer = SFTTrainer(
+            model=model,
+            args=args,
+            train_dataset=self._columns(self.dataset),
+            eval_dataset=self._columns(self.eval_dataset) if has_eval else None,
+            processing_class=tokenizer,
+            callbacks=[StageMetricsCallback(stage)],
+        )
+        result = trainer.train(resume_from_checkpoint=resume_checkpoint(stage))
+        save_final(stage, trainer, tokenizer)
+        metrics = {"train_loss": result.training_loss, "steps": result.global_step}
+        first = next((r["loss"] for r in trainer.state.log_history if "loss" in r), None)
+        if first is not None:
+            metrics["first_loss"] = first
+        last = [r["loss"] for r in trainer.state.log_history if "loss" in r]
+        if last:
+            metrics["last_loss"] = last[-1]
+        if has_eval:
+            metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
+            metrics["eval_perplexity"] = math.exp(min(metrics["eval_loss"], 50))
+        return metrics
+
+    @staticmethod
+    def _columns(data: Any) -> Any:
+        extra = [c for c in data.column_names if c not in REQUIRED_COLUMNS]
+        return data.remove_columns(extra) if extra else data
