@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from rlhf_plugins import Dataset, UserError, hookimpl
+from rlhf_plugins import Dataset, StageContext, UserError, hookimpl
 
 View = Literal["sft", "prompts", "comparisons", "offline"]
 
@@ -18,9 +18,48 @@ View = Literal["sft", "prompts", "comparisons", "offline"]
 @hookimpl
 def register_datasets(register):
     register(
+        "tldr",
+        tldr,
+        description="Reddit TL;DR: CarperAI hub sets, OpenAI raw jsonl or flattened samples.",
+    )
+    register(
         "tldr-synthetic",
         tldr_synthetic,
         description="Deterministic, learnable TL;DR-shaped data with held-out splits.",
+    )
+
+
+def tldr(
+    stage: StageContext | None = None,
+    source: str | None = None,
+    view: View = "sft",
+    split: str | None = None,
+    limit: int | None = None,
+    shuffle: bool = False,
+    max_prompt_tokens: int | None = None,
+    tokenizer: str | None = None,
+    min_summary_words: int = 5,
+) -> Dataset:
+    """The TL;DR data from ``source``: a hub id (default: CarperAI's summarize_tldr for the
+    sft/prompts views, summarize_comparisons for comparisons/offline), a local directory or a
+    ``.jsonl``/``.json`` file. ``split`` picks a split (hub: ``train`` when unset; OpenAI
+    comparison batches: their ``split`` field; a directory: ``<split>.jsonl``). Comparison
+    pairs with identical summaries or a summary under ``min_summary_words`` words are dropped.
+    ``shuffle`` uses the recipe seed; ``limit`` keeps that many posts or pairs. Prompts are cut
+    to ``max_prompt_tokens`` tokens of ``tokenizer`` (whitespace words without one), keeping
+    the ``TL;DR:`` suffix."""
+    from rlhf_tldr.loader import load_tldr
+
+    return load_tldr(
+        source=source,
+        view=view,
+        split=split,
+        limit=limit,
+        shuffle=shuffle,
+        seed=stage.seed if stage is not None else 0,
+        max_prompt_tokens=max_prompt_tokens,
+        tokenizer=tokenizer,
+        min_summary_words=min_summary_words,
     )
 
 

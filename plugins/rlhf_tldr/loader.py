@@ -1,0 +1,325 @@
+"""The ``tldr`` loader: every shape the TL;DR data comes in, read into records, then a view.
+
+Row shapes, recognised by their keys:
+
+========================  ===============================  ===========
+shape                     keys                             records
+========================  ===============================  ===========
+OpenAI comparisons        ``info``, ``summaries``,         comparisons
+                          ``choice`` (+ ``split``)
+CarperAI comparisons      ``prompt``, ``chosen``,          comparisons
+                          ``rejected``
+flattened comparisons     ``post``, ``chosen``,            comparisons
+                          ``rejected`` (+ subreddit/title)
+CarperAI tldr             ``prompt``, ``label``            summaries
+OpenAI tldr_3_filtered    ``post``, ``summary``            summaries
+                          (+ subreddit/title/id)
+========================  ===============================  ===========
+
+Sources: a hub id (``datasets.load_dataset``), a ``.jsonl``/``.json`` file, or a directory
+(``save_to_disk`` output, ``<split>.jsonl`` files, any ``*.jsonl``/``*.json`` files, or a
+hub-shaped folder of data files that ``datasets.load_dataset`` reads).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rlhf_plugins import UserError
+from rlhf_plugins.settings import did_you_mean
+from rlhf_tldr.views import (
+    COMPARISON_VIEWS,
+    Compared,
+    PromptRenderer,
+    Record,
+    Summarized,
+    check_view,
+    clean_summary,
+    comparison_is_valid,
+    post_from_fields,
+    post_from_prompt,
+    record_kind,
+    select,
+    to_dataset,
+    view_columns,
+)
+
+HUB_DEFAULTS = {
+    "summaries": "CarperAI/openai_summarize_tldr",
+    "comparisons": "CarperAI/openai_summarize_comparisons",
+}
+DEFAULT_HUB_SPLIT = "train"
+DATA_SUFFIXES = (".jsonl", ".json")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+Row = Mapping[str, Any]
+
+
+def _openai_comparison(row: Row) -> Record | None:
+    info, summaries, choice = row["info"], row["summaries"], int(row["choice"])
+    if not info.get("post"):
+        return None  # a CNN/DM article batch, not a Reddit post
+    texts = [clean_summary(s["text"]) for s in summaries]
+    return Compared(
+        post_from_fields(info.get("subreddit"), info.get("title"), info["post"]),
+        texts[choice],
+        texts[1 - choice],
+    )
+
+
+def _prompt_comparison(row: Row) -> Record:
+    return Compared(
+        post_from_prompt(row["prompt"]),
+        clean_summary(row["chosen"]),
+        clean_summary(row["rejected"]),
+    )
+
+
+def _post_comparison(row: Row) -> Record:
+    return Compared(
+        post_from_fields(row.get("subreddit"), row.get("title"), row["post"]),
+        clean_summary(row["chosen"]),
+        clean_summary(row["rejected"]),
+    )
+
+
+def _prompt_summary(row: Row) -> Record:
+    return Summarized(post_from_prompt(row["prompt"]), clean_summary(row["label"]))
+
+
+def _post_summary(row: Row) -> Record:
+    return Summarized(
+        post_from_fields(row.get("subreddit"), row.get("title"), row["post"]),
+        clean_summary(row["summary"]),
+    )
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A row layout: its name, the keys that identify it, the kind of records it gives."""
+
+    name: str
+    keys: frozenset[str]
+    kind: str
+    convert: Callable[[Row], Record | None]
+
+
+SHAPES = (
+    Shape(
+        "OpenAI comparisons",
+        frozenset({"info", "summaries", "choice"}),
+        "comparisons",
+        _openai_comparison,
+    ),
+    Shape(
+        "CarperAI comparisons",
+        frozenset({"prompt", "chosen", "rejected"}),
+        "comparisons",
+        _prompt_comparison,
+    ),
+    Shape(
+        "flattened comparisons",
+        frozenset({"post", "chosen", "rejected"}),
+        "comparisons",
+        _post_comparison,
+    ),
+    Shape("CarperAI tldr", frozenset({"prompt", "label"}), "summaries", _prompt_summary),
+    Shape("OpenAI tldr_3_filtered", frozenset({"post", "summary"}), "summaries", _post_summary),
+)
+
+
+def shape_of(keys: Iterable[str], where: str) -> Shape:
+    """The shape whose identifying keys a row has; a UserError naming the keys otherwise."""
+    keys = set(keys)
+    for shape in SHAPES:
+        if shape.keys <= keys:
+            return shape
+    known = "; ".join(f"{shape.name}: {', '.join(sorted(shape.keys))}" for shape in SHAPES)
+    raise UserError(
+        f"{where}: unknown TL;DR format with keys {', '.join(sorted(keys)) or '(none)'}"
+        f" (expected one of: {known})"
+    )
+
+
+def to_records(rows: Iterable[Row], where: str, split: str | None = None) -> list[Record]:
+    """Convert rows of one shape. Rows carrying a ``split`` field (OpenAI comparison batches)
+    are kept only when it equals ``split`` (all of them when ``split`` is None)."""
+    records: list[Record] = []
+    shape = None
+    for number, row in enumerate(rows, start=1):
+        if shape is None:
+            shape = shape_of(row.keys(), where)
+        if split is not None and row.get("split", split) != split:
+            continue
+        try:
+            record = shape.convert(row)
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+            raise UserError(
+                f"{where}: row {number} is malformed ({type(exc).__name__}: {exc})"
+            ) from None
+        if record is not None:
+            records.append(record)
+    return records
+
+
+def read_rows(path: Path) -> list[dict]:
+    """Rows of a JSON Lines file, or of a file holding one JSON array of objects."""
+    text = path.read_text(encoding="utf-8")
+    try:
+        if text.lstrip().startswith("["):
+            rows = json.loads(text)
+        else:
+            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: not JSON Lines or a JSON array ({exc})") from None
+    if not all(isinstance(row, dict) for row in rows):
+        raise UserError(f"{path}: every row must be a JSON object")
+    return rows
+
+
+def _has_split_field(rows: list[dict]) -> bool:
+    return bool(rows) and "split" in rows[0]
+
+
+def read_file(path: Path, split: str | None) -> list[Record]:
+    rows = read_rows(path)
+    if split is not None and not _has_split_field(rows):
+        raise UserError(
+            f"{path}: this file has no splits; leave out 'split' (or use a directory "
+            f"with a {split}.jsonl file)"
+        )
+    return to_records(rows, str(path), split)
+
+
+def pick_split(splits: Mapping[str, Any], split: str | None, where: str) -> Any:
+    """One split of a ``DatasetDict`` (``train`` when ``split`` is None)."""
+    wanted = split or DEFAULT_HUB_SPLIT
+    if wanted not in splits:
+        raise UserError(
+            f"{where} has no split {wanted!r}{did_you_mean(wanted, list(splits))} "
+            f"(splits: {', '.join(splits)})"
+        )
+    return splits[wanted]
+
+
+def read_hub(source: str, split: str | None) -> list[Record]:
+    """``datasets.load_dataset(source)`` (a hub id or a hub-shaped local folder), one split."""
+    import datasets
+
+    try:
+        loaded = datasets.load_dataset(source)
+    except Exception as exc:
+        raise UserError(
+            f"could not load dataset {source!r} with datasets.load_dataset "
+            f"({type(exc).__name__}: {exc}); a local path must exist"
+        ) from None
+    return to_records(pick_split(loaded, split, source), source)
+
+
+def read_saved(path: Path, split: str | None) -> list[Record]:
+    """A ``save_to_disk`` folder: a ``DatasetDict`` (pick ``split``) or one ``Dataset``."""
+    import datasets
+
+    loaded = datasets.load_from_disk(str(path))
+    if isinstance(loaded, datasets.DatasetDict):
+        return to_records(pick_split(loaded, split, str(path)), str(path))
+    if split is not None:
+        raise UserError(f"{path}: a single saved dataset has no splits; leave out 'split'")
+    return to_records(loaded, str(path))
+
+
+def read_directory(path: Path, split: str | None, wants: str) -> list[Record]:
+    """A folder: saved dataset, ``<split>.jsonl``, the data files whose records give ``wants``
+    (summaries or comparisons), or else a hub-shaped folder for ``datasets.load_dataset``."""
+    if (path / "dataset_dict.json").is_file() or (path / "dataset_info.json").is_file():
+        return read_saved(path, split)
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in DATA_SUFFIXES)
+    if not files:
+        return read_hub(str(path), split)
+    for suffix in DATA_SUFFIXES:
+        if split is not None and (path / f"{split}{suffix}").is_file():
+            return read_file(path / f"{split}{suffix}", None)
+    found: dict[str, list[Record]] = {}
+    for file in files:
+        rows = read_rows(file)
+        if not rows:
+            continue
+        if split is not None and not _has_split_field(rows):
+            raise UserError(
+                f"{path} has no {split}.jsonl and {file.name} has no splits; "
+                "leave out 'split' or name the file as the source"
+            )
+        kind = shape_of(rows[0].keys(), str(file)).kind
+        found.setdefault(kind, []).extend(to_records(rows, str(file), split))
+    if wants not in found:
+        kinds = ", ".join(sorted(found)) or "no rows"
+        raise UserError(f"{path} holds {kinds} but no {wants}; view needs {wants}")
+    return found[wants]
+
+
+def read_source(source: str, split: str | None, wants: str) -> list[Record]:
+    """Records of ``source``: a local file or folder when that path exists, else a hub id."""
+    path = Path(source).expanduser()
+    if path.is_file():
+        return read_file(path.resolve(), split)
+    if path.is_dir():
+        return read_directory(path.resolve(), split, wants)
+    if path.suffix in DATA_SUFFIXES or not _HUB_ID.match(source):
+        raise UserError(
+            f"tldr source {source!r}: no such file or directory "
+            f"(relative paths are relative to {Path.cwd()})"
+        )
+    return read_hub(source, split)
+
+
+def load_tokenizer(name: str | None) -> Any:
+    """A fast Hugging Face tokenizer from a local path or hub id, or None."""
+    if name is None:
+        return None
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name)
+    except Exception as exc:
+        raise UserError(
+            f"tldr: cannot load tokenizer {name!r} ({type(exc).__name__}: {exc})"
+        ) from None
+    if not tokenizer.is_fast:
+        raise UserError(
+            f"tldr: tokenizer {name!r} is not a fast tokenizer (offsets are needed "
+            "to truncate posts)"
+        )
+    return tokenizer
+
+
+def load_tldr(
+    *,
+    source: str | None,
+    view: str,
+    split: str | None,
+    limit: int | None,
+    shuffle: bool,
+    seed: int,
+    max_prompt_tokens: int | None,
+    tokenizer: str | None,
+    min_summary_words: int,
+) -> Any:
+    """The ``tldr`` dataset (see the factory's docstring in ``rlhf_tldr``)."""
+    wants = "comparisons" if view in COMPARISON_VIEWS else "summaries"
+    source = source or HUB_DEFAULTS[wants]
+    renderer = PromptRenderer(max_prompt_tokens, load_tokenizer(tokenizer))
+    records = read_source(source, split, wants)
+    if not records:
+        raise UserError(
+            f"tldr source {source!r} has no rows" + (f" in split {split!r}" if split else "")
+        )
+    check_view(view, record_kind(records), f"tldr source {source!r}")
+    if wants == "comparisons":
+        records = [r for r in records if comparison_is_valid(r, min_summary_words)]
+    records = select(records, shuffle=shuffle, seed=seed, limit=limit)
+    return to_dataset(view_columns(records, view, renderer), f"tldr source {source!r}")

@@ -1,0 +1,98 @@
+"""Shared fixtures. Every test runs offline (no hub), with wandb offline and one torch thread
+per test process so the suite behaves the same on a 2-core CI machine."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+
+
+@pytest.fixture
+def run_cli(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Callable:
+    """Invoke the ``rlhf`` CLI in-process from ``tmp_path``; returns click's ``Result``."""
+    from click.testing import CliRunner
+
+    from rlhf_plugins.cli import cli
+
+    monkeypatch.chdir(tmp_path)
+
+    def invoke(*args: str):
+        return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+    return invoke
+
+
+@pytest.fixture
+def write_recipe(tmp_path: Path) -> Callable[[str, str], Path]:
+    """Write a recipe text to ``tmp_path/<name>.toml`` and return its path."""
+
+    def write(text: str, name: str = "recipe") -> Path:
+        path = tmp_path / f"{name}.toml"
+        path.write_text(text)
+        return path
+
+    return write
+
+
+@pytest.fixture
+def sft_jsonl(tmp_path: Path) -> Path:
+    """A small learnable prompt/completion jsonl (``q``/``a`` columns) in ``tmp_path``."""
+    names = ["anna", "bob", "carl", "dina", "eve", "fred"]
+    things = ["cat", "dog", "car", "job", "house", "bike"]
+    path = tmp_path / "data.jsonl"
+    with path.open("w") as f:
+        for i in range(240):
+            name, thing, age = names[i % 6], things[(i // 6) % 6], 18 + i % 40
+            row = {"q": f"POST: {name} is {age} and lost a {thing}.\nTL;DR:",
+                   "a": f" {name} ({age}) lost {thing}."}
+            f.write(json.dumps(row) + "\n")
+    return path
+
+
+@pytest.fixture
+def plugin_dist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Path]:
+    """Install a third-party plugin distribution the way pip lays it out: a module plus a
+    ``.dist-info`` with ``entry_points.txt``, on ``sys.path``. Returns the site directory."""
+    site = tmp_path / "site"
+    site.mkdir()
+    monkeypatch.syspath_prepend(str(site))
+
+    def install(dist: str, module: str, source: str, entry_name: str | None = None,
+                version: str = "1.2.3") -> Path:
+        (site / f"{module}.py").write_text(source)
+        info = site / f"{dist.replace('-', '_')}-{version}.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+        (info / "entry_points.txt").write_text(
+            f"[rlhf_plugins]\n{entry_name or dist} = {module}\n")
+        sys.modules.pop(module, None)
+        import importlib
+
+        importlib.invalidate_caches()
+        return site
+
+    return install
+
+
+@pytest.fixture
+def tldr_samples_dir() -> Path:
+    """The real TL;DR samples (``tldr_filtered.jsonl``, ``comparisons.jsonl``): ``$RLHF_TLDR_DATA``
+    or ``../shared/data/tldr`` beside the repository; the test is skipped when absent."""
+    path = Path(os.environ.get("RLHF_TLDR_DATA", REPO_ROOT.parent / "shared" / "data" / "tldr"))
+    if not (path / "tldr_filtered.jsonl").is_file() or not (path / "comparisons.jsonl").is_file():
+        pytest.skip(f"real TL;DR samples not found at {path} (set RLHF_TLDR_DATA)")
+    return path
