@@ -1,0 +1,192 @@
+"""The reward model: a causal-LM trunk with a scalar head, as a Hugging Face
+``AutoModelForSequenceClassification`` with ``num_labels = 1``.
+
+Every causal LM in transformers that has a ``...ForSequenceClassification`` twin (GPT-J, GPT-2,
+GPT-NeoX, Llama, ...) works. ``save_pretrained`` writes config and safetensors with the head
+(``score.weight``), so ``AutoModelForSequenceClassification.from_pretrained`` reloads it exactly.
+
+Contracts shared by training and scoring:
+
+- text = prompt + completion, tokenized separately (no special tokens, no EOS appended) and
+  joined; when too long the prompt loses tokens from its left so the completion survives;
+- batches are right-padded; the score of a sequence is the head's output at its last real
+  token (found from the attention mask, not from the pad id);
+- dropout is off and a newly created head is initialised with std ``1/sqrt(hidden + 1)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pad_sequence
+from transformers import AutoConfig, AutoModelForSequenceClassification
+
+from rlhf_plugins import Policy, UserError
+
+HEAD_NAME = "score"
+HUB_KWARGS = ("revision", "trust_remote_code", "token", "cache_dir", "local_files_only")
+
+
+def disable_dropout(config: Any) -> None:
+    """Set every dropout probability of ``config`` (and of its nested configs) to 0."""
+    for key, value in list(vars(config).items()):
+        if isinstance(value, float) and ("dropout" in key or "pdrop" in key):
+            setattr(config, key, 0.0)
+        elif hasattr(value, "to_dict") and hasattr(value, "model_type"):
+            disable_dropout(value)
+
+
+def reward_config(config: Any, pad_token_id: int | None) -> Any:
+    """``config`` turned into a reward-model config: one label, no dropout, the pad id set."""
+    config.num_labels = 1
+    config.problem_type = "regression"
+    if pad_token_id is not None:
+        config.pad_token_id = pad_token_id
+    disable_dropout(config)
+    return config
+
+
+class RewardModelLoader:
+    """An ``auto_class`` for ``Policy.load_model``: loads the policy's trunk into a reward model.
+
+    A head that the checkpoint lacks (the trunk is a causal LM) is initialised with std
+    ``1/sqrt(hidden + 1)``; a checkpoint that already is a reward model keeps its head.
+    """
+
+    def __init__(self, pad_token_id: int | None):
+        self.pad_token_id = pad_token_id
+
+    def from_pretrained(self, name: str, **kwargs: Any) -> Any:
+        hub = {k: kwargs[k] for k in HUB_KWARGS if k in kwargs}
+        config = reward_config(AutoConfig.from_pretrained(name, **hub), self.pad_token_id)
+        try:
+            model, info = AutoModelForSequenceClassification.from_pretrained(
+                name, config=config, output_loading_info=True, **kwargs
+            )
+        except ValueError as exc:
+            raise UserError(f"{name}: cannot build a reward model from it ({exc})") from exc
+        if any(key.startswith(HEAD_NAME) for key in info["missing_keys"]):
+            init_head(model)
+        return model
+
+    def from_config(self, config: Any, **kwargs: Any) -> Any:
+        model = AutoModelForSequenceClassification.from_config(
+            reward_config(config, self.pad_token_id), **kwargs
+        )
+        init_head(model)
+        return model
+
+
+def load_reward_model(policy: Policy, tokenizer: Any) -> Any:
+    """The policy's trunk with a scalar head (see ``RewardModelLoader``)."""
+    return policy.load_model(auto_class=RewardModelLoader(tokenizer.pad_token_id))
+
+
+def score_head(model: Any) -> nn.Linear:
+    """The scalar head of a reward model."""
+    head = getattr(model, HEAD_NAME, None)
+    if not isinstance(head, nn.Linear) or head.out_features != 1:
+        raise UserError(
+            f"{type(model).__name__} has no scalar '{HEAD_NAME}' head; "
+            "is it a reward model (num_labels = 1)?"
+        )
+    return head
+
+
+def init_head(model: Any) -> None:
+    """Normal init with std ``1/sqrt(hidden + 1)`` (the seed's value head), zero bias."""
+    head = score_head(model)
+    with torch.no_grad():
+        head.weight.normal_(0.0, 1.0 / math.sqrt(head.in_features + 1))
+        if head.bias is not None:
+            head.bias.zero_()
+
+
+def transformer_layers(model: Any) -> nn.ModuleList:
+    """The trunk's list of transformer blocks."""
+    trunk = model.base_model
+    count = getattr(model.config, "num_hidden_layers", None)
+    for module in trunk.children():
+        if isinstance(module, nn.ModuleList) and len(module) == count:
+            return module
+    raise UserError(f"cannot find the transformer layers of {type(trunk).__name__}")
+
+
+def freeze_bottom(model: Any, fraction: float) -> int:
+    """Freeze the embeddings and the bottom ``round(fraction * layers)`` blocks; the top blocks,
+    the final norm and the head stay trainable. Returns the number of frozen blocks."""
+    if not 0.0 <= fraction <= 1.0:
+        raise UserError(f"freeze_fraction must be between 0 and 1, got {fraction}")
+    layers = transformer_layers(model)
+    frozen = round(fraction * len(layers))
+    if frozen == 0:
+        return 0
+    for module in model.base_model.children():
+        if module is layers:
+            break
+        module.requires_grad_(False)
+    for layer in layers[:frozen]:
+        layer.requires_grad_(False)
+    return frozen
+
+
+class HeadOutputs:
+    """Keeps the head's output at every position from the latest forward pass.
+
+    ``...ForSequenceClassification`` models apply the head to all positions and return only
+    one pooled value; a forward hook captures the per-token rewards inside the model's own
+    forward, so DDP and DeepSpeed wrappers see an ordinary call.
+    """
+
+    def __init__(self, model: Any):
+        self._latest: torch.Tensor | None = None
+        self._handle = score_head(model).register_forward_hook(self._keep)
+
+    def _keep(self, module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+        self._latest = output
+
+    def __call__(
+        self, model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Per-token rewards ``[batch, length]`` (float32) of a right-padded batch."""
+        model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        rewards, self._latest = self._latest, None
+        return rewards.squeeze(-1).float()
+
+    def remove(self) -> None:
+        self._handle.remove()
+
+
+def join_tokens(
+    prompt: Sequence[int], completions: Sequence[Sequence[int]], max_length: int
+) -> list[list[int]]:
+    """prompt + each completion, at most ``max_length`` tokens each. The prompt is cut from
+    the left by the same amount for every completion (so pairs keep a common prefix), then
+    a completion longer than ``max_length`` is cut from the right."""
+    room = max(0, max_length - max(len(c) for c in completions))
+    kept = list(prompt[len(prompt) - room :]) if room else []
+    return [(kept + list(c))[:max_length] for c in completions]
+
+
+def tokenize_texts(tokenizer: Any, texts: list[str]) -> list[list[int]]:
+    return tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+
+def pad_right(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input_ids, attention_mask)`` of ``rows`` right-padded to the longest row."""
+    tensors = [torch.as_tensor(row, dtype=torch.long) for row in rows]
+    input_ids = pad_sequence(tensors, batch_first=True, padding_value=pad_id)
+    lengths = torch.tensor([len(row) for row in rows])
+    attention_mask = (torch.arange(input_ids.shape[1]) < lengths.unsqueeze(1)).long()
+    return input_ids, attention_mask
+
+
+def ensure_pad_token(tokenizer: Any) -> Any:
+    """Use EOS for padding when the tokenizer has no pad token (GPT-J, GPT-2)."""
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer

@@ -1,0 +1,127 @@
+"""Normalizers: reward functions that wrap a ``base`` reward function (from any plugin).
+
+- ``DeltaReward``: base(prompt + completion) - base(prompt + reference), one call to ``base``
+  with both halves so batching stays full (trlX summarize_rlhf's "Gotcha 1").
+- ``RunningNorm``: (score - running mean) / running std over every score seen so far, the
+  moments summed over all processes when running distributed (every rank must call it the
+  same number of times, as a training loop does).
+- ``Clip``: scores clamped to [min, max].
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from rlhf_plugins import RewardFunction, UserError
+
+
+def checked_scores(
+    base: RewardFunction, prompts: list[str], completions: list[str], **columns: list
+) -> list[float]:
+    scores = [float(s) for s in base(prompts, completions, **columns)]
+    if len(scores) != len(completions):
+        raise UserError(
+            f"reward function {base!r} returned {len(scores)} scores "
+            f"for {len(completions)} completions"
+        )
+    return scores
+
+
+@dataclass
+class DeltaReward:
+    base: RewardFunction
+    reference_column: str = "reference"
+
+    def __call__(self, prompts: list[str], completions: list[str], **columns: list) -> list[float]:
+        if self.reference_column not in columns:
+            raise UserError(
+                f"delta-reward needs the reference summary in a column "
+                f"'{self.reference_column}'; columns given: "
+                f"{', '.join(columns) or 'none'} (use a 'prompts' view)"
+            )
+        references = list(columns[self.reference_column])
+        doubled = {name: list(values) * 2 for name, values in columns.items()}
+        scores = checked_scores(
+            self.base, list(prompts) * 2, list(completions) + references, **doubled
+        )
+        count = len(completions)
+        return [s - r for s, r in zip(scores[:count], scores[count:], strict=True)]
+
+
+@dataclass
+class RunningMoments:
+    """Mean and (population) variance of every value added, merged batch by batch (Chan)."""
+
+    count: float = 0.0
+    mean: float = 0.0
+    m2: float = 0.0
+
+    def add(self, count: float, total: float, total_squares: float) -> None:
+        if count <= 0:
+            return
+        batch_mean = total / count
+        batch_m2 = max(0.0, total_squares - total * total / count)
+        merged = self.count + count
+        delta = batch_mean - self.mean
+        self.mean += delta * count / merged
+        self.m2 += batch_m2 + delta * delta * self.count * count / merged
+        self.count = merged
+
+    @property
+    def std(self) -> float:
+        return math.sqrt(self.m2 / self.count) if self.count else 1.0
+
+
+def global_sums(values: list[float]) -> tuple[float, float, float]:
+    """``(count, sum, sum of squares)`` of ``values`` summed over all processes."""
+    sums = (float(len(values)), math.fsum(values), math.fsum(v * v for v in values))
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return sums
+    import torch
+
+    device = "cpu"
+    if dist.get_backend() == "nccl":
+        device = torch.device("cuda", torch.cuda.current_device())
+    tensor = torch.tensor(sums, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return tuple(tensor.tolist())
+
+
+@dataclass
+class RunningNorm:
+    base: RewardFunction
+    center: bool = True
+    epsilon: float = 1e-8
+    moments: RunningMoments = field(default_factory=RunningMoments)
+
+    def __call__(self, prompts: list[str], completions: list[str], **columns: list) -> list[float]:
+        scores = checked_scores(self.base, prompts, completions, **columns)
+        self.moments.add(*global_sums(scores))
+        shift = self.moments.mean if self.center else 0.0
+        scale = self.moments.std + self.epsilon
+        return [(s - shift) / scale for s in scores]
+
+
+@dataclass
+class Clip:
+    base: RewardFunction
+    low: float | None = None
+    high: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.low is None and self.high is None:
+            raise UserError("clip needs 'min', 'max' or both")
+        if self.low is not None and self.high is not None and self.low > self.high:
+            raise UserError(f"clip: min ({self.low}) is above max ({self.high})")
+
+    def __call__(self, prompts: list[str], completions: list[str], **columns: Any) -> list[float]:
+        low = -math.inf if self.low is None else self.low
+        high = math.inf if self.high is None else self.high
+        return [
+            min(max(s, low), high)
+            for s in checked_scores(self.base, prompts, completions, **columns)
+        ]

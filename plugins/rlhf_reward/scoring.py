@@ -1,0 +1,98 @@
+"""The ``gptj-reward-head`` reward function: batched scoring with a trained reward model.
+
+Rows are tokenized as in training (``model.join_tokens``), sorted by length so each batch
+pads little, scored at their last real token, and returned in the caller's order.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from rlhf_plugins import UserError
+from rlhf_plugins.generation import batched
+from rlhf_reward.loss import end_rewards
+from rlhf_reward.model import HeadOutputs, ensure_pad_token, join_tokens, pad_right, tokenize_texts
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def load_saved_reward_model(source: str) -> tuple[Any, Any]:
+    """``(model, tokenizer)`` from a ``save_pretrained`` reward-model directory or hub id."""
+    if Path(source).exists() and not (Path(source) / "config.json").is_file():
+        raise UserError(
+            f"{source} has no config.json: not a saved reward model (for a trlX "
+            "checkpoint set 'base_model')"
+        )
+    model = AutoModelForSequenceClassification.from_pretrained(source)
+    if model.config.num_labels != 1:
+        raise UserError(f"{source} is not a reward model (num_labels = {model.config.num_labels})")
+    return model.eval(), ensure_pad_token(AutoTokenizer.from_pretrained(source))
+
+
+class RewardHead:
+    """``fn(prompts, completions, **columns) -> list[float]``: the reward model's score of each
+    prompt + completion. The model loads on first use."""
+
+    def __init__(
+        self,
+        source: str,
+        *,
+        base_model: str | None = None,
+        batch_size: int = 16,
+        max_length: int = 550,
+        device: Any = None,
+        dtype: str = "float32",
+    ):
+        if batch_size < 1 or max_length < 1:
+            raise UserError("gptj-reward-head: batch_size and max_length must be positive")
+        self.source = source
+        self.base_model = base_model
+        self.batch_size = batch_size
+        self.max_length = max_length
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.dtype = DTYPES[dtype]
+
+    @cached_property
+    def loaded(self) -> tuple[Any, Any, HeadOutputs]:
+        if self.base_model is not None:
+            from rlhf_reward.legacy import load_trlx_reward_model
+
+            model, tokenizer = load_trlx_reward_model(self.source, self.base_model)
+        else:
+            model, tokenizer = load_saved_reward_model(self.source)
+        model = model.to(device=self.device, dtype=self.dtype)
+        return model, tokenizer, HeadOutputs(model)
+
+    def encode(self, prompts: list[str], completions: list[str]) -> list[list[int]]:
+        _, tokenizer, _ = self.loaded
+        prompt_ids = tokenize_texts(tokenizer, prompts)
+        completion_ids = tokenize_texts(tokenizer, completions)
+        return [
+            join_tokens(p, [c], self.max_length)[0]
+            for p, c in zip(prompt_ids, completion_ids, strict=True)
+        ]
+
+    @torch.no_grad()
+    def __call__(self, prompts: list[str], completions: list[str], **columns: list) -> list[float]:
+        if len(prompts) != len(completions):
+            raise UserError(
+                f"gptj-reward-head: {len(prompts)} prompts but {len(completions)} completions"
+            )
+        if not prompts:
+            return []
+        model, tokenizer, head_outputs = self.loaded
+        rows = self.encode(list(prompts), list(completions))
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
+        scores = [0.0] * len(rows)
+        for chunk in batched(order, self.batch_size):
+            input_ids, attention_mask = pad_right([rows[i] for i in chunk], tokenizer.pad_token_id)
+            input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
+            values = end_rewards(head_outputs(model, input_ids, attention_mask), attention_mask)
+            for index, value in zip(chunk, values.tolist(), strict=True):
+                scores[index] = value
+        return scores

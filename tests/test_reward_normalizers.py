@@ -1,0 +1,122 @@
+"""Normalizers (delta-reward, running-norm, clip) around toy base reward functions, built with
+the registered factories."""
+
+import math
+import socket
+
+import pytest
+import torch.multiprocessing as mp
+
+from rlhf_plugins import UserError
+from rlhf_plugins.registry import load_registry
+
+
+@pytest.fixture(scope="module")
+def factories():
+    registry = load_registry()
+    return {
+        name: registry.get("reward_function", name).factory
+        for name in ("delta-reward", "running-norm", "clip")
+    }
+
+
+def completion_length(prompts, completions, **columns):
+    return [float(len(c)) for c in completions]
+
+
+class Recorder:
+    """A base reward function that records what it was called with."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, prompts, completions, **columns):
+        self.calls.append((list(prompts), list(completions), columns))
+        return completion_length(prompts, completions)
+
+
+def test_delta_reward_subtracts_the_reference_score_in_one_base_call(factories):
+    base = Recorder()
+    delta = factories["delta-reward"](base=base)
+    scores = delta(["p1", "p2"], ["abcd", "a"], reference=["ab", "abc"], topic=["x", "y"])
+    assert scores == [2.0, -2.0]
+    assert base.calls == [
+        (
+            ["p1", "p2", "p1", "p2"],
+            ["abcd", "a", "ab", "abc"],
+            {"reference": ["ab", "abc", "ab", "abc"], "topic": ["x", "y", "x", "y"]},
+        )
+    ]
+
+
+def test_delta_reward_reads_a_named_column(factories):
+    delta = factories["delta-reward"](base=completion_length, reference_column="label")
+    assert delta(["p"], ["abc"], label=["a"]) == [2.0]
+
+
+def test_delta_reward_without_the_column_is_a_user_error(factories):
+    delta = factories["delta-reward"](base=completion_length)
+    with pytest.raises(UserError, match="'reference'"):
+        delta(["p"], ["abc"], label=["a"])
+
+
+def test_running_norm_uses_the_moments_of_all_scores_so_far(factories):
+    norm = factories["running-norm"](base=completion_length)
+    first = norm(["p"] * 3, ["a", "ab", "abc"])
+    std = math.sqrt(2 / 3)  # population std of 1, 2, 3
+    assert first == pytest.approx([-1 / std, 0.0, 1 / std])
+    second = norm(["p"], ["abcd"])
+    assert second == pytest.approx([(4 - 2.5) / math.sqrt(1.25)])  # moments of 1, 2, 3, 4
+
+
+def test_running_norm_without_centering_only_scales(factories):
+    norm = factories["running-norm"](base=completion_length, center=False)
+    assert norm(["p"] * 2, ["a", "abc"]) == pytest.approx([1.0, 3.0])  # std of 1, 3 is 1
+
+
+def test_clip_bounds_scores(factories):
+    assert factories["clip"](base=completion_length, min=2.0, max=3.0)(
+        ["p"] * 3, ["a", "ab", "abcd"]
+    ) == [2.0, 2.0, 3.0]
+    assert factories["clip"](base=completion_length, max=1.5)(["p"] * 2, ["a", "ab"]) == [1.0, 1.5]
+
+
+@pytest.mark.parametrize("bounds", [{}, {"min": 2.0, "max": 1.0}])
+def test_clip_rejects_bad_bounds(factories, bounds):
+    with pytest.raises(UserError, match="clip"):
+        factories["clip"](base=completion_length, **bounds)
+
+
+def test_normalizers_compose(factories):
+    delta = factories["delta-reward"](base=completion_length)
+    clipped = factories["clip"](base=factories["running-norm"](base=delta), min=-1.0, max=1.0)
+    scores = clipped(["p"] * 3, ["aaaaaaa", "a", "aaaa"], reference=["a", "a", "a"])
+    # deltas 6, 0, 3: mean 3, std sqrt(6), normalised +-1.22 and 0, clipped to +-1
+    assert scores == pytest.approx([1.0, -1.0, 0.0])
+
+
+def test_a_base_returning_the_wrong_count_is_a_user_error(factories):
+    clipped = factories["clip"](base=lambda prompts, completions, **c: [1.0], max=0.0)
+    with pytest.raises(UserError, match="returned 1 scores for 2"):
+        clipped(["p", "q"], ["a", "b"])
+
+
+def _rank_scores(rank: int, port: int, results) -> None:
+    import torch.distributed as dist
+    from rlhf_reward.normalizers import RunningNorm
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    completions = ["a", "abc"] if rank == 0 else ["ab", "abcdef"]
+    results[rank] = RunningNorm(completion_length)(["p", "p"], completions)
+    dist.destroy_process_group()
+
+
+def test_running_norm_syncs_moments_across_processes():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    results = mp.Manager().dict()
+    mp.spawn(_rank_scores, args=(port, results), nprocs=2)
+    std = math.sqrt(3.5)  # lengths 1, 3, 2, 6: mean 3, population variance 3.5
+    assert results[0] == pytest.approx([(1 - 3) / std, 0.0])
+    assert results[1] == pytest.approx([(2 - 3) / std, (6 - 3) / std])
