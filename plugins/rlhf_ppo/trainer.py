@@ -1,0 +1,436 @@
+"""The ``ppo`` stage: rollouts, scoring, GAE and clipped PPO updates on Accelerate.
+
+One update: every process generates ``num_rollouts`` responses in chunks of ``chunk_size``
+(KV cache, left padding, stop at EOS), scores its own chunks with the reward function, computes
+log-probabilities, values and reference log-probabilities in one pass, turns scores and the KL
+penalty into per-token rewards, estimates advantages (GAE, whitened across processes) and runs
+``ppo_epochs`` passes of clipped policy and value losses over minibatches of ``batch_size``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from rlhf_plugins import Policy, RewardFunction, StageContext, UserError
+from rlhf_plugins.generation import SamplingSettings, encode_prompts, generate_texts
+from rlhf_ppo import maths
+from rlhf_ppo.kl_control import make_kl_controller
+from rlhf_ppo.models import build_models
+from rlhf_ppo.rollout import Chunk, PromptSampler, Rollout, checked_scores, model_inputs
+
+logger = logging.getLogger("rlhf_ppo")
+
+STATE_FILE = "ppo_state.json"
+VALUE_HEAD_FILE = "value_head.safetensors"
+
+
+@dataclass
+class PPOStage:
+    """The stage function the ``ppo`` factory returns."""
+
+    policy: Policy
+    reward: RewardFunction
+    dataset: Any
+    eval_dataset: Any
+    settings: dict[str, Any]
+
+    def __call__(self, stage: StageContext) -> dict[str, float]:
+        for name, data in (("dataset", self.dataset), ("eval_dataset", self.eval_dataset)):
+            if data is not None and "prompt" not in data.column_names:
+                raise UserError(f"ppo: {name} needs a 'prompt' column (a 'prompts' view); it has "
+                                f"{', '.join(data.column_names)}")
+        trainer = PPOTrainer(stage, self.policy, self.reward, self.dataset, self.eval_dataset,
+                             SimpleNamespace(**self.settings))
+        return trainer.train()
+
+
+def learning_rate_factor(step: int, s: SimpleNamespace) -> float:
+    """Multiplier of ``learning_rate`` at optimizer step ``step``: linear warmup, then cosine,
+    linear or constant decay to ``min_learning_rate`` at ``total_steps``."""
+    if step < s.warmup_steps:
+        return (step + 1) / s.warmup_steps
+    floor = s.min_learning_rate / s.learning_rate
+    progress = min(1.0, (step - s.warmup_steps) / max(1, s.total_steps - s.warmup_steps))
+    if s.lr_scheduler == "constant":
+        return 1.0
+    if s.lr_scheduler == "linear":
+        return floor + (1 - floor) * (1 - progress)
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class PPOTrainer:
+    """Holds the models, optimizer and counters of one ``ppo`` stage."""
+
+    def __init__(self, stage: StageContext, policy: Policy, reward: RewardFunction, dataset: Any,
+                 eval_dataset: Any, settings: SimpleNamespace):
+        self.stage, self.reward, self.eval_dataset, self.s = stage, reward, eval_dataset, settings
+        s = settings
+        self.accelerator = stage.accelerator(gradient_accumulation_steps=s.gradient_accumulation_steps)
+        self.device = self.accelerator.device
+        self.tokenizer = policy.load_tokenizer()
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        lora = (dict(r=s.lora_r, alpha=s.lora_alpha, dropout=s.lora_dropout,
+                     target_modules=s.lora_target_modules) if s.lora_r else None)
+        model, self.reference = build_models(policy.load_model(), lora=lora,
+                                             num_layers_unfrozen=s.num_layers_unfrozen,
+                                             separate_critic=s.separate_critic)
+        if s.gradient_checkpointing:
+            for trunk in (model.policy, model.critic):
+                if trunk is not None:
+                    trunk.gradient_checkpointing_enable({"use_reentrant": False})
+        self.trainable = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(self.trainable, lr=s.learning_rate, eps=s.adam_epsilon,
+                                      betas=(s.adam_beta1, s.adam_beta2),
+                                      weight_decay=s.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: learning_rate_factor(step, s))
+        self._configure_deepspeed()
+        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        self.reference.to(self.device)
+        self.sampling = SamplingSettings(max_new_tokens=s.max_new_tokens, do_sample=s.do_sample,
+                                         temperature=s.temperature, top_k=s.top_k, top_p=s.top_p)
+        self.sampler = PromptSampler(dataset, stage.seed, stage.process_index, stage.num_processes)
+        self.extra_columns = [c for c in dataset.column_names if c != "prompt"]
+        self.kl_controller = make_kl_controller(s.kl_controller, s.init_kl_coef, s.target,
+                                                s.horizon)
+        self.moments = maths.RunningMoments()
+        self.ref_std = s.ref_std
+        self.step = 0
+        self.skipped_chunks = 0
+
+    # -- distributed helpers -------------------------------------------------------------
+
+    def _configure_deepspeed(self) -> None:
+        plugin = self.accelerator.state.deepspeed_plugin
+        if plugin is None:
+            return
+        micro = self.s.batch_size // self.s.gradient_accumulation_steps
+        config = plugin.deepspeed_config
+        config["train_micro_batch_size_per_gpu"] = micro
+        config["gradient_accumulation_steps"] = self.s.gradient_accumulation_steps
+        config["train_batch_size"] = micro * self.s.gradient_accumulation_steps * self.stage.num_processes
+        config.setdefault("zero_allow_untested_optimizer", True)
+        if self.s.max_grad_norm is not None:
+            config["gradient_clipping"] = self.s.max_grad_norm
+
+    def reduce(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum over processes (the identity on one process)."""
+        if self.stage.num_processes == 1:
+            return tensor
+        return self.accelerator.reduce(tensor.to(self.device), reduction="sum")
+
+    @property
+    def unwrapped(self) -> Any:
+        return self.accelerator.unwrap_model(self.model)
+
+    # -- rollouts ------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def generate_chunk(self, prompts: list[str]) -> Chunk:
+        """Generate one chunk and compute its old log-probabilities, values and reference
+        log-probabilities in one pass."""
+        model, tokenizer = self.unwrapped, self.tokenizer
+        batch = encode_prompts(tokenizer, prompts, self.s.max_prompt_length, self.device)
+        model.eval()
+        try:
+            with self.accelerator.autocast():
+                sequences = model.policy.generate(**batch, **self.sampling.generate_kwargs(tokenizer))
+                start = batch["input_ids"].shape[1]
+                responses = sequences[:, start:]
+                mask = maths.response_mask(responses, tokenizer.eos_token_id)
+                width = max(1, int(mask.sum(dim=1).max()))
+                responses, mask = responses[:, :width], mask[:, :width]
+                responses = responses.masked_fill(mask == 0, tokenizer.pad_token_id)
+                inputs = model_inputs(batch["input_ids"], batch["attention_mask"], responses, mask)
+                logits, values, ref_logits = self.reference.run(model, inputs, start)
+        finally:
+            model.train()
+        temperature = self.s.temperature
+        return Chunk(
+            queries=[row[m.bool()] for row, m in zip(batch["input_ids"], batch["attention_mask"],
+                                                     strict=True)],
+            responses=responses, mask=mask,
+            logprobs=maths.token_logprobs(logits.float() / temperature, responses) * mask,
+            ref_logprobs=maths.token_logprobs(ref_logits.float() / temperature, responses) * mask,
+            values=values * mask,
+        )
+
+    def score(self, rows: dict[str, list], chunk: Chunk) -> bool:
+        """Score the chunk with the reward function; False (on every process) when any
+        process got unusable scores, so that all of them skip this chunk together."""
+        completions = self.tokenizer.batch_decode(chunk.responses, skip_special_tokens=True)
+        extra = {c: rows[c] for c in self.extra_columns}
+        scores, problem = checked_scores(self.reward(rows["prompt"], completions, **extra),
+                                         len(completions))
+        failed = self.reduce(torch.tensor([0.0 if scores is not None else 1.0], device=self.device))
+        if float(failed.item()) > 0:
+            self.skipped_chunks += 1
+            where = f"the reward function {problem}" if problem else "another process"
+            logger.warning("ppo: skipped a chunk of %d samples (%s); %d skipped so far",
+                           len(completions), where, self.skipped_chunks)
+            return False
+        raw = torch.tensor(scores, dtype=torch.float32, device=self.device)
+        if self.s.scale_reward == "ref" and self.ref_std is None:
+            self.ref_std = self.moments.update(raw, self.reduce)[1] or 1.0
+        elif self.s.scale_reward == "running":
+            self.moments.update(raw, self.reduce)
+        scaled = raw
+        if self.s.scale_reward == "running":
+            scaled = raw / self.moments.std
+        elif self.s.scale_reward == "ref":
+            scaled = raw / self.ref_std
+        if self.s.cliprange_reward:
+            scaled = scaled.clamp(-self.s.cliprange_reward, self.s.cliprange_reward)
+        chunk.scores, chunk.scaled_scores = raw, scaled
+        return True
+
+    def collect_rollout(self) -> tuple[Rollout, dict[str, float]]:
+        """``num_rollouts`` scored experiences with advantages and returns, plus statistics."""
+        s, chunks, consecutive = self.s, [], 0
+        started = time.perf_counter()
+        while len(chunks) * s.chunk_size < s.num_rollouts:
+            rows = self.sampler.next_rows(s.chunk_size)
+            chunk = self.generate_chunk(rows["prompt"])
+            if self.score(rows, chunk):
+                chunks.append(chunk)
+                consecutive = 0
+                continue
+            consecutive += 1
+            if consecutive >= s.max_skipped_chunks:
+                raise UserError(f"ppo: the reward function gave unusable scores for "
+                                f"{consecutive} chunks in a row; see the warnings above")
+        rollout = Rollout.from_chunks(chunks, self.tokenizer.pad_token_id)
+        kl = maths.kl_penalty(rollout.logprobs, rollout.ref_logprobs, s.kl_estimator) * rollout.mask
+        rewards = maths.token_rewards(rollout.scaled_scores, kl, rollout.mask,
+                                      self.kl_controller.value)
+        advantages, rollout.returns = maths.gae(rewards, rollout.values, rollout.mask, s.gamma,
+                                                s.lam)
+        if s.whiten_advantages:
+            advantages = maths.masked_whiten(advantages, rollout.mask, reduce=self.reduce)
+        rollout.advantages = advantages
+        n = len(rollout)
+        totals = self.reduce(torch.stack([
+            torch.tensor(float(n)), rollout.scores.sum().cpu(), (rollout.scores ** 2).sum().cpu(),
+            kl.sum().cpu(), rollout.mask.sum().cpu().float(),
+            (-rollout.logprobs * rollout.mask).sum().cpu(),
+        ]).to(torch.float64))
+        count, total_tokens = float(totals[0]), float(totals[4])
+        mean = float(totals[1]) / count
+        stats = {
+            "reward/mean": mean,
+            "reward/std": max(float(totals[2]) / count - mean**2, 0.0) ** 0.5,
+            "reward/scaled_mean": float(rollout.scaled_scores.mean()),
+            "kl": float(totals[3]) / count,
+            "kl_coef": self.kl_controller.value,
+            "rollout/entropy": float(totals[5]) / total_tokens,
+            "rollout/response_length": total_tokens / count,
+            "rollout/samples": count,
+            "rollout/tokens": total_tokens,
+            "time/rollout": time.perf_counter() - started,
+            "skipped_chunks": self.skipped_chunks,
+        }
+        return rollout, stats
+
+    # -- optimisation --------------------------------------------------------------------
+
+    def loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        logits, values = self.model(**batch["inputs"], response_start=batch["response_start"])
+        logits = logits.float() / self.s.temperature
+        mask = batch["mask"]
+        logprobs = maths.token_logprobs(logits, batch["responses"])
+        pg_loss, pg_stats = maths.policy_loss(logprobs, batch["logprobs"], batch["advantages"],
+                                              mask, self.s.cliprange)
+        vf_loss, vf_stats = maths.value_loss(values, batch["values"], batch["returns"], mask,
+                                             self.s.cliprange_value)
+        with torch.no_grad():
+            stats = {**pg_stats, **vf_stats, "loss/policy": pg_loss.detach(),
+                     "loss/value": vf_loss.detach(),
+                     "policy/entropy": maths.masked_mean(maths.entropy_from_logits(logits), mask)}
+        return pg_loss + self.s.vf_coef * vf_loss, stats
+
+    def optimise(self, rollout: Rollout, progress: Any) -> dict[str, float]:
+        """``ppo_epochs`` passes over ``rollout`` in shuffled minibatches; stops early at
+        ``total_steps``. Returns the mean of each loss statistic."""
+        s, sums, counted = self.s, defaultdict(float), 0
+        micro = s.batch_size // s.gradient_accumulation_steps
+        pad_id = self.tokenizer.pad_token_id
+        started = time.perf_counter()
+        self.model.train()
+        for _ in range(s.ppo_epochs):
+            order = torch.randperm(len(rollout)).tolist()
+            for first in range(0, len(order), s.batch_size):
+                minibatch = order[first:first + s.batch_size]
+                for start in range(0, len(minibatch), micro):
+                    with self.accelerator.accumulate(self.model):
+                        loss, stats = self.loss(rollout.minibatch(minibatch[start:start + micro],
+                                                                  pad_id))
+                        self.accelerator.backward(loss)
+                        if self.accelerator.sync_gradients and s.max_grad_norm is not None:
+                            self.accelerator.clip_grad_norm_(self.trainable, s.max_grad_norm)
+                        self.optimizer.step()
+                        self.optimizer.zero_grad()
+                    for key, value in stats.items():
+                        sums[key] += float(value)
+                    counted += 1
+                self.scheduler.step()
+                self.step += 1
+                progress.update(1)
+                if self.step >= s.total_steps:
+                    break
+            if self.step >= s.total_steps:
+                break
+        means = self.reduce(torch.tensor([sums[k] / counted for k in sorted(sums)],
+                                         dtype=torch.float64)) / self.stage.num_processes
+        result = dict(zip(sorted(sums), means.tolist(), strict=True))
+        result["time/optimise"] = time.perf_counter() - started
+        result["learning_rate"] = self.scheduler.get_last_lr()[0]
+        return result
+
+    # -- evaluation ----------------------------------------------------------------------
+
+    def evaluate(self) -> dict[str, float]:
+        """Greedy completions for up to ``eval_samples`` held-out prompts (an equal share per
+        process), scored by the reward function: ``eval/reward_mean``."""
+        world = self.stage.num_processes
+        count = min(len(self.eval_dataset), self.s.eval_samples) // world * world
+        if count == 0:
+            return {}
+        rows = self.eval_dataset.select(range(self.stage.process_index, count, world))[:]
+        greedy = SamplingSettings(max_new_tokens=self.s.max_new_tokens)
+        with self.accelerator.autocast():
+            completions = generate_texts(self.unwrapped.policy, self.tokenizer, rows["prompt"],
+                                         greedy, batch_size=self.s.chunk_size,
+                                         max_prompt_length=self.s.max_prompt_length)
+        extra = {c: rows[c] for c in self.eval_dataset.column_names if c != "prompt"}
+        scores, problem = checked_scores(self.reward(rows["prompt"], completions, **extra),
+                                         len(completions))
+        ok = scores is not None
+        totals = self.reduce(torch.tensor([sum(scores) if ok else 0.0, len(completions),
+                                           0.0 if ok else 1.0], dtype=torch.float64))
+        if float(totals[2]) > 0:
+            logger.warning("ppo: evaluation skipped (%s)", problem or "on another process")
+            return {}
+        return {"eval/reward_mean": float(totals[0] / totals[1]), "eval/samples": int(totals[1])}
+
+    # -- checkpoints ---------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "skipped_chunks": self.skipped_chunks,
+                "ref_std": self.ref_std, "sampler": self.sampler.state_dict(),
+                "kl_controller": self.kl_controller.state_dict(),
+                "moments": self.moments.state_dict(),
+                "scheduler": self.scheduler.state_dict()}
+
+    def save_checkpoint(self) -> Path:
+        """Model, optimizer and RNG states (Accelerate) plus ``ppo_state.json`` in
+        ``checkpoint-<step>/``; keeps the newest ``keep_checkpoints``."""
+        path = self.stage.checkpoint_dir(self.step)
+        self.accelerator.save_state(str(path))
+        if self.stage.is_main_process:
+            (path / STATE_FILE).write_text(json.dumps(self.state_dict(), indent=1))
+            older = sorted((p for p in path.parent.glob("checkpoint-*") if p != path
+                            and p.name.removeprefix("checkpoint-").isdigit()),
+                           key=lambda p: int(p.name.removeprefix("checkpoint-")))
+            for old in older[:max(0, len(older) - self.s.keep_checkpoints + 1)]:
+                shutil.rmtree(old, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+        return path
+
+    def load_checkpoint(self, path: Path) -> None:
+        state_file = path / STATE_FILE
+        if not state_file.is_file():
+            raise UserError(f"ppo: {path} is not a complete checkpoint (no {STATE_FILE}); "
+                            "delete it or rerun with --force")
+        self.accelerator.load_state(str(path))
+        state = json.loads(state_file.read_text())
+        self.step, self.skipped_chunks = int(state["step"]), int(state["skipped_chunks"])
+        self.ref_std = state["ref_std"]
+        self.sampler.load_state_dict(state["sampler"])
+        self.kl_controller.load_state_dict(state["kl_controller"])
+        self.moments.load_state_dict(state["moments"])
+        self.scheduler.load_state_dict(state["scheduler"])
+
+    def save_final(self) -> None:
+        """The policy as a plain ``from_pretrained`` causal LM plus tokenizer in the stage
+        directory; the value head (and a separate critic's trunk) beside it."""
+        out = self.stage.output_dir
+        state = self.accelerator.get_state_dict(self.model)
+        if not self.stage.is_main_process:
+            return
+        model = self.unwrapped
+        policy_state = {k.removeprefix("policy."): v for k, v in state.items()
+                        if k.startswith("policy.")}
+        if self.s.lora_r:
+            self.reference.peft_model[0].merge_and_unload().save_pretrained(out)
+        else:
+            model.policy.save_pretrained(out, state_dict=policy_state)
+        self.tokenizer.save_pretrained(out)
+        head = {k.removeprefix("value_head."): v.contiguous() for k, v in state.items()
+                if k.startswith("value_head.")}
+        save_file(head, str(out / VALUE_HEAD_FILE),
+                  metadata={"hidden_size": str(model.policy.config.hidden_size),
+                            "layout": "Linear(h,2h)-ReLU-Linear(2h,1)",
+                            "input": "critic" if model.critic is not None else "policy trunk"})
+        if model.critic is not None:
+            critic_state = {k.removeprefix("critic."): v for k, v in state.items()
+                            if k.startswith("critic.")}
+            model.critic.save_pretrained(out / "critic", state_dict=critic_state)
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def train(self) -> dict[str, float]:
+        s, stage = self.s, self.stage
+        resumed_from = None
+        if stage.resume and (checkpoint := stage.latest_checkpoint()) is not None:
+            self.load_checkpoint(checkpoint)
+            resumed_from = self.step
+            stage.log({"resumed_from_step": self.step}, step=self.step)
+        progress = stage.progress(total=s.total_steps, desc="ppo steps")
+        progress.update(self.step)
+        last: dict[str, float] = {}
+        while self.step < s.total_steps:
+            before = self.step
+            started = time.perf_counter()
+            rollout, stats = self.collect_rollout()
+            stats.update(self.optimise(rollout, progress))
+            self.kl_controller.update(stats["kl"], n_steps=s.num_rollouts * s.ppo_epochs)
+            elapsed = time.perf_counter() - started
+            stats["samples_per_s"] = stats["rollout/samples"] / elapsed
+            stats["tokens_per_s"] = stats["rollout/tokens"] / elapsed
+            if (self.eval_dataset is not None and self._crossed(before, s.eval_interval)
+                    and self.step < s.total_steps):
+                stats.update(self.evaluate())
+            stage.log(stats, step=self.step)
+            progress.set_postfix(reward=f"{stats['reward/mean']:.3f}", kl=f"{stats['kl']:.3f}")
+            last = stats
+            if self._crossed(before, s.checkpoint_interval) and self.step < s.total_steps:
+                self.save_checkpoint()
+        progress.close()
+        final = {"steps": self.step, "skipped_chunks": self.skipped_chunks}
+        final.update({k: last[k] for k in ("reward/mean", "kl", "kl_coef", "samples_per_s")
+                      if k in last})
+        if self.eval_dataset is not None:
+            final.update(self.evaluate())
+            stage.log({k: v for k, v in final.items() if k.startswith("eval/")}, step=self.step)
+        if resumed_from is not None:
+            final["resumed_from_step"] = resumed_from
+        self.save_final()
+        return final
+
+    def _crossed(self, before: int, interval: int) -> bool:
+        """True when the last update passed a multiple of ``interval`` (0: never)."""
+        return interval > 0 and self.step // interval > before // interval
+
