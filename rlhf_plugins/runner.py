@@ -53,12 +53,10 @@ def stage_hash(recipe: Recipe, spec: StageSpec, upstream_run_ids: Mapping[str, s
 
 def wait_for_everyone() -> None:
     """A barrier across ranks when running under a launcher; a no-op otherwise."""
-    from rlhf_plugins.stage import num_processes
+    from rlhf_plugins.stage import num_processes, process_state
 
     if num_processes() > 1:
-        from accelerate import PartialState
-
-        PartialState().wait_for_everyone()
+        process_state().wait_for_everyone()
 
 
 def _format_metrics(metrics: Mapping[str, Any]) -> str:

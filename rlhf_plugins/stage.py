@@ -48,6 +48,15 @@ def is_main_process() -> bool:
     return process_index() == 0
 
 
+def process_state() -> Any:
+    """Accelerate's ``PartialState``, with ``cpu=True`` where there is no CUDA: without it, CPU
+    ranks started by a launcher each see a single process and collectives do nothing."""
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
 @dataclass
 class StageContext:
     """What a trainer or evaluator gets when its stage runs.
@@ -149,9 +158,7 @@ class StageContext:
     @cached_property
     def device(self) -> Any:
         """The torch device for this rank (the accelerator's when one exists)."""
-        from accelerate import PartialState
-
-        return PartialState().device
+        return process_state().device
 
     def accelerator(self, **kwargs: Any) -> Any:
         """An ``accelerate.Accelerator`` configured from ``[launch]`` (mixed precision,
