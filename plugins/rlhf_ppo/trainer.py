@@ -419,7 +419,8 @@ class PPOTrainer:
             if self._crossed(before, s.checkpoint_interval) and self.step < s.total_steps:
                 self.save_checkpoint()
         progress.close()
-        final = {"steps": self.step, "skipped_chunks": self.skipped_chunks}
+        final = {"steps": self.step, "skipped_chunks": self.skipped_chunks,
+                 "rank_param_spread": self.rank_param_spread()}
         final.update({k: last[k] for k in ("reward/mean", "kl", "kl_coef", "samples_per_s")
                       if k in last})
         if self.eval_dataset is not None:
@@ -429,6 +430,15 @@ class PPOTrainer:
             final["resumed_from_step"] = resumed_from
         self.save_final()
         return final
+
+    def rank_param_spread(self) -> float:
+        """Largest difference between the processes' sums of trainable weights: 0 when every
+        rank holds the same model."""
+        checksum = torch.stack([p.detach().double().sum() for p in self.trainable]).sum()
+        if self.stage.num_processes == 1:
+            return 0.0
+        sums = self.accelerator.gather(checksum.reshape(1).to(self.device))
+        return float(sums.max() - sums.min())
 
     def _crossed(self, before: int, interval: int) -> bool:
         """True when the last update passed a multiple of ``interval`` (0: never)."""

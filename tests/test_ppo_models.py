@@ -1,0 +1,126 @@
+"""Models: the hydra reference gives the logits of a full frozen copy after the policy has
+moved, for GPT-2, GPT-J and GPT-NeoX; freezing; response-only logits and values."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, GPT2Config, GPTJConfig, GPTNeoXConfig
+
+torch.set_num_threads(1)
+
+SPECIAL = dict(vocab_size=97, bos_token_id=1, eos_token_id=1)
+CONFIGS = {
+    "gpt2": lambda: GPT2Config(n_layer=3, n_embd=32, n_head=4, n_positions=64, **SPECIAL),
+    "gptj": lambda: GPTJConfig(n_layer=3, n_embd=32, n_head=4, n_positions=64, rotary_dim=4,
+                               **SPECIAL),
+    "gpt_neox": lambda: GPTNeoXConfig(num_hidden_layers=3, hidden_size=32, num_attention_heads=4,
+                                      intermediate_size=64, max_position_embeddings=64,
+                                      **SPECIAL),
+}
+
+
+def left_padded_batch():
+    from rlhf_ppo.rollout import model_inputs
+
+    queries = torch.tensor([[0, 0, 5, 6, 7], [1, 2, 3, 4, 5]])
+    query_mask = (queries != 0).long()
+    responses = torch.tensor([[8, 9, 10], [11, 12, 0]])
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    return model_inputs(queries, query_mask, responses, mask), queries.shape[1]
+
+
+def tiny_lm(architecture: str):
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(CONFIGS[architecture]()).eval()
+
+
+def perturb_trainable(module: torch.nn.Module) -> None:
+    with torch.no_grad():
+        for p in module.parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn_like(p))
+
+
+@pytest.mark.parametrize("architecture", sorted(CONFIGS))
+def test_hydra_reference_equals_a_full_copy_after_training(architecture):
+    from rlhf_ppo.models import build_models
+
+    lm = tiny_lm(architecture)
+    initial = copy.deepcopy(lm)
+    model, reference = build_models(lm, num_layers_unfrozen=1, separate_critic=False)
+    perturb_trainable(model)
+    inputs, start = left_padded_batch()
+    with torch.no_grad():
+        logits, values, ref_logits = reference.run(model.eval(), inputs, start)
+        expected_ref = initial(**inputs).logits[:, start - 1:-1]
+        expected_policy = model.policy(**inputs).logits[:, start - 1:-1]
+    assert torch.equal(ref_logits, expected_ref)  # bit-exact
+    torch.testing.assert_close(logits, expected_policy, rtol=0, atol=1e-6)
+    assert (logits - ref_logits).abs().max() > 1e-3, "the policy should have moved"
+    assert values.shape == (2, 3) and values.dtype == torch.float32
+
+
+def test_full_copy_reference_for_minus_one_trains_everything():
+    from rlhf_ppo.models import FrozenCopyReference, build_models
+
+    lm = tiny_lm("gpt2")
+    initial = copy.deepcopy(lm)
+    model, reference = build_models(lm, num_layers_unfrozen=-1, separate_critic=False)
+    assert isinstance(reference, FrozenCopyReference)
+    assert all(p.requires_grad for p in model.parameters())
+    assert not any(p.requires_grad for p in reference.parameters())
+    perturb_trainable(model)
+    inputs, start = left_padded_batch()
+    with torch.no_grad():
+        _, _, ref_logits = reference.run(model.eval(), inputs, start)
+        torch.testing.assert_close(ref_logits, initial(**inputs).logits[:, start - 1:-1],
+                                   rtol=0, atol=1e-6)
+
+
+def test_hydra_freezes_everything_below_the_top_blocks():
+    from rlhf_ppo.models import build_models
+
+    model, reference = build_models(tiny_lm("gptj"), num_layers_unfrozen=1, separate_critic=False)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable, "something must train"
+    assert all(n.startswith(("policy.transformer.h.2.", "policy.transformer.ln_f.",
+                             "policy.lm_head.", "value_head.")) for n in trainable)
+    assert any(n.startswith("policy.lm_head.") for n in trainable)  # GPT-J's head is untied
+    assert not any(p.requires_grad for p in reference.parameters())
+    n_block = sum(p.numel() for p in model.policy.transformer.h[2].parameters())
+    n_ref = sum(p.numel() for p in reference.parameters())
+    n_head = sum(p.numel() for p in model.policy.lm_head.parameters())
+    n_norm = sum(p.numel() for p in model.policy.transformer.ln_f.parameters())
+    assert n_ref == n_block + n_head + n_norm  # only the top of the model is copied
+
+
+def test_hydra_shares_a_head_tied_to_frozen_embeddings():
+    from rlhf_ppo.models import build_models
+
+    model, reference = build_models(tiny_lm("gpt2"), num_layers_unfrozen=2, separate_critic=False)
+    assert not model.policy.lm_head.weight.requires_grad
+    assert reference.head is model.policy.lm_head
+
+
+def test_separate_critic_has_its_own_trunk():
+    from rlhf_ppo.models import build_models
+
+    model, _ = build_models(tiny_lm("gpt_neox"), num_layers_unfrozen=1, separate_critic=True)
+    assert model.critic is not None
+    assert all(p.requires_grad for p in model.critic.parameters())
+    inputs, start = left_padded_batch()
+    logits, values = model(**inputs, response_start=start)
+    assert logits.shape == (2, 3, 97) and values.shape == (2, 3)
+    values.sum().backward()
+    assert model.critic.layers[0].attention.query_key_value.weight.grad is not None
+
+
+def test_too_many_unfrozen_layers_is_a_user_error():
+    from rlhf_plugins import UserError
+    from rlhf_ppo.models import build_models
+
+    with pytest.raises(UserError, match="exceeds the model's 3 layers"):
+        build_models(tiny_lm("gpt2"), num_layers_unfrozen=4, separate_critic=False)

@@ -1,0 +1,135 @@
+"""The ``ppo`` trainer end to end through the ``rlhf`` CLI, on a tiny GPT-2 and the toy plugin
+of tests/ppo_toy_plugin.py (prompts and a rule-based reward that can misbehave)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+TOY_PLUGIN = Path(__file__).with_name("ppo_toy_plugin.py")
+REPO = Path(__file__).resolve().parent.parent
+
+RECIPE = """
+[recipe]
+name = "{name}"
+seed = 3
+
+[stages.ppo]
+trainer = "ppo"
+policy = {{ use = "tiny-causal-lm", architecture = "gpt2", n_layer = 2, n_embd = 32, n_head = 2, vocab_size = 300 }}
+dataset = {{ use = "ppo-toy-prompts" }}
+reward = {{ use = "ppo-toy-reward", fault = "{fault}", fault_calls = {fault_calls} }}
+{extra}
+
+[stages.ppo.trainer_settings]
+total_steps = 8
+num_rollouts = 8
+chunk_size = 4
+batch_size = 4
+ppo_epochs = 2
+num_layers_unfrozen = 1
+max_new_tokens = 6
+learning_rate = 1e-3
+checkpoint_interval = 4
+"""
+
+
+@pytest.fixture
+def toy(plugin_dist, write_recipe, monkeypatch):
+    """Install the toy plugin (also for launched subprocesses); returns a recipe writer."""
+    site = plugin_dist("ppo-toy", "ppo_toy_plugin", TOY_PLUGIN.read_text())
+    monkeypatch.setenv("PYTHONPATH", str(site))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+    def recipe(name="toy", fault="none", fault_calls=(), extra=""):
+        text = RECIPE.format(name=name, fault=fault, fault_calls=list(fault_calls), extra=extra)
+        return write_recipe(text, name)
+
+    return recipe
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def state(run_dir: Path) -> dict:
+    return json.loads((run_dir / "stage_state.json").read_text())
+
+
+def test_ppo_trains_logs_and_saves_a_plain_causal_lm(toy, run_cli, tmp_path):
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    extra = 'eval_dataset = { use = "ppo-toy-prompts", rows = 6, offset = 500 }'
+    result = run_cli("run", toy(extra=extra))
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "runs" / "toy" / "ppo"
+    records = metrics(out)
+    assert [r["step"] for r in records if "reward/mean" in r] == [4, 8]
+    for key in ("reward/mean", "reward/std", "kl", "kl_coef", "policy/entropy",
+                "policy/clipfrac", "value/clipfrac", "loss/value", "policy/approx_kl",
+                "tokens_per_s", "samples_per_s", "learning_rate"):
+        assert key in records[0], key
+    final = state(out)["metrics"]
+    assert final["steps"] == 8 and final["eval/samples"] == 6 and final["rank_param_spread"] == 0
+    model, info = AutoModelForCausalLM.from_pretrained(out, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    head = load_file(out / "value_head.safetensors")
+    assert head["0.weight"].shape == (64, 32) and head["2.weight"].shape == (1, 64)
+    assert (out / "tokenizer.json").is_file()
+
+
+@pytest.mark.parametrize("fault", ["nan", "short"])
+def test_unusable_rewards_skip_the_chunk_and_are_counted(toy, run_cli, tmp_path, fault):
+    result = run_cli("run", toy(fault=fault, fault_calls=[2]))
+    assert result.exit_code == 0, result.output
+    records = metrics(tmp_path / "runs" / "toy" / "ppo")
+    assert records[0]["skipped_chunks"] == 1
+    assert records[0]["rollout/samples"] == 8  # the skipped chunk was replaced
+
+
+def test_a_reward_that_never_works_stops_with_a_clear_error(toy, run_cli):
+    result = run_cli("run", toy(fault="short", fault_calls=list(range(1, 30))))
+    assert result.exit_code == 2
+    assert "unusable scores for 8 chunks in a row" in result.output
+
+
+def test_resume_after_an_interruption_continues_from_the_saved_step(toy, run_cli, tmp_path,
+                                                                     monkeypatch):
+    from safetensors.torch import load_file
+
+    assert run_cli("run", toy(name="straight")).exit_code == 0
+    interrupted = toy(name="interrupted")
+    monkeypatch.setenv("PPO_TOY_FAIL_AT_CALL", "3")  # the first call of the second update
+    result = run_cli("run", interrupted)
+    assert result.exit_code == 1 and "interrupted at reward call 3" in result.output
+    out = tmp_path / "runs" / "interrupted" / "ppo"
+    assert state(out)["status"] == "running"
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-4"]
+    monkeypatch.delenv("PPO_TOY_FAIL_AT_CALL")
+    result = run_cli("run", interrupted)
+    assert result.exit_code == 0 and "resuming" in result.output
+    assert state(out)["metrics"]["resumed_from_step"] == 4
+    steps = [r["step"] for r in metrics(out) if "reward/mean" in r]
+    assert steps == [4, 8]  # one update before the interruption, one after it
+    straight = tmp_path / "runs" / "straight" / "ppo"
+    resumed_weights = load_file(out / "model.safetensors")
+    for name, tensor in load_file(straight / "model.safetensors").items():
+        assert resumed_weights[name].equal(tensor), name
+
+
+def test_two_processes_stay_in_sync(toy, run_cli, tmp_path):
+    result = run_cli("run", toy(name="ddp"), "--num-processes", "2")
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "runs" / "ddp" / "ppo"
+    final = state(out)["metrics"]
+    assert final["rank_param_spread"] == 0
+    assert metrics(out)[0]["rollout/samples"] == 16  # 8 experiences on each of 2 processes
+
+
+@pytest.mark.parametrize("recipe", ["tiny_ppo.toml", "tldr_ppo.toml"])
+def test_shipped_recipes_validate(run_cli, recipe):
+    result = run_cli("validate", REPO / "recipes" / recipe)
+    assert result.exit_code == 0, result.output
