@@ -39,8 +39,11 @@ def toy_prompts(rows: int = 48, offset: int = 0) -> Dataset:
     return HFDataset.from_dict({"prompt": prompts, "reference": references})
 
 
-def toy_reward(target: str = "a", fault: Literal["none", "nan", "short"] = "none",
-               fault_calls: list[int] | None = None) -> RewardFunction:
+def toy_reward(
+    target: str = "a",
+    fault: Literal["none", "nan", "short"] = "none",
+    fault_calls: list[int] | None = None,
+) -> RewardFunction:
     calls = {"n": 0}
     fail_at = int(os.environ.get("PPO_TOY_FAIL_AT_CALL", "0"))
 

@@ -16,8 +16,12 @@ torch.set_num_threads(1)
 
 
 def close(actual, expected, tol=1e-6):
-    torch.testing.assert_close(torch.as_tensor(actual, dtype=torch.float64),
-                               torch.as_tensor(expected, dtype=torch.float64), atol=tol, rtol=0)
+    torch.testing.assert_close(
+        torch.as_tensor(actual, dtype=torch.float64),
+        torch.as_tensor(expected, dtype=torch.float64),
+        atol=tol,
+        rtol=0,
+    )
 
 
 def test_gae_and_returns_match_a_hand_computed_example():
@@ -122,8 +126,9 @@ def test_clipped_value_loss():
     from rlhf_ppo.maths import value_loss
 
     values = torch.tensor([[1.0, 0.0]])
-    loss, stats = value_loss(values, torch.tensor([[0.5, 0.1]]), torch.tensor([[2.0, 0.0]]),
-                             torch.ones(1, 2), 0.2)
+    loss, stats = value_loss(
+        values, torch.tensor([[0.5, 0.1]]), torch.tensor([[2.0, 0.0]]), torch.ones(1, 2), 0.2
+    )
     # token 0: clipped to 0.7 -> (0.7 - 2)^2 = 1.69 > (1 - 2)^2; token 1: both 0
     close(loss, 0.5 * (1.69 + 0.0) / 2)
     close(stats["value/clipfrac"], 0.5)
@@ -162,8 +167,13 @@ def test_running_moments_merge_batches():
 def test_learning_rate_schedules():
     from rlhf_ppo.trainer import learning_rate_factor
 
-    s = SimpleNamespace(warmup_steps=0, min_learning_rate=0.0, learning_rate=1.0, total_steps=10,
-                        lr_scheduler="cosine")
+    s = SimpleNamespace(
+        warmup_steps=0,
+        min_learning_rate=0.0,
+        learning_rate=1.0,
+        total_steps=10,
+        lr_scheduler="cosine",
+    )
     close([learning_rate_factor(t, s) for t in (0, 5, 10)], [1.0, 0.5, 0.0])
     s.lr_scheduler, s.min_learning_rate = "linear", 0.2
     close(learning_rate_factor(5, s), 0.6)
@@ -177,8 +187,16 @@ def ppo_factory():
 
 def test_settings_report_every_batch_size_problem_at_once():
     with pytest.raises(UserError) as excinfo:
-        ppo_factory()(policy=None, reward=None, dataset=None, num_rollouts=20, chunk_size=8,
-                      batch_size=6, gradient_accumulation_steps=4, num_layers_unfrozen=0)
+        ppo_factory()(
+            policy=None,
+            reward=None,
+            dataset=None,
+            num_rollouts=20,
+            chunk_size=8,
+            batch_size=6,
+            gradient_accumulation_steps=4,
+            num_layers_unfrozen=0,
+        )
     message = str(excinfo.value)
     assert "multiple of chunk_size" in message
     assert "multiple of batch_size" in message
@@ -186,12 +204,15 @@ def test_settings_report_every_batch_size_problem_at_once():
     assert "num_layers_unfrozen" in message
 
 
-@pytest.mark.parametrize("settings, fragment", [
-    (dict(kl_controller="adaptive", target=None), "positive target"),
-    (dict(gamma=1.5), "gamma must lie in [0, 1]"),
-    (dict(lora_r=8, num_layers_unfrozen=2), "LoRA"),
-    (dict(cliprange=0.0), "cliprange must be positive"),
-])
+@pytest.mark.parametrize(
+    "settings, fragment",
+    [
+        (dict(kl_controller="adaptive", target=None), "positive target"),
+        (dict(gamma=1.5), "gamma must lie in [0, 1]"),
+        (dict(lora_r=8, num_layers_unfrozen=2), "LoRA"),
+        (dict(cliprange=0.0), "cliprange must be positive"),
+    ],
+)
 def test_settings_checks(settings, fragment):
     with pytest.raises(UserError, match=fragment.replace("[", r"\[").replace("]", r"\]")):
         ppo_factory()(policy=None, reward=None, dataset=None, **settings)

@@ -14,11 +14,17 @@ torch.set_num_threads(1)
 SPECIAL = dict(vocab_size=97, bos_token_id=1, eos_token_id=1)
 CONFIGS = {
     "gpt2": lambda: GPT2Config(n_layer=3, n_embd=32, n_head=4, n_positions=64, **SPECIAL),
-    "gptj": lambda: GPTJConfig(n_layer=3, n_embd=32, n_head=4, n_positions=64, rotary_dim=4,
-                               **SPECIAL),
-    "gpt_neox": lambda: GPTNeoXConfig(num_hidden_layers=3, hidden_size=32, num_attention_heads=4,
-                                      intermediate_size=64, max_position_embeddings=64,
-                                      **SPECIAL),
+    "gptj": lambda: GPTJConfig(
+        n_layer=3, n_embd=32, n_head=4, n_positions=64, rotary_dim=4, **SPECIAL
+    ),
+    "gpt_neox": lambda: GPTNeoXConfig(
+        num_hidden_layers=3,
+        hidden_size=32,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        **SPECIAL,
+    ),
 }
 
 
@@ -55,8 +61,8 @@ def test_hydra_reference_equals_a_full_copy_after_training(architecture):
     inputs, start = left_padded_batch()
     with torch.no_grad():
         logits, values, ref_logits = reference.run(model.eval(), inputs, start)
-        expected_ref = initial(**inputs).logits[:, start - 1:-1]
-        expected_policy = model.policy(**inputs).logits[:, start - 1:-1]
+        expected_ref = initial(**inputs).logits[:, start - 1 : -1]
+        expected_policy = model.policy(**inputs).logits[:, start - 1 : -1]
     assert torch.equal(ref_logits, expected_ref)  # bit-exact
     torch.testing.assert_close(logits, expected_policy, rtol=0, atol=1e-6)
     assert (logits - ref_logits).abs().max() > 1e-3, "the policy should have moved"
@@ -76,8 +82,9 @@ def test_full_copy_reference_for_minus_one_trains_everything():
     inputs, start = left_padded_batch()
     with torch.no_grad():
         _, _, ref_logits = reference.run(model.eval(), inputs, start)
-        torch.testing.assert_close(ref_logits, initial(**inputs).logits[:, start - 1:-1],
-                                   rtol=0, atol=1e-6)
+        torch.testing.assert_close(
+            ref_logits, initial(**inputs).logits[:, start - 1 : -1], rtol=0, atol=1e-6
+        )
 
 
 def test_hydra_freezes_everything_below_the_top_blocks():
@@ -86,8 +93,17 @@ def test_hydra_freezes_everything_below_the_top_blocks():
     model, reference = build_models(tiny_lm("gptj"), num_layers_unfrozen=1, separate_critic=False)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable, "something must train"
-    assert all(n.startswith(("policy.transformer.h.2.", "policy.transformer.ln_f.",
-                             "policy.lm_head.", "value_head.")) for n in trainable)
+    assert all(
+        n.startswith(
+            (
+                "policy.transformer.h.2.",
+                "policy.transformer.ln_f.",
+                "policy.lm_head.",
+                "value_head.",
+            )
+        )
+        for n in trainable
+    )
     assert any(n.startswith("policy.lm_head.") for n in trainable)  # GPT-J's head is untied
     assert not any(p.requires_grad for p in reference.parameters())
     n_block = sum(p.numel() for p in model.policy.transformer.h[2].parameters())
@@ -119,8 +135,9 @@ def test_separate_critic_has_its_own_trunk():
 
 
 def test_too_many_unfrozen_layers_is_a_user_error():
-    from rlhf_plugins import UserError
     from rlhf_ppo.models import build_models
+
+    from rlhf_plugins import UserError
 
     with pytest.raises(UserError, match="exceeds the model's 3 layers"):
         build_models(tiny_lm("gpt2"), num_layers_unfrozen=4, separate_critic=False)

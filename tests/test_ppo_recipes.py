@@ -68,13 +68,24 @@ def test_ppo_trains_logs_and_saves_a_plain_causal_lm(toy, run_cli, tmp_path):
     out = tmp_path / "runs" / "toy" / "ppo"
     records = metrics(out)
     assert [r["step"] for r in records if "reward/mean" in r] == [4, 8]
-    for key in ("reward/mean", "reward/std", "kl", "kl_coef", "policy/entropy",
-                "policy/clipfrac", "value/clipfrac", "loss/value", "policy/approx_kl",
-                "tokens_per_s", "samples_per_s", "learning_rate"):
+    for key in (
+        "reward/mean",
+        "reward/std",
+        "kl",
+        "kl_coef",
+        "policy/entropy",
+        "policy/clipfrac",
+        "value/clipfrac",
+        "loss/value",
+        "policy/approx_kl",
+        "tokens_per_s",
+        "samples_per_s",
+        "learning_rate",
+    ):
         assert key in records[0], key
     final = state(out)["metrics"]
     assert final["steps"] == 8 and final["eval/samples"] == 6 and final["rank_param_spread"] == 0
-    model, info = AutoModelForCausalLM.from_pretrained(out, output_loading_info=True)
+    _, info = AutoModelForCausalLM.from_pretrained(out, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
     head = load_file(out / "value_head.safetensors")
     assert head["0.weight"].shape == (64, 32) and head["2.weight"].shape == (1, 64)
@@ -96,8 +107,9 @@ def test_a_reward_that_never_works_stops_with_a_clear_error(toy, run_cli):
     assert "unusable scores for 8 chunks in a row" in result.output
 
 
-def test_resume_after_an_interruption_continues_from_the_saved_step(toy, run_cli, tmp_path,
-                                                                     monkeypatch):
+def test_resume_after_an_interruption_continues_from_the_saved_step(
+    toy, run_cli, tmp_path, monkeypatch
+):
     from safetensors.torch import load_file
 
     assert run_cli("run", toy(name="straight")).exit_code == 0

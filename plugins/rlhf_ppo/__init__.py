@@ -14,8 +14,12 @@ from rlhf_plugins import Dataset, Policy, RewardFunction, StageFn, hookimpl
 
 @hookimpl
 def register_trainers(register):
-    register("ppo", ppo, description="PPO (trlX-style: value head on the trunk, hydra "
-                                     "reference) with any reward function.")
+    register(
+        "ppo",
+        ppo,
+        description="PPO (trlX-style: value head on the trunk, hydra "
+        "reference) with any reward function.",
+    )
 
 
 def ppo(

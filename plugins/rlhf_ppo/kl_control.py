@@ -50,8 +50,9 @@ class FixedKLController:
         self.value = float(state["value"])
 
 
-def make_kl_controller(kind: str, init_kl_coef: float, target: float | None,
-                       horizon: int) -> AdaptiveKLController | FixedKLController:
+def make_kl_controller(
+    kind: str, init_kl_coef: float, target: float | None, horizon: int
+) -> AdaptiveKLController | FixedKLController:
     """``kind`` is ``"adaptive"`` (needs ``target``) or ``"fixed"``."""
     if kind == "adaptive":
         if target is None:

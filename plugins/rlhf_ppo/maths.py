@@ -26,8 +26,14 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor, reduce: Reduce = _local) ->
     return (totals[0] / totals[1].clamp(min=1)).to(x.dtype)
 
 
-def masked_whiten(x: torch.Tensor, mask: torch.Tensor, *, shift_mean: bool = True,
-                  reduce: Reduce = _local, eps: float = 1e-8) -> torch.Tensor:
+def masked_whiten(
+    x: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    shift_mean: bool = True,
+    reduce: Reduce = _local,
+    eps: float = 1e-8,
+) -> torch.Tensor:
     """``(x - mean) / std`` over the masked entries (population variance); with
     ``shift_mean=False`` the mean is added back. Padding positions become 0."""
     x64, m64 = x.to(torch.float64), mask.to(torch.float64)
@@ -41,8 +47,9 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, *, shift_mean: bool = Tru
     return (whitened * m64).to(x.dtype)
 
 
-def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor,
-               estimator: str = "k1") -> torch.Tensor:
+def kl_penalty(
+    logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str = "k1"
+) -> torch.Tensor:
     """Per-token estimate of KL(policy || reference) from sampled tokens (Schulman's k1:
     ``log p - log q``; k3: ``exp(log q - log p) - 1 - (log q - log p)``, never negative)."""
     log_ratio = logprobs - ref_logprobs
@@ -57,8 +64,9 @@ def last_token_index(mask: torch.Tensor) -> torch.Tensor:
     return (positions * mask.long()).max(dim=1).values
 
 
-def token_rewards(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor,
-                  kl_coef: float) -> torch.Tensor:
+def token_rewards(
+    scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, kl_coef: float
+) -> torch.Tensor:
     """``-kl_coef * kl`` on every response token, plus each row's score on its last token."""
     rewards = -kl_coef * kl * mask
     rows = torch.arange(rewards.shape[0], device=rewards.device)
@@ -66,8 +74,9 @@ def token_rewards(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor,
     return rewards
 
 
-def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float,
-        lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+def gae(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Generalised advantage estimation; returns ``(advantages, returns)``.
 
     ``delta_t = r_t + gamma * V_{t+1} - V_t`` (``V`` is 0 after the last real token) and
@@ -86,8 +95,13 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
     return advantages, (advantages + values) * mask
 
 
-def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
-                mask: torch.Tensor, cliprange: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def policy_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    cliprange: float,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """PPO's clipped surrogate ``mean(max(-A * r, -A * clip(r, 1 - e, 1 + e)))`` with
     ``r = exp(logprobs - old_logprobs)``; stats: clip fraction and approximate KL
     (``mean(r - 1 - log r)``)."""
@@ -105,9 +119,13 @@ def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: 
     return loss, stats
 
 
-def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
-               mask: torch.Tensor, cliprange_value: float
-               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def value_loss(
+    values: torch.Tensor,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    mask: torch.Tensor,
+    cliprange_value: float,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clipped value loss ``0.5 * mean(max((V - R)^2, (clip(V, V_old +- e) - R)^2))``."""
     clipped_values = torch.clamp(values, old_values - cliprange_value, old_values + cliprange_value)
     unclipped = (values - returns) ** 2
@@ -149,16 +167,23 @@ class RunningMoments:
     def update(self, xs: torch.Tensor, reduce: Reduce = _local) -> tuple[float, float]:
         """Add ``xs``; return the batch's (mean, sample std) over every process."""
         x64 = xs.detach().to(torch.float64).flatten()
-        totals = reduce(torch.stack([x64.sum(), (x64 * x64).sum(),
-                                     torch.tensor(float(x64.numel()), dtype=torch.float64,
-                                                  device=x64.device)]))
+        totals = reduce(
+            torch.stack(
+                [
+                    x64.sum(),
+                    (x64 * x64).sum(),
+                    torch.tensor(float(x64.numel()), dtype=torch.float64, device=x64.device),
+                ]
+            )
+        )
         n = float(totals[2])
         batch_mean = float(totals[0]) / n
         batch_var = max(float(totals[1]) / n - batch_mean**2, 0.0)
         delta = batch_mean - self.mean
         total = self.count + n
-        self.var = (self.var * self.count + batch_var * n
-                    + delta**2 * self.count * n / total) / total
+        self.var = (
+            self.var * self.count + batch_var * n + delta**2 * self.count * n / total
+        ) / total
         self.mean += delta * n / total
         self.std = (self.var * total / max(total - 1, 1e-24)) ** 0.5
         self.count = total

@@ -42,8 +42,10 @@ def decoder_layers(trunk: nn.Module, num_layers: int) -> nn.ModuleList:
     for module in trunk.modules():
         if isinstance(module, nn.ModuleList) and len(module) == num_layers:
             return module
-    raise UserError(f"{type(trunk).__name__}: no list of {num_layers} decoder blocks found; "
-                    "use num_layers_unfrozen = -1 (a full reference copy) for this model")
+    raise UserError(
+        f"{type(trunk).__name__}: no list of {num_layers} decoder blocks found; "
+        "use num_layers_unfrozen = -1 (a full reference copy) for this model"
+    )
 
 
 def final_norm(trunk: nn.Module) -> nn.Module:
@@ -52,8 +54,10 @@ def final_norm(trunk: nn.Module) -> nn.Module:
         module = getattr(trunk, name, None)
         if isinstance(module, nn.Module):
             return module
-    raise UserError(f"{type(trunk).__name__}: no final norm ({', '.join(FINAL_NORM_NAMES)}) "
-                    "found; use num_layers_unfrozen = -1 (a full reference copy) for this model")
+    raise UserError(
+        f"{type(trunk).__name__}: no final norm ({', '.join(FINAL_NORM_NAMES)}) "
+        "found; use num_layers_unfrozen = -1 (a full reference copy) for this model"
+    )
 
 
 def num_layers(lm: nn.Module) -> int:
@@ -63,13 +67,14 @@ def num_layers(lm: nn.Module) -> int:
 
 def make_value_head(hidden_size: int) -> nn.Sequential:
     """trlX's value head: ``Linear(h, 2h) -> ReLU -> Linear(2h, 1)``."""
-    return nn.Sequential(nn.Linear(hidden_size, 2 * hidden_size), nn.ReLU(),
-                         nn.Linear(2 * hidden_size, 1))
+    return nn.Sequential(
+        nn.Linear(hidden_size, 2 * hidden_size), nn.ReLU(), nn.Linear(2 * hidden_size, 1)
+    )
 
 
 def response_logits(lm: nn.Module, hidden: torch.Tensor, response_start: int) -> torch.Tensor:
     """LM-head logits at the positions predicting tokens ``response_start`` onwards."""
-    return lm.get_output_embeddings()(hidden[:, response_start - 1:-1])
+    return lm.get_output_embeddings()(hidden[:, response_start - 1 : -1])
 
 
 def trunk_hidden(trunk: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -90,9 +95,13 @@ class PolicyValueModel(nn.Module):
     def trunk(self) -> nn.Module:
         return self.policy.base_model
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                position_ids: torch.Tensor, response_start: int
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        response_start: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(logits, values)`` at the positions predicting the response tokens:
         ``[batch, response_length, vocab]`` and ``[batch, response_length]`` (float32)."""
         inputs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
@@ -100,7 +109,7 @@ class PolicyValueModel(nn.Module):
         logits = response_logits(self.policy, hidden, response_start)
         if self.critic is not None:
             hidden = trunk_hidden(self.critic, inputs)
-        values = self.value_head(hidden[:, response_start - 1:-1]).squeeze(-1)
+        values = self.value_head(hidden[:, response_start - 1 : -1]).squeeze(-1)
         return logits, values.float()
 
 
@@ -118,7 +127,7 @@ class HydraReference(nn.Module):
         layers = decoder_layers(lm.base_model, num_layers(lm))
         self.split = len(layers) - k
         self.policy_layers = [layers]
-        self.blocks = freeze(copy.deepcopy(layers[self.split:]))
+        self.blocks = freeze(copy.deepcopy(layers[self.split :]))
         self.norm = freeze(copy.deepcopy(final_norm(lm.base_model)))
         head = lm.get_output_embeddings()
         self.shared_head = [head] if not head.weight.requires_grad else []
@@ -135,7 +144,7 @@ class HydraReference(nn.Module):
         if k > len(layers):
             raise UserError(f"num_layers_unfrozen ({k}) exceeds the model's {len(layers)} layers")
         lm.requires_grad_(False)
-        layers[len(layers) - k:].requires_grad_(True)
+        layers[len(layers) - k :].requires_grad_(True)
         final_norm(lm.base_model).requires_grad_(True)
         head, embeddings = lm.get_output_embeddings(), lm.get_input_embeddings()
         if head.weight is not embeddings.weight:
@@ -167,11 +176,12 @@ class HydraReference(nn.Module):
                 args[0] = hidden
             output = block(*args, **kwargs)
             hidden = output[0] if isinstance(output, tuple) else output
-        hidden = self.norm(hidden[:, response_start - 1:-1])
+        hidden = self.norm(hidden[:, response_start - 1 : -1])
         return self.head(hidden)
 
-    def run(self, model: PolicyValueModel, inputs: dict[str, torch.Tensor], response_start: int
-            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def run(
+        self, model: PolicyValueModel, inputs: dict[str, torch.Tensor], response_start: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         with self.capture() as captured:
             logits, values = model(**inputs, response_start=response_start)
         return logits, values, self.replay(captured, response_start)
@@ -184,8 +194,9 @@ class FrozenCopyReference(nn.Module):
         super().__init__()
         self.lm = freeze(copy.deepcopy(lm))
 
-    def run(self, model: PolicyValueModel, inputs: dict[str, torch.Tensor], response_start: int
-            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def run(
+        self, model: PolicyValueModel, inputs: dict[str, torch.Tensor], response_start: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         logits, values = model(**inputs, response_start=response_start)
         hidden = trunk_hidden(self.lm.base_model, inputs)
         return logits, values, response_logits(self.lm, hidden, response_start)
@@ -198,8 +209,9 @@ class AdapterOffReference(nn.Module):
         super().__init__()
         self.peft_model = [peft_model]
 
-    def run(self, model: PolicyValueModel, inputs: dict[str, torch.Tensor], response_start: int
-            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def run(
+        self, model: PolicyValueModel, inputs: dict[str, torch.Tensor], response_start: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         logits, values = model(**inputs, response_start=response_start)
         with self.peft_model[0].disable_adapter():
             hidden = trunk_hidden(model.trunk, inputs)
@@ -210,20 +222,31 @@ class AdapterOffReference(nn.Module):
 Reference = HydraReference | FrozenCopyReference | AdapterOffReference
 
 
-def apply_lora(lm: nn.Module, r: int, alpha: float, dropout: float,
-               target_modules: list[str] | None) -> Any:
+def apply_lora(
+    lm: nn.Module, r: int, alpha: float, dropout: float, target_modules: list[str] | None
+) -> Any:
     """Wrap ``lm`` in a peft LoRA adapter (peft is optional)."""
     try:
         from peft import LoraConfig, get_peft_model
     except ImportError:
         raise UserError("lora_r > 0 needs the optional package peft: pip install peft") from None
-    config = LoraConfig(task_type="CAUSAL_LM", r=r, lora_alpha=alpha, lora_dropout=dropout,
-                        target_modules=target_modules)
+    config = LoraConfig(
+        task_type="CAUSAL_LM",
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=target_modules,
+    )
     return get_peft_model(lm, config)
 
 
-def build_models(lm: nn.Module, *, num_layers_unfrozen: int, separate_critic: bool,
-                 lora: dict[str, Any] | None = None) -> tuple[PolicyValueModel, Reference]:
+def build_models(
+    lm: nn.Module,
+    *,
+    num_layers_unfrozen: int,
+    separate_critic: bool,
+    lora: dict[str, Any] | None = None,
+) -> tuple[PolicyValueModel, Reference]:
     """The trained module and its reference for a freshly loaded causal LM ``lm``
     (``lora``: keyword arguments of ``apply_lora`` when the policy trains a LoRA adapter)."""
     disable_dropout(lm)

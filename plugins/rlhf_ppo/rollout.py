@@ -26,8 +26,9 @@ class PromptSampler:
         self.dataset, self.seed, self.rank, self.world = dataset, seed, rank, world
         self.share = len(dataset) // world
         if self.share == 0:
-            raise UserError(f"ppo: the prompt dataset has {len(dataset)} rows, fewer than the "
-                            f"{world} processes")
+            raise UserError(
+                f"ppo: the prompt dataset has {len(dataset)} rows, fewer than the {world} processes"
+            )
         self.epoch, self.position = 0, 0
         self._order: tuple[int, list[int]] | None = None
 
@@ -35,14 +36,14 @@ class PromptSampler:
         if self._order is None or self._order[0] != self.epoch:
             generator = torch.Generator().manual_seed(self.seed + self.epoch)
             permutation = torch.randperm(len(self.dataset), generator=generator)
-            self._order = (self.epoch, permutation[self.rank::self.world][:self.share].tolist())
+            self._order = (self.epoch, permutation[self.rank :: self.world][: self.share].tolist())
         return self._order[1]
 
     def next_rows(self, count: int) -> dict[str, list]:
         """The next ``count`` rows as columns (``{"prompt": [...], ...}``)."""
         indices: list[int] = []
         while len(indices) < count:
-            taken = self.order()[self.position:self.position + count - len(indices)]
+            taken = self.order()[self.position : self.position + count - len(indices)]
             indices += taken
             self.position += len(taken)
             if self.position >= self.share:
@@ -71,14 +72,18 @@ def checked_scores(values: Any, expected: int) -> tuple[list[float] | None, str]
     return scores, ""
 
 
-def model_inputs(queries: torch.Tensor, query_mask: torch.Tensor, responses: torch.Tensor,
-                 mask: torch.Tensor) -> dict[str, torch.Tensor]:
+def model_inputs(
+    queries: torch.Tensor, query_mask: torch.Tensor, responses: torch.Tensor, mask: torch.Tensor
+) -> dict[str, torch.Tensor]:
     """Left-padded prompts + right-padded responses as ``input_ids``, ``attention_mask`` and
     ``position_ids`` counted from each row's first real token (as in generation)."""
     attention_mask = torch.cat([query_mask, mask], dim=1).long()
     position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
-    return {"input_ids": torch.cat([queries, responses], dim=1), "attention_mask": attention_mask,
-            "position_ids": position_ids}
+    return {
+        "input_ids": torch.cat([queries, responses], dim=1),
+        "attention_mask": attention_mask,
+        "position_ids": position_ids,
+    }
 
 
 def left_pad(rows: Sequence[torch.Tensor], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,15 +93,15 @@ def left_pad(rows: Sequence[torch.Tensor], pad_id: int) -> tuple[torch.Tensor, t
     mask = torch.zeros_like(tokens)
     for i, row in enumerate(rows):
         if len(row):
-            tokens[i, width - len(row):] = row
-            mask[i, width - len(row):] = 1
+            tokens[i, width - len(row) :] = row
+            mask[i, width - len(row) :] = 1
     return tokens, mask
 
 
 def right_pad(rows: Sequence[torch.Tensor], width: int, value: float) -> torch.Tensor:
     out = rows[0].new_full((len(rows), width), value)
     for i, row in enumerate(rows):
-        out[i, :len(row)] = row
+        out[i, : len(row)] = row
     return out
 
 
@@ -139,10 +144,15 @@ class Rollout:
         padded = {}
         for name in cls.TOKEN_FIELDS:
             fill = pad_id if name == "responses" else 0
-            padded[name] = torch.cat([right_pad(list(getattr(c, name)), width, fill) for c in chunks])
-        return cls(queries=[q for c in chunks for q in c.queries],
-                   scores=torch.cat([c.scores for c in chunks]),
-                   scaled_scores=torch.cat([c.scaled_scores for c in chunks]), **padded)
+            padded[name] = torch.cat(
+                [right_pad(list(getattr(c, name)), width, fill) for c in chunks]
+            )
+        return cls(
+            queries=[q for c in chunks for q in c.queries],
+            scores=torch.cat([c.scores for c in chunks]),
+            scaled_scores=torch.cat([c.scaled_scores for c in chunks]),
+            **padded,
+        )
 
     def __len__(self) -> int:
         return len(self.queries)
@@ -154,8 +164,10 @@ class Rollout:
         mask = self.mask[index]
         width = int(mask.sum(dim=1).max())
         queries, query_mask = left_pad([self.queries[i] for i in indices], pad_id)
-        batch = {name: getattr(self, name)[index][:, :width]
-                 for name in ("logprobs", "values", "advantages", "returns", "responses", "mask")}
+        batch = {
+            name: getattr(self, name)[index][:, :width]
+            for name in ("logprobs", "values", "advantages", "returns", "responses", "mask")
+        }
         batch["inputs"] = model_inputs(queries, query_mask, batch["responses"], batch["mask"])
         batch["response_start"] = queries.shape[1]
         return batch

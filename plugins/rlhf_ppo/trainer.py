@@ -49,10 +49,18 @@ class PPOStage:
     def __call__(self, stage: StageContext) -> dict[str, float]:
         for name, data in (("dataset", self.dataset), ("eval_dataset", self.eval_dataset)):
             if data is not None and "prompt" not in data.column_names:
-                raise UserError(f"ppo: {name} needs a 'prompt' column (a 'prompts' view); it has "
-                                f"{', '.join(data.column_names)}")
-        trainer = PPOTrainer(stage, self.policy, self.reward, self.dataset, self.eval_dataset,
-                             SimpleNamespace(**self.settings))
+                raise UserError(
+                    f"ppo: {name} needs a 'prompt' column (a 'prompts' view); it has "
+                    f"{', '.join(data.column_names)}"
+                )
+        trainer = PPOTrainer(
+            stage,
+            self.policy,
+            self.reward,
+            self.dataset,
+            self.eval_dataset,
+            SimpleNamespace(**self.settings),
+        )
         return trainer.train()
 
 
@@ -73,39 +81,70 @@ def learning_rate_factor(step: int, s: SimpleNamespace) -> float:
 class PPOTrainer:
     """Holds the models, optimizer and counters of one ``ppo`` stage."""
 
-    def __init__(self, stage: StageContext, policy: Policy, reward: RewardFunction, dataset: Any,
-                 eval_dataset: Any, settings: SimpleNamespace):
+    def __init__(
+        self,
+        stage: StageContext,
+        policy: Policy,
+        reward: RewardFunction,
+        dataset: Any,
+        eval_dataset: Any,
+        settings: SimpleNamespace,
+    ):
         self.stage, self.reward, self.eval_dataset, self.s = stage, reward, eval_dataset, settings
         s = settings
-        self.accelerator = stage.accelerator(gradient_accumulation_steps=s.gradient_accumulation_steps)
+        self.accelerator = stage.accelerator(
+            gradient_accumulation_steps=s.gradient_accumulation_steps
+        )
         self.device = self.accelerator.device
         self.tokenizer = policy.load_tokenizer()
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        lora = (dict(r=s.lora_r, alpha=s.lora_alpha, dropout=s.lora_dropout,
-                     target_modules=s.lora_target_modules) if s.lora_r else None)
-        model, self.reference = build_models(policy.load_model(), lora=lora,
-                                             num_layers_unfrozen=s.num_layers_unfrozen,
-                                             separate_critic=s.separate_critic)
+        lora = (
+            dict(
+                r=s.lora_r,
+                alpha=s.lora_alpha,
+                dropout=s.lora_dropout,
+                target_modules=s.lora_target_modules,
+            )
+            if s.lora_r
+            else None
+        )
+        model, self.reference = build_models(
+            policy.load_model(),
+            lora=lora,
+            num_layers_unfrozen=s.num_layers_unfrozen,
+            separate_critic=s.separate_critic,
+        )
         if s.gradient_checkpointing:
             for trunk in (model.policy, model.critic):
                 if trunk is not None:
                     trunk.gradient_checkpointing_enable({"use_reentrant": False})
         self.trainable = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(self.trainable, lr=s.learning_rate, eps=s.adam_epsilon,
-                                      betas=(s.adam_beta1, s.adam_beta2),
-                                      weight_decay=s.weight_decay)
+        optimizer = torch.optim.AdamW(
+            self.trainable,
+            lr=s.learning_rate,
+            eps=s.adam_epsilon,
+            betas=(s.adam_beta1, s.adam_beta2),
+            weight_decay=s.weight_decay,
+        )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: learning_rate_factor(step, s))
+            optimizer, lambda step: learning_rate_factor(step, s)
+        )
         self._configure_deepspeed()
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self.reference.to(self.device)
-        self.sampling = SamplingSettings(max_new_tokens=s.max_new_tokens, do_sample=s.do_sample,
-                                         temperature=s.temperature, top_k=s.top_k, top_p=s.top_p)
+        self.sampling = SamplingSettings(
+            max_new_tokens=s.max_new_tokens,
+            do_sample=s.do_sample,
+            temperature=s.temperature,
+            top_k=s.top_k,
+            top_p=s.top_p,
+        )
         self.sampler = PromptSampler(dataset, stage.seed, stage.process_index, stage.num_processes)
         self.extra_columns = [c for c in dataset.column_names if c != "prompt"]
-        self.kl_controller = make_kl_controller(s.kl_controller, s.init_kl_coef, s.target,
-                                                s.horizon)
+        self.kl_controller = make_kl_controller(
+            s.kl_controller, s.init_kl_coef, s.target, s.horizon
+        )
         self.moments = maths.RunningMoments()
         self.ref_std = s.ref_std
         self.step = 0
@@ -121,7 +160,9 @@ class PPOTrainer:
         config = plugin.deepspeed_config
         config["train_micro_batch_size_per_gpu"] = micro
         config["gradient_accumulation_steps"] = self.s.gradient_accumulation_steps
-        config["train_batch_size"] = micro * self.s.gradient_accumulation_steps * self.stage.num_processes
+        config["train_batch_size"] = (
+            micro * self.s.gradient_accumulation_steps * self.stage.num_processes
+        )
         config.setdefault("zero_allow_untested_optimizer", True)
         if self.s.max_grad_norm is not None:
             config["gradient_clipping"] = self.s.max_grad_norm
@@ -147,7 +188,9 @@ class PPOTrainer:
         model.eval()
         try:
             with self.accelerator.autocast():
-                sequences = model.policy.generate(**batch, **self.sampling.generate_kwargs(tokenizer))
+                sequences = model.policy.generate(
+                    **batch, **self.sampling.generate_kwargs(tokenizer)
+                )
                 start = batch["input_ids"].shape[1]
                 responses = sequences[:, start:]
                 mask = maths.response_mask(responses, tokenizer.eos_token_id)
@@ -160,9 +203,12 @@ class PPOTrainer:
             model.train()
         temperature = self.s.temperature
         return Chunk(
-            queries=[row[m.bool()] for row, m in zip(batch["input_ids"], batch["attention_mask"],
-                                                     strict=True)],
-            responses=responses, mask=mask,
+            queries=[
+                row[m.bool()]
+                for row, m in zip(batch["input_ids"], batch["attention_mask"], strict=True)
+            ],
+            responses=responses,
+            mask=mask,
             logprobs=maths.token_logprobs(logits.float() / temperature, responses) * mask,
             ref_logprobs=maths.token_logprobs(ref_logits.float() / temperature, responses) * mask,
             values=values * mask,
@@ -173,14 +219,19 @@ class PPOTrainer:
         process got unusable scores, so that all of them skip this chunk together."""
         completions = self.tokenizer.batch_decode(chunk.responses, skip_special_tokens=True)
         extra = {c: rows[c] for c in self.extra_columns}
-        scores, problem = checked_scores(self.reward(rows["prompt"], completions, **extra),
-                                         len(completions))
+        scores, problem = checked_scores(
+            self.reward(rows["prompt"], completions, **extra), len(completions)
+        )
         failed = self.reduce(torch.tensor([0.0 if scores is not None else 1.0], device=self.device))
         if float(failed.item()) > 0:
             self.skipped_chunks += 1
             where = f"the reward function {problem}" if problem else "another process"
-            logger.warning("ppo: skipped a chunk of %d samples (%s); %d skipped so far",
-                           len(completions), where, self.skipped_chunks)
+            logger.warning(
+                "ppo: skipped a chunk of %d samples (%s); %d skipped so far",
+                len(completions),
+                where,
+                self.skipped_chunks,
+            )
             return False
         raw = torch.tensor(scores, dtype=torch.float32, device=self.device)
         if self.s.scale_reward == "ref" and self.ref_std is None:
@@ -210,23 +261,34 @@ class PPOTrainer:
                 continue
             consecutive += 1
             if consecutive >= s.max_skipped_chunks:
-                raise UserError(f"ppo: the reward function gave unusable scores for "
-                                f"{consecutive} chunks in a row; see the warnings above")
+                raise UserError(
+                    f"ppo: the reward function gave unusable scores for "
+                    f"{consecutive} chunks in a row; see the warnings above"
+                )
         rollout = Rollout.from_chunks(chunks, self.tokenizer.pad_token_id)
         kl = maths.kl_penalty(rollout.logprobs, rollout.ref_logprobs, s.kl_estimator) * rollout.mask
-        rewards = maths.token_rewards(rollout.scaled_scores, kl, rollout.mask,
-                                      self.kl_controller.value)
-        advantages, rollout.returns = maths.gae(rewards, rollout.values, rollout.mask, s.gamma,
-                                                s.lam)
+        rewards = maths.token_rewards(
+            rollout.scaled_scores, kl, rollout.mask, self.kl_controller.value
+        )
+        advantages, rollout.returns = maths.gae(
+            rewards, rollout.values, rollout.mask, s.gamma, s.lam
+        )
         if s.whiten_advantages:
             advantages = maths.masked_whiten(advantages, rollout.mask, reduce=self.reduce)
         rollout.advantages = advantages
         n = len(rollout)
-        totals = self.reduce(torch.stack([
-            torch.tensor(float(n)), rollout.scores.sum().cpu(), (rollout.scores ** 2).sum().cpu(),
-            kl.sum().cpu(), rollout.mask.sum().cpu().float(),
-            (-rollout.logprobs * rollout.mask).sum().cpu(),
-        ]).to(torch.float64))
+        totals = self.reduce(
+            torch.stack(
+                [
+                    torch.tensor(float(n)),
+                    rollout.scores.sum().cpu(),
+                    (rollout.scores**2).sum().cpu(),
+                    kl.sum().cpu(),
+                    rollout.mask.sum().cpu().float(),
+                    (-rollout.logprobs * rollout.mask).sum().cpu(),
+                ]
+            ).to(torch.float64)
+        )
         count, total_tokens = float(totals[0]), float(totals[4])
         mean = float(totals[1]) / count
         stats = {
@@ -251,14 +313,20 @@ class PPOTrainer:
         logits = logits.float() / self.s.temperature
         mask = batch["mask"]
         logprobs = maths.token_logprobs(logits, batch["responses"])
-        pg_loss, pg_stats = maths.policy_loss(logprobs, batch["logprobs"], batch["advantages"],
-                                              mask, self.s.cliprange)
-        vf_loss, vf_stats = maths.value_loss(values, batch["values"], batch["returns"], mask,
-                                             self.s.cliprange_value)
+        pg_loss, pg_stats = maths.policy_loss(
+            logprobs, batch["logprobs"], batch["advantages"], mask, self.s.cliprange
+        )
+        vf_loss, vf_stats = maths.value_loss(
+            values, batch["values"], batch["returns"], mask, self.s.cliprange_value
+        )
         with torch.no_grad():
-            stats = {**pg_stats, **vf_stats, "loss/policy": pg_loss.detach(),
-                     "loss/value": vf_loss.detach(),
-                     "policy/entropy": maths.masked_mean(maths.entropy_from_logits(logits), mask)}
+            stats = {
+                **pg_stats,
+                **vf_stats,
+                "loss/policy": pg_loss.detach(),
+                "loss/value": vf_loss.detach(),
+                "policy/entropy": maths.masked_mean(maths.entropy_from_logits(logits), mask),
+            }
         return pg_loss + self.s.vf_coef * vf_loss, stats
 
     def optimise(self, rollout: Rollout, progress: Any) -> dict[str, float]:
@@ -272,11 +340,12 @@ class PPOTrainer:
         for _ in range(s.ppo_epochs):
             order = torch.randperm(len(rollout)).tolist()
             for first in range(0, len(order), s.batch_size):
-                minibatch = order[first:first + s.batch_size]
+                minibatch = order[first : first + s.batch_size]
                 for start in range(0, len(minibatch), micro):
                     with self.accelerator.accumulate(self.model):
-                        loss, stats = self.loss(rollout.minibatch(minibatch[start:start + micro],
-                                                                  pad_id))
+                        loss, stats = self.loss(
+                            rollout.minibatch(minibatch[start : start + micro], pad_id)
+                        )
                         self.accelerator.backward(loss)
                         if self.accelerator.sync_gradients and s.max_grad_norm is not None:
                             self.accelerator.clip_grad_norm_(self.trainable, s.max_grad_norm)
@@ -292,8 +361,12 @@ class PPOTrainer:
                     break
             if self.step >= s.total_steps:
                 break
-        means = self.reduce(torch.tensor([sums[k] / counted for k in sorted(sums)],
-                                         dtype=torch.float64)) / self.stage.num_processes
+        means = (
+            self.reduce(
+                torch.tensor([sums[k] / counted for k in sorted(sums)], dtype=torch.float64)
+            )
+            / self.stage.num_processes
+        )
         result = dict(zip(sorted(sums), means.tolist(), strict=True))
         result["time/optimise"] = time.perf_counter() - started
         result["learning_rate"] = self.scheduler.get_last_lr()[0]
@@ -311,15 +384,25 @@ class PPOTrainer:
         rows = self.eval_dataset.select(range(self.stage.process_index, count, world))[:]
         greedy = SamplingSettings(max_new_tokens=self.s.max_new_tokens)
         with self.accelerator.autocast():
-            completions = generate_texts(self.unwrapped.policy, self.tokenizer, rows["prompt"],
-                                         greedy, batch_size=self.s.chunk_size,
-                                         max_prompt_length=self.s.max_prompt_length)
+            completions = generate_texts(
+                self.unwrapped.policy,
+                self.tokenizer,
+                rows["prompt"],
+                greedy,
+                batch_size=self.s.chunk_size,
+                max_prompt_length=self.s.max_prompt_length,
+            )
         extra = {c: rows[c] for c in self.eval_dataset.column_names if c != "prompt"}
-        scores, problem = checked_scores(self.reward(rows["prompt"], completions, **extra),
-                                         len(completions))
+        scores, problem = checked_scores(
+            self.reward(rows["prompt"], completions, **extra), len(completions)
+        )
         ok = scores is not None
-        totals = self.reduce(torch.tensor([sum(scores) if ok else 0.0, len(completions),
-                                           0.0 if ok else 1.0], dtype=torch.float64))
+        totals = self.reduce(
+            torch.tensor(
+                [sum(scores) if ok else 0.0, len(completions), 0.0 if ok else 1.0],
+                dtype=torch.float64,
+            )
+        )
         if float(totals[2]) > 0:
             logger.warning("ppo: evaluation skipped (%s)", problem or "on another process")
             return {}
@@ -328,11 +411,15 @@ class PPOTrainer:
     # -- checkpoints ---------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "skipped_chunks": self.skipped_chunks,
-                "ref_std": self.ref_std, "sampler": self.sampler.state_dict(),
-                "kl_controller": self.kl_controller.state_dict(),
-                "moments": self.moments.state_dict(),
-                "scheduler": self.scheduler.state_dict()}
+        return {
+            "step": self.step,
+            "skipped_chunks": self.skipped_chunks,
+            "ref_std": self.ref_std,
+            "sampler": self.sampler.state_dict(),
+            "kl_controller": self.kl_controller.state_dict(),
+            "moments": self.moments.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+        }
 
     def save_checkpoint(self) -> Path:
         """Model, optimizer and RNG states (Accelerate) plus ``ppo_state.json`` in
@@ -341,10 +428,15 @@ class PPOTrainer:
         self.accelerator.save_state(str(path))
         if self.stage.is_main_process:
             (path / STATE_FILE).write_text(json.dumps(self.state_dict(), indent=1))
-            older = sorted((p for p in path.parent.glob("checkpoint-*") if p != path
-                            and p.name.removeprefix("checkpoint-").isdigit()),
-                           key=lambda p: int(p.name.removeprefix("checkpoint-")))
-            for old in older[:max(0, len(older) - self.s.keep_checkpoints + 1)]:
+            older = sorted(
+                (
+                    p
+                    for p in path.parent.glob("checkpoint-*")
+                    if p != path and p.name.removeprefix("checkpoint-").isdigit()
+                ),
+                key=lambda p: int(p.name.removeprefix("checkpoint-")),
+            )
+            for old in older[: max(0, len(older) - self.s.keep_checkpoints + 1)]:
                 shutil.rmtree(old, ignore_errors=True)
         self.accelerator.wait_for_everyone()
         return path
@@ -352,8 +444,10 @@ class PPOTrainer:
     def load_checkpoint(self, path: Path) -> None:
         state_file = path / STATE_FILE
         if not state_file.is_file():
-            raise UserError(f"ppo: {path} is not a complete checkpoint (no {STATE_FILE}); "
-                            "delete it or rerun with --force")
+            raise UserError(
+                f"ppo: {path} is not a complete checkpoint (no {STATE_FILE}); "
+                "delete it or rerun with --force"
+            )
         self.accelerator.load_state(str(path))
         state = json.loads(state_file.read_text())
         self.step, self.skipped_chunks = int(state["step"]), int(state["skipped_chunks"])
@@ -371,22 +465,32 @@ class PPOTrainer:
         if not self.stage.is_main_process:
             return
         model = self.unwrapped
-        policy_state = {k.removeprefix("policy."): v for k, v in state.items()
-                        if k.startswith("policy.")}
+        policy_state = {
+            k.removeprefix("policy."): v for k, v in state.items() if k.startswith("policy.")
+        }
         if self.s.lora_r:
             self.reference.peft_model[0].merge_and_unload().save_pretrained(out)
         else:
             model.policy.save_pretrained(out, state_dict=policy_state)
         self.tokenizer.save_pretrained(out)
-        head = {k.removeprefix("value_head."): v.contiguous() for k, v in state.items()
-                if k.startswith("value_head.")}
-        save_file(head, str(out / VALUE_HEAD_FILE),
-                  metadata={"hidden_size": str(model.policy.config.hidden_size),
-                            "layout": "Linear(h,2h)-ReLU-Linear(2h,1)",
-                            "input": "critic" if model.critic is not None else "policy trunk"})
+        head = {
+            k.removeprefix("value_head."): v.contiguous()
+            for k, v in state.items()
+            if k.startswith("value_head.")
+        }
+        save_file(
+            head,
+            str(out / VALUE_HEAD_FILE),
+            metadata={
+                "hidden_size": str(model.policy.config.hidden_size),
+                "layout": "Linear(h,2h)-ReLU-Linear(2h,1)",
+                "input": "critic" if model.critic is not None else "policy trunk",
+            },
+        )
         if model.critic is not None:
-            critic_state = {k.removeprefix("critic."): v for k, v in state.items()
-                            if k.startswith("critic.")}
+            critic_state = {
+                k.removeprefix("critic."): v for k, v in state.items() if k.startswith("critic.")
+            }
             model.critic.save_pretrained(out / "critic", state_dict=critic_state)
 
     # -- the loop ------------------------------------------------------------------------
@@ -410,8 +514,11 @@ class PPOTrainer:
             elapsed = time.perf_counter() - started
             stats["samples_per_s"] = stats["rollout/samples"] / elapsed
             stats["tokens_per_s"] = stats["rollout/tokens"] / elapsed
-            if (self.eval_dataset is not None and self._crossed(before, s.eval_interval)
-                    and self.step < s.total_steps):
+            if (
+                self.eval_dataset is not None
+                and self._crossed(before, s.eval_interval)
+                and self.step < s.total_steps
+            ):
                 stats.update(self.evaluate())
             stage.log(stats, step=self.step)
             progress.set_postfix(reward=f"{stats['reward/mean']:.3f}", kl=f"{stats['kl']:.3f}")
@@ -419,10 +526,14 @@ class PPOTrainer:
             if self._crossed(before, s.checkpoint_interval) and self.step < s.total_steps:
                 self.save_checkpoint()
         progress.close()
-        final = {"steps": self.step, "skipped_chunks": self.skipped_chunks,
-                 "rank_param_spread": self.rank_param_spread()}
-        final.update({k: last[k] for k in ("reward/mean", "kl", "kl_coef", "samples_per_s")
-                      if k in last})
+        final = {
+            "steps": self.step,
+            "skipped_chunks": self.skipped_chunks,
+            "rank_param_spread": self.rank_param_spread(),
+        }
+        final.update(
+            {k: last[k] for k in ("reward/mean", "kl", "kl_coef", "samples_per_s") if k in last}
+        )
         if self.eval_dataset is not None:
             final.update(self.evaluate())
             stage.log({k: v for k, v in final.items() if k.startswith("eval/")}, step=self.step)
@@ -443,4 +554,3 @@ class PPOTrainer:
     def _crossed(self, before: int, interval: int) -> bool:
         """True when the last update passed a multiple of ``interval`` (0: never)."""
         return interval > 0 and self.step // interval > before // interval
-
