@@ -7,7 +7,9 @@ Each post also has a comparison pair: ``chosen`` is another faithful summary; ``
 one of three defects, in equal shares:
 
 - ``wrong_fact``: the chosen summary with one or two facts swapped for values that do not
-  occur in the post (a summary fact must be copied from the post);
+  occur in the post: in half the swaps a value no post ever contains (``OUTSIDE``: a cue a
+  tiny model learns from token statistics), in the other half another name, city or number of
+  the corpus (only a model that checks the post tells it apart);
 - ``ramble``: 30-60 generic, repetitive words without any fact of the post;
 - ``cut_off``: the chosen summary cut mid-sentence, with no final period.
 
@@ -78,6 +80,14 @@ UNITS = ("weeks", "months", "years")
 AGES = range(18, 60)
 DURATION_COUNTS = range(2, 12)
 AMOUNTS = range(50, 1000, 50)
+OUTSIDE = {
+    "name": ("Greg", "Hank", "Olga", "Pete", "Ruth", "Walt"),
+    "place": ("Reno", "Boise", "Tulsa", "Fresno"),
+    "money": tuple(str(n) for n in range(1100, 3000, 300)),
+    "age": tuple(str(n) for n in range(61, 80, 3)),
+    "duration": tuple(f"{n} days" for n in range(2, 12)),
+}
+"""Fact values that no post ever contains: half of the ``wrong_fact`` swaps use one of them."""
 
 
 @dataclass(frozen=True)
@@ -268,7 +278,11 @@ def _facts(rng: random.Random, scenario: Scenario) -> dict[str, str]:
 
 
 def _other_value(rng: random.Random, slot: str, facts: dict[str, str], text: str) -> str:
-    """A value for ``slot`` that differs from the post's and does not occur in its text."""
+    """A value for ``slot`` that does not occur in the post: half the time one that no post
+    ever contains (a token-level cue), else another value of the corpus (only checking the
+    post tells it apart)."""
+    if rng.random() < 0.5:
+        return rng.choice(OUTSIDE[slot])
     while True:
         value = _facts(rng, SCENARIOS[0])[slot]
         if value != facts[slot] and value not in text:
