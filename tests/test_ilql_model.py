@@ -1,0 +1,170 @@
+"""ILQL heads on tiny causal LMs: the trunk path, saving and reloading, Q-guided decoding."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from rlhf_hf_policies.policies import PretrainedPolicy, _config, train_tokenizer
+from rlhf_ilql import ilql_policy
+from rlhf_ilql.batches import Episode, collate
+from rlhf_ilql.modeling import GatheredLinear, ILQLModel, heads_for, save_ilql_model
+from rlhf_ilql.policy import ILQLPolicy
+from rlhf_plugins import UserError
+from rlhf_plugins.generation import SamplingSettings, generate_texts
+
+TEXTS = [
+    f"POST: {n} lost a {t}.\nTL;DR: {n} lost {t}."
+    for n in ("ann", "bob", "cy")
+    for t in ("cat", "dog", "key")
+]
+PROMPTS = ["POST: ann lost a cat.\nTL;DR:", "POST: bob lost a dog and more.\nTL;DR:"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train_tokenizer(TEXTS, vocab_size=120)
+
+
+def tiny_lm(tokenizer, architecture: str = "gptj"):
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    config = _config(
+        architecture,
+        len(tokenizer),
+        n_layer=1,
+        n_embd=32,
+        n_head=4,
+        positions=64,
+        eos=tokenizer.eos_token_id,
+        pad=tokenizer.pad_token_id,
+    )
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+@pytest.fixture(scope="module")
+def saved(tokenizer, tmp_path_factory) -> Path:
+    """A saved ILQL model whose heads are random (as after a few steps of training)."""
+    directory = tmp_path_factory.mktemp("ilql")
+    model = ILQLModel(tiny_lm(tokenizer), heads_for(tiny_lm(tokenizer), two_qs=True))
+    for head in model.heads.target_q_heads:
+        torch.nn.init.normal_(head.out.weight, std=0.5)
+    save_ilql_model(directory, model)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def padded_batch(tokenizer) -> dict[str, torch.Tensor]:
+    rows = []
+    for prompt, completion in (
+        ("POST: ann lost a cat.\nTL;DR:", " ann lost cat."),
+        ("POST: cy.\nTL;DR:", " cy lost a key and a dog."),
+    ):
+        p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        c = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        rows.append(Episode(tokens=p + c, prompt_length=len(p), reward=1.0))
+    return collate(rows, tokenizer.pad_token_id)
+
+
+def test_gathered_linear_matches_the_full_layer():
+    torch.manual_seed(0)
+    layer = GatheredLinear(4, 7)
+    x, index = torch.randn(2, 3, 4), torch.randint(0, 7, (2, 3))
+    expected = layer(x).gather(-1, index.unsqueeze(-1)).squeeze(-1)
+    assert torch.allclose(layer(x, index), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("architecture", ["gptj", "gpt2", "gpt_neox"])
+def test_lm_logits_at_the_states_are_the_causal_lms(tokenizer, architecture):
+    base = tiny_lm(tokenizer, architecture)
+    model = ILQLModel(base, heads_for(base, two_qs=False)).eval()
+    batch = padded_batch(tokenizer)
+    with torch.no_grad():
+        outputs = model(
+            batch["input_ids"], batch["attention_mask"], batch["state_indices"], batch["actions"]
+        )
+        full = base(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    real = batch["terminal"][:, :-1] == 0
+    positions = batch["state_indices"][:, :-1]
+    expected = full.gather(1, positions.unsqueeze(-1).expand(-1, -1, full.shape[-1]))
+    assert torch.allclose(outputs.lm_logits[real].float(), expected[real].float(), atol=1e-5)
+    assert outputs.values.shape == batch["state_indices"].shape
+    assert len(outputs.q_logits) == 1 and outputs.q_logits[0].shape == outputs.lm_logits.shape
+    assert outputs.target_q.shape == batch["actions"].shape
+
+
+def test_save_then_reload_is_identical(tokenizer, saved):
+    batch = padded_batch(tokenizer)
+    policy = ILQLPolicy(saved, decode_beta=1.0, top_k=None, temperature=None)
+    first = ILQLModel(*policy.load_parts()).eval()
+    save_ilql_model(saved.parent / "again", first)
+    second = ILQLModel(
+        *ILQLPolicy(
+            saved.parent / "again", decode_beta=1.0, top_k=None, temperature=None
+        ).load_parts()
+    ).eval()
+    inputs = (batch["input_ids"], batch["attention_mask"], batch["state_indices"], batch["actions"])
+    with torch.no_grad():
+        a, b = first(*inputs), second(*inputs)
+    assert torch.equal(a.lm_logits, b.lm_logits) and torch.equal(a.values, b.values)
+    assert torch.equal(a.target_q, b.target_q)
+    assert all(torch.equal(x, y) for x, y in zip(a.q_logits, b.q_logits, strict=True))
+    # the base LM alone is a plain from_pretrained causal LM (hf-causal-lm from_stage)
+    plain = PretrainedPolicy(str(saved)).load_model().eval()
+    with torch.no_grad():
+        logits = plain(input_ids=batch["input_ids"]).logits
+    assert torch.equal(logits, first.base(input_ids=batch["input_ids"]).logits)
+
+
+def sample(model, tokenizer, sampling: SamplingSettings, seed: int = 3) -> list[str]:
+    torch.manual_seed(seed)
+    return generate_texts(model, tokenizer, PROMPTS, sampling, batch_size=2)
+
+
+def test_decode_beta_zero_samples_exactly_like_the_base_model(tokenizer, saved):
+    sampling = SamplingSettings(max_new_tokens=12, do_sample=True, top_k=20)
+    guided = ILQLPolicy(saved, decode_beta=0.0, top_k=None, temperature=None).load_model()
+    plain = PretrainedPolicy(str(saved)).load_model()
+    assert sample(guided, tokenizer, sampling) == sample(plain, tokenizer, sampling)
+    shifted = ILQLPolicy(saved, decode_beta=3.0, top_k=None, temperature=None).load_model()
+    assert sample(shifted, tokenizer, sampling) != sample(plain, tokenizer, sampling)
+
+
+def test_positive_decode_beta_follows_the_advantage(tokenizer, saved):
+    favourite = tokenizer.convert_tokens_to_ids("x")
+    assert favourite is not None
+    model = ILQLPolicy(saved, decode_beta=1.0, top_k=None, temperature=0.0).load_model()
+    with torch.no_grad():
+        for head in model.ilql_heads.target_q_heads:
+            head.out.weight.zero_()
+            head.out.bias.zero_()
+            head.out.bias[favourite] = 1000.0
+    # the policy's temperature 0 (argmax) wins over the caller's sampling settings
+    batch = tokenizer(PROMPTS[:1], return_tensors="pt", add_special_tokens=False)
+    out = model.generate(
+        **batch, max_new_tokens=5, do_sample=True, top_k=50, pad_token_id=tokenizer.pad_token_id
+    )
+    assert out[0, batch["input_ids"].shape[1] :].tolist() == [favourite] * 5
+
+
+def test_decode_beta_list_gives_one_variant_per_beta(saved):
+    sweep = ilql_policy(path=saved, decode_beta=[0, 1.5])
+    variants = sweep.variants()
+    assert list(variants) == ["beta=0", "beta=1.5"]
+    assert [v.decode_beta for v in variants.values()] == [0.0, 1.5]
+    with pytest.raises(UserError, match="decode_beta is a list"):
+        sweep.load_model()
+    assert not hasattr(ilql_policy(path=saved, decode_beta=2.0), "variants")
+
+
+def test_policy_user_errors(tmp_path, saved):
+    with pytest.raises(UserError, match="exactly one"):
+        ilql_policy(from_stage=str(saved), path=saved)
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(UserError, match="not the output of an ilql stage"):
+        ilql_policy(path=tmp_path)
+    with pytest.raises(UserError, match="temperature"):
+        ilql_policy(path=saved, temperature=-1.0)
