@@ -7,7 +7,6 @@ import math
 
 import pytest
 import torch
-
 from rlhf_ilql.batches import Episode, collate, normalize, truncate
 from rlhf_ilql.decoding import sampling_overrides
 from rlhf_ilql.losses import (

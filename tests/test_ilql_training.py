@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from rlhf_ilql.modeling import HEADS_WEIGHTS
+from safetensors.torch import load_file
 
 NAMES = ["ann", "bob", "cy", "dee", "eli", "fay"]
 THINGS = ["cat", "dog", "key", "car"]
