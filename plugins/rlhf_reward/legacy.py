@@ -59,7 +59,12 @@ def load_trlx_reward_model(checkpoint: str, base_model: str) -> tuple[Any, Any]:
     config = reward_config(AutoConfig.from_pretrained(base_model), tokenizer.pad_token_id)
     model = AutoModelForSequenceClassification.from_config(config)
     state = torch.load(legacy_file(checkpoint), map_location="cpu", weights_only=True)
-    result = model.load_state_dict(convert_state_dict(state, model.base_model_prefix), strict=False)
+    try:
+        result = model.load_state_dict(
+            convert_state_dict(state, model.base_model_prefix), strict=False
+        )
+    except RuntimeError as exc:  # shapes that differ from the base model's
+        raise UserError(f"{checkpoint} does not fit {base_model}: {exc}") from exc
     if result.missing_keys or result.unexpected_keys:
         problems = [f"missing {k}" for k in result.missing_keys[:3]]
         problems += [f"unexpected {k}" for k in result.unexpected_keys[:3]]
