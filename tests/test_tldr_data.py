@@ -71,6 +71,42 @@ def test_synthetic_splits_are_disjoint_and_stable():
     assert smaller <= prompts["valid"]
 
 
+SENTENCE_OPENINGS = {"I", "My", "After", "Started", "Rented", "Lent"}
+
+
+def summary_defects(prompt: str, summary: str) -> set[str]:
+    """Which of the generator's defects a summary shows, judged from the text alone."""
+    words = summary.split()
+    post_words = set(re.findall(r"[\w$]+", prompt))
+    facts = [w for w in re.findall(r"[\w$]+", summary) if w[0].isupper() or w[-1].isdigit()]
+    durations = re.findall(r"\d+ (?:days|weeks|months|years)", summary)
+    found = set()
+    if any(f not in post_words and f not in SENTENCE_OPENINGS for f in facts) or any(
+        d not in prompt for d in durations
+    ):
+        found.add("wrong_fact")
+    if len(words) >= 30:
+        found.add("ramble")
+    if not summary.endswith("."):
+        found.add("cut_off")
+    return found
+
+
+def test_synthetic_pairs_are_faithful_versus_defective():
+    data = factory("tldr-synthetic")(view="comparisons", split="valid", num_examples=300)
+    shown = set()
+    for row in data:
+        assert summary_defects(row["prompt"], row["chosen"]) == set()
+        assert 8 <= len(row["chosen"].split()) <= 20
+        assert 40 <= len(row["prompt"].split()) <= 90
+        defects = summary_defects(row["prompt"], row["rejected"])
+        assert defects, row
+        shown |= defects
+    assert shown == {"wrong_fact", "ramble", "cut_off"}
+    vocabulary = {w for row in data for text in row.values() for w in text.split()}
+    assert len(vocabulary) < 700
+
+
 # ---------------------------------------------------------------- tldr: input shapes
 
 POSTS = [
