@@ -310,27 +310,32 @@ def _cut_off(rng: random.Random, summary: str) -> str:
     return " ".join(words[:keep]).rstrip(",;")
 
 
-def make_post(rng: random.Random) -> SyntheticPost:
-    """Draw one post with its reference summary and comparison pair."""
+def draw_post(rng: random.Random) -> tuple[Scenario, dict[str, str], Post]:
+    """Draw a scenario, its facts and the post that states them."""
     scenario = rng.choice(SCENARIOS)
     facts = _facts(rng, scenario)
     sentences = [s.format(**facts) for s in scenario.body]
     for filler in rng.sample(FILLERS, k=rng.choice((0, 1, 2))):
         sentences.insert(rng.randint(1, len(sentences)), filler)
-    body = " ".join(sentences)
-    title = scenario.title.format(**facts)
+    post = Post(scenario.subreddit, scenario.title.format(**facts), " ".join(sentences))
+    return scenario, facts, post
+
+
+def summarize(
+    rng: random.Random, scenario: Scenario, facts: dict[str, str], post: Post
+) -> SyntheticPost:
+    """Draw the reference summary and the comparison pair of a drawn post."""
     reference = rng.choice(scenario.summaries).format(**facts)
     template = rng.choice(scenario.summaries)
     chosen = template.format(**facts)
     defect = rng.choice(DEFECTS)
-    text = f"{title} {body}"
     if defect == "wrong_fact":
-        rejected = _wrong_fact(rng, template, facts, text)
+        rejected = _wrong_fact(rng, template, facts, f"{post.title} {post.body}")
     elif defect == "ramble":
         rejected = _ramble(rng, facts)
     else:
         rejected = _cut_off(rng, chosen)
-    return SyntheticPost(Post(scenario.subreddit, title, body), reference, chosen, rejected, defect)
+    return SyntheticPost(post, reference, chosen, rejected, defect)
 
 
 def split_of(post: Post) -> str:
@@ -344,12 +349,12 @@ def generate(split: str, num_examples: int, seed: int = 0) -> Iterator[Synthetic
     rng = random.Random(seed)
     seen: set[str] = set()
     while len(seen) < num_examples:
-        item = make_post(rng)
-        head = item.post.head()
-        if head in seen or split_of(item.post) != split:
+        scenario, facts, post = draw_post(rng)
+        head = post.head()
+        if head in seen or split_of(post) != split:
             continue
         seen.add(head)
-        yield item
+        yield summarize(rng, scenario, facts, post)
 
 
 def synthetic_dataset(view: str, split: str, num_examples: int, seed: int = 0) -> Any:
