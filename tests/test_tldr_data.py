@@ -254,10 +254,13 @@ def test_local_hub_shaped_folder_and_saved_dataset(tmp_path):
     table = datasets.Dataset.from_dict(rows)
     (tmp_path / "hub" / "data").mkdir(parents=True)
     table.to_parquet(str(tmp_path / "hub" / "data" / "test-00000-of-00001.parquet"))
+    (tmp_path / "hub" / "dataset_infos.json").write_text("{}\n")
     from_folder = factory("tldr")(source=str(tmp_path / "hub"), split="test")
     datasets.DatasetDict({"test": table}).save_to_disk(str(tmp_path / "saved"))
     from_saved = factory("tldr")(source=str(tmp_path / "saved"), split="test")
-    assert from_folder.to_dict() == from_saved.to_dict()
+    table.save_to_disk(str(tmp_path / "one"))
+    from_one = factory("tldr")(source=str(tmp_path / "one"))
+    assert from_folder.to_dict() == from_saved.to_dict() == from_one.to_dict()
     assert from_folder["completion"][5] == " Friend 5 kept my car for 7 weeks."
 
 

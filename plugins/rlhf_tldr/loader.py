@@ -55,6 +55,8 @@ HUB_DEFAULTS = {
 }
 DEFAULT_HUB_SPLIT = "train"
 DATA_SUFFIXES = (".jsonl", ".json")
+METADATA_FILES = {"dataset_infos.json", "dataset_info.json", "dataset_dict.json", "state.json"}
+"""JSON files in a dataset folder that describe the data rather than hold it."""
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 Row = Mapping[str, Any]
@@ -236,9 +238,13 @@ def read_saved(path: Path, split: str | None) -> list[Record]:
 def read_directory(path: Path, split: str | None, wants: str) -> list[Record]:
     """A folder: saved dataset, ``<split>.jsonl``, the data files whose records give ``wants``
     (summaries or comparisons), or else a hub-shaped folder for ``datasets.load_dataset``."""
-    if (path / "dataset_dict.json").is_file() or (path / "dataset_info.json").is_file():
+    if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
         return read_saved(path, split)
-    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in DATA_SUFFIXES)
+    files = sorted(
+        p
+        for p in path.iterdir()
+        if p.is_file() and p.suffix in DATA_SUFFIXES and p.name not in METADATA_FILES
+    )
     if not files:
         return read_hub(str(path), split)
     for suffix in DATA_SUFFIXES:
