@@ -53,6 +53,7 @@ def main() -> None:
         num_labels=1,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.eos_token_id,
     )
     model = GPTJForSequenceClassification(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)
