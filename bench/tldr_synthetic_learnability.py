@@ -1,6 +1,7 @@
-"""Is ``tldr-synthetic`` learnable by a tiny model? Trains a tiny GPT-J reward model (pairwise
-loss -log sigmoid(r_chosen - r_rejected), score at the last real token) on the train split and
-prints held-out test accuracy per defect, plus the generator's speed.
+"""Is ``tldr-synthetic`` learnable by a tiny model? Trains a tiny GPT-J reward model (the
+``tiny-causal-lm`` config; pairwise loss -log sigmoid(r_chosen - r_rejected), score at the last
+real token) on the train split and prints held-out test accuracy per defect, plus the
+generator's speed.
 
     python bench/tldr_synthetic_learnability.py [--train 2000] [--epochs 2] [--width 64]
 """
@@ -11,10 +12,11 @@ import argparse
 import time
 
 import torch
+from rlhf_hf_policies.policies import _config as tiny_config
 from rlhf_hf_policies.policies import train_tokenizer
 from rlhf_tldr.synthetic import DEFECTS, generate
 from rlhf_tldr.views import SUFFIX, as_completion
-from transformers import GPTJConfig, GPTJForSequenceClassification
+from transformers import GPTJForSequenceClassification
 
 
 def texts(item, which: str) -> str:
@@ -43,18 +45,17 @@ def main() -> None:
     test = list(generate("test", args.test))
     tokenizer = train_tokenizer([texts(i, w) for i in train for w in ("chosen", "rejected")], 1000)
     tokenizer.padding_side = "right"
-    config = GPTJConfig(
-        vocab_size=len(tokenizer),
+    config = tiny_config(
+        "gptj",
+        len(tokenizer),
         n_layer=2,
         n_embd=args.width,
         n_head=4,
-        n_positions=256,
-        rotary_dim=8,
-        num_labels=1,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=tokenizer.eos_token_id,
+        positions=256,
+        eos=tokenizer.eos_token_id,
+        pad=tokenizer.pad_token_id,
     )
+    config.num_labels = 1
     model = GPTJForSequenceClassification(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)
 

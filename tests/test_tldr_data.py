@@ -171,6 +171,9 @@ def test_openai_tldr_filtered_directory_by_split(tmp_path):
         "reference": " Friend 4 kept my car for 6 weeks.",
     }
     assert len(factory("tldr")(source=str(tmp_path / "train.jsonl"))) == 4
+    (tmp_path / "array.json").write_text(json.dumps(POSTS))
+    as_array = factory("tldr")(source=str(tmp_path / "array.json"), view="prompts")
+    assert as_array[4] == data[0]
 
 
 def test_openai_comparison_batches(tmp_path):
