@@ -102,9 +102,16 @@ class Registry:
             table[component.name] = component
             return
         key = (component.kind, component.name)
-        self.conflicts.setdefault(key, [existing]).append(component)
-        owner = self.plugins[component.plugin]
-        owner.error = owner.error or self.conflict(component.kind, component.name)
+        rivals = self.conflicts.setdefault(key, [existing])
+        rivals.append(component)
+        message = self.conflict(component.kind, component.name)
+        for rival in rivals:
+            owner = self.plugins[rival.plugin]
+            owner.error = (
+                message
+                if owner.error is None or "registered by both" in owner.error
+                else owner.error
+            )
 
 
 def _entry_points() -> list[metadata.EntryPoint]:

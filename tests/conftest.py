@@ -57,8 +57,10 @@ def sft_jsonl(tmp_path: Path) -> Path:
     with path.open("w") as f:
         for i in range(240):
             name, thing, age = names[i % 6], things[(i // 6) % 6], 18 + i % 40
-            row = {"q": f"POST: {name} is {age} and lost a {thing}.\nTL;DR:",
-                   "a": f" {name} ({age}) lost {thing}."}
+            row = {
+                "q": f"POST: {name} is {age} and lost a {thing}.\nTL;DR:",
+                "a": f" {name} ({age}) lost {thing}.",
+            }
             f.write(json.dumps(row) + "\n")
     return path
 
@@ -71,14 +73,14 @@ def plugin_dist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[...
     site.mkdir()
     monkeypatch.syspath_prepend(str(site))
 
-    def install(dist: str, module: str, source: str, entry_name: str | None = None,
-                version: str = "1.2.3") -> Path:
+    def install(
+        dist: str, module: str, source: str, entry_name: str | None = None, version: str = "1.2.3"
+    ) -> Path:
         (site / f"{module}.py").write_text(source)
         info = site / f"{dist.replace('-', '_')}-{version}.dist-info"
         info.mkdir()
         (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
-        (info / "entry_points.txt").write_text(
-            f"[rlhf_plugins]\n{entry_name or dist} = {module}\n")
+        (info / "entry_points.txt").write_text(f"[rlhf_plugins]\n{entry_name or dist} = {module}\n")
         sys.modules.pop(module, None)
         import importlib
 

@@ -1,0 +1,190 @@
+"""``rlhf run`` end to end on tiny models: outputs, skip on rerun, overrides, --force, --only,
+failures, and 2 CPU ranks through Accelerate."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+
+RECIPE = """
+[recipe]
+name = "demo"
+seed = 3
+
+[stages.sft]
+trainer = "sft"
+policy = { use = "tiny-causal-lm", n_layer = 1, n_embd = 32, n_head = 2, vocab_size = 300 }
+dataset = { use = "jsonl", path = "data.jsonl", columns = { prompt = "q", completion = "a" } }
+trainer_settings = { learning_rate = 3e-3, max_steps = 12, per_device_train_batch_size = 16, logging_steps = 2 }
+
+[stages.polish]
+trainer = "sft"
+policy = { use = "hf-causal-lm", from_stage = "sft" }
+dataset = { use = "jsonl", path = "data.jsonl", columns = { prompt = "q", completion = "a" }, limit = 32 }
+trainer_settings = { learning_rate = 1e-3, max_steps = 2, per_device_train_batch_size = 16 }
+"""
+
+FAILING_TRAINER = """
+from rlhf_plugins import hookimpl
+
+
+@hookimpl
+def register_trainers(register):
+    register("explode", explode)
+
+
+def explode(message: str = "boom"):
+    def run(stage):
+        raise RuntimeError(message)
+    return run
+"""
+
+
+def state(tmp_path: Path, stage: str) -> dict:
+    return json.loads((tmp_path / "runs" / "demo" / stage / "stage_state.json").read_text())
+
+
+@pytest.fixture
+def recipe(write_recipe, sft_jsonl) -> Path:
+    return write_recipe(RECIPE)
+
+
+def test_run_trains_saves_and_skips_unchanged_stages(run_cli, recipe, tmp_path):
+    first = run_cli("run", recipe)
+    assert first.exit_code == 0, first.output
+    out = tmp_path / "runs" / "demo" / "sft"
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "metrics.jsonl"):
+        assert (out / name).is_file(), name
+    sft = state(tmp_path, "sft")
+    assert sft["status"] == "finished"
+    assert sft["metrics"]["last_loss"] < sft["metrics"]["first_loss"]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert any("loss" in r for r in records)
+    polish_id = state(tmp_path, "polish")["run_id"]
+
+    again = run_cli("run", recipe)
+    assert again.exit_code == 0
+    assert again.output.count("finished and unchanged, skipped") == 2
+    assert state(tmp_path, "polish")["run_id"] == polish_id
+
+    changed = run_cli("run", recipe, "--set", "stages.sft.trainer_settings.learning_rate=1e-3")
+    assert changed.exit_code == 0
+    assert "[1/2] sft (trainer 'sft'): running" in changed.output
+    assert "[2/2] polish (trainer 'sft'): running" in changed.output, "downstream reruns too"
+
+    only = run_cli(
+        "run",
+        recipe,
+        "--set",
+        "stages.sft.trainer_settings.learning_rate=1e-3",
+        "--only",
+        "polish",
+        "--force",
+    )
+    assert only.exit_code == 0
+    assert "[1/1] polish" in only.output and "sft (" not in only.output
+
+
+def test_only_needs_finished_inputs(run_cli, recipe):
+    result = run_cli("run", recipe, "--only", "polish")
+    assert result.exit_code == 2
+    assert "needs sft, which has not finished" in result.output
+
+
+def test_only_unknown_stage(run_cli, recipe):
+    result = run_cli("run", recipe, "--only", "polsh")
+    assert result.exit_code == 2 and "did you mean 'polish'" in result.output
+
+
+def test_interrupted_stage_resumes(run_cli, recipe, tmp_path):
+    assert run_cli("run", recipe, "--only", "sft").exit_code == 0
+    out = tmp_path / "runs" / "demo" / "sft"
+    interrupted = {**state(tmp_path, "sft"), "status": "running"}
+    (out / "stage_state.json").write_text(json.dumps(interrupted))
+    result = run_cli("run", recipe, "--only", "sft")
+    assert result.exit_code == 0, result.output
+    assert "sft (trainer 'sft'): resuming" in result.output
+    assert state(tmp_path, "sft")["status"] == "finished"
+
+
+def test_failing_stage_exits_1_without_traceback(run_cli, plugin_dist, write_recipe):
+    plugin_dist("rlhf-explode", "rlhf_explode", FAILING_TRAINER)
+    path = write_recipe(
+        '[recipe]\nname = "demo"\n[stages.x]\ntrainer = "explode"\n'
+        'trainer_settings = { message = "kaboom" }\n'
+    )
+    result = run_cli("run", path)
+    assert result.exit_code == 1
+    assert "stage 'x' failed: RuntimeError: kaboom" in result.output
+    assert "Traceback" not in result.output
+    assert state_of(path.parent, "x")["status"] == "running"
+    debug = run_cli("run", path, "--debug")
+    assert debug.exit_code == 1 and "Traceback" in debug.output
+
+
+def state_of(root: Path, stage: str) -> dict:
+    return json.loads((root / "runs" / "demo" / stage / "stage_state.json").read_text())
+
+
+def test_user_error_inside_a_stage_is_one_message(run_cli, write_recipe, sft_jsonl):
+    text = RECIPE.replace(
+        ', columns = { prompt = "q", completion = "a" } }\ntrainer_settings',
+        " }\ntrainer_settings",
+        1,
+    )
+    result = run_cli("run", write_recipe(text), "--only", "sft")
+    assert result.exit_code == 2
+    assert "needs columns prompt and completion" in result.output
+
+
+def test_two_cpu_ranks_through_accelerate(recipe, tmp_path):
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rlhf_plugins.cli",
+            "run",
+            str(recipe),
+            "--only",
+            "sft",
+            "--num-processes",
+            "2",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "launching 2 processes with Accelerate" in out.stdout
+    assert out.stdout.count("finished demo") == 1, "only the main rank reports"
+    sft = state(tmp_path, "sft")
+    assert sft["status"] == "finished" and sft["metrics"]["steps"] == 12
+
+
+@pytest.mark.slow
+def test_tiny_sft_recipe_end_to_end(run_cli, tmp_path):
+    recipe = tmp_path / "tiny_sft.toml"
+    shutil.copy(REPO_ROOT / "recipes" / "tiny_sft.toml", recipe)
+    assert run_cli("validate", recipe).exit_code == 0
+    result = run_cli(
+        "run",
+        recipe,
+        "--set",
+        "stages.sft.trainer_settings.max_steps=40",
+        "--set",
+        "stages.sft.trainer_settings.eval_steps=40",
+    )
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "runs" / "tiny_sft" / "sft" / "stage_state.json").read_text())[
+        "metrics"
+    ]
+    assert metrics["last_loss"] < 0.6 * metrics["first_loss"]
+    assert metrics["eval_loss"] < metrics["first_loss"]
