@@ -17,7 +17,7 @@ import click
 from rlhf_plugins import __version__
 from rlhf_plugins.components import KINDS
 from rlhf_plugins.errors import UserError
-from rlhf_plugins.registry import Registry, load_registry
+from rlhf_plugins.registry import Component, Registry, load_registry
 
 
 def _registry() -> Registry:
@@ -152,8 +152,31 @@ def list_plugins(as_json: bool, verbose: bool) -> None:
     if verbose:
         for kind in KINDS:
             for name in registry.names(kind):
-                component = registry.get(kind, name)
-                click.echo(f"\n{kind} {name} [{component.plugin}]: {component.description}")
+                click.echo("\n" + describe_component(registry.get(kind, name)))
+
+
+def describe_component(component: Component) -> str:
+    """A component's description and its settings (slots first) with types and defaults."""
+    from rlhf_plugins.settings import describe, type_name
+
+    lines = [
+        f"{component.kind.replace('_', ' ')} '{component.name}' "
+        f"({component.origin}): {component.description}"
+    ]
+    spec = describe(component.factory)
+    for param in sorted(spec.params.values(), key=lambda p: (not p.slot, p.name)):
+        if param.injected:
+            continue
+        kind = (
+            f"{param.slot.replace('_', ' ')} component"
+            if param.slot
+            else type_name(param.annotation)
+        )
+        if param.container:
+            kind = f"{param.container} of {kind}s"
+        default = "required" if param.required else f"default {param.default!r}"
+        lines.append(f"    {param.name}: {kind}, {default}")
+    return "\n".join(lines)
 
 
 def main() -> None:
