@@ -249,6 +249,13 @@ def test_variants_become_rows(tokenizer, prompts_dataset, stage):
     assert "| ilql[beta=1] | m | 1.000 |" in table and "Mean reward" not in table
 
 
+def test_a_variant_that_is_not_a_policy_is_a_user_error(tokenizer, prompts_dataset, stage):
+    sweep = SweepPolicy({"beta=1": object()})
+    evaluator = rouge_evaluator(policies={"ilql": sweep}, dataset=prompts_dataset)
+    with pytest.raises(UserError, match=r"policy 'ilql': variant 'beta=1' is not a Policy"):
+        evaluator(stage)
+
+
 def test_limit_keeps_the_first_rows(tokenizer, prompts_dataset, stage):
     metrics = rouge_evaluator(
         policies={"short": CannedPolicy("m", tokenizer, SHORT)},
