@@ -19,6 +19,7 @@ from rlhf_plugins.stage import StageContext
 TOPICS = ["cats", "dogs", "rain", "coffee", "trains", "music", "code", "books", "tea", "snow"]
 GOOD = ["great", "useful", "kind", "clear", "calm"]
 BAD = ["awful", "broken", "rude", "messy", "loud"]
+TINY_SHAPE = {"n_layer": 2, "n_embd": 32, "n_head": 4, "vocab_size": 300, "max_positions": 128}
 
 
 def comparison_rows(count: int, seed: int) -> list[dict[str, str]]:
@@ -73,13 +74,7 @@ def trunk_dir(registry, comparisons, tmp_path_factory):
         if architecture not in saved:
             stage = make_stage(root, architecture, dataset=comparisons)
             policy = registry.get("policy", "tiny-causal-lm").factory(
-                stage=stage,
-                architecture=architecture,
-                n_layer=2,
-                n_embd=32,
-                n_head=4,
-                vocab_size=300,
-                max_positions=128,
+                stage=stage, architecture=architecture, **TINY_SHAPE
             )
             policy.load_model().save_pretrained(stage.output_dir)
             policy.load_tokenizer().save_pretrained(stage.output_dir)

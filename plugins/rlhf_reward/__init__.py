@@ -51,6 +51,7 @@ def reward_model(
     loss_type: LossType = "divergence",
     freeze_fraction: float = 0.7,
     learning_rate: float = 1e-5,
+    adam_beta2: float = 0.999,
     num_train_epochs: float = 1.0,
     max_steps: int = -1,
     per_device_train_batch_size: int = 8,
@@ -73,15 +74,11 @@ def reward_model(
     are frozen. ``eval_dataset`` is scored every ``eval_steps`` (when set) and at the end.
     Batches are padded to their longest row; ``group_by_length`` batches rows of similar
     length. Saves the model and tokenizer into the stage directory."""
-    settings = dict(locals())
-    from rlhf_reward.training import RewardModelStage
+    training = dict(locals())
+    from rlhf_reward.training import STAGE_FIELDS, RewardModelStage
 
-    return RewardModelStage(
-        policy=settings.pop("policy"),
-        dataset=settings.pop("dataset"),
-        eval_dataset=settings.pop("eval_dataset"),
-        settings=settings,
-    )
+    own = {name: training.pop(name) for name in STAGE_FIELDS}
+    return RewardModelStage(**own, training=training)
 
 
 def gptj_reward_head(

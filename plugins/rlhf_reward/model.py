@@ -118,9 +118,8 @@ def transformer_layers(model: Any) -> nn.ModuleList:
 
 def freeze_bottom(model: Any, fraction: float) -> int:
     """Freeze the embeddings and the bottom ``round(fraction * layers)`` blocks; the top blocks,
-    the final norm and the head stay trainable. Returns the number of frozen blocks."""
-    if not 0.0 <= fraction <= 1.0:
-        raise UserError(f"freeze_fraction must be between 0 and 1, got {fraction}")
+    the final norm and the head stay trainable. ``fraction`` is in [0, 1]. Returns the number
+    of frozen blocks."""
     layers = transformer_layers(model)
     frozen = round(fraction * len(layers))
     if frozen == 0:

@@ -29,11 +29,22 @@ from rlhf_reward.model import (
 )
 
 REQUIRED_COLUMNS = ("prompt", "chosen", "rejected")
+STAGE_FIELDS = (
+    "policy",
+    "dataset",
+    "eval_dataset",
+    "loss_type",
+    "freeze_fraction",
+    "max_length",
+    "group_by_length",
+    "eval_steps",
+)
+"""The ``reward-model`` settings that ``RewardModelStage`` takes itself; the others are
+``TrainingArguments``."""
 
 
 def check_comparisons(data: Any, slot: str) -> None:
-    missing = [c for c in REQUIRED_COLUMNS if c not in data.column_names]
-    if missing:
+    if not set(REQUIRED_COLUMNS) <= set(data.column_names):
         raise UserError(
             f"reward-model: {slot} needs columns prompt, chosen and rejected (a "
             f"'comparisons' view); it has {', '.join(data.column_names)}"
@@ -157,41 +168,49 @@ class PairwiseRewardTrainer(Trainer):
 
 @dataclass
 class RewardModelStage:
-    """Train ``policy``'s trunk with a scalar head on comparisons; save it with the tokenizer."""
+    """Train ``policy``'s trunk with a scalar head on comparisons; save it with the tokenizer.
+    ``training`` holds the remaining settings, passed on to ``TrainingArguments``."""
 
     policy: Policy
     dataset: Any
-    eval_dataset: Any
-    settings: dict[str, Any]
+    eval_dataset: Any | None
+    loss_type: LossType
+    freeze_fraction: float
+    max_length: int
+    group_by_length: bool
+    eval_steps: int | None
+    training: dict[str, Any]
 
-    def __call__(self, stage: StageContext) -> dict[str, float]:
+    def __post_init__(self) -> None:
         check_comparisons(self.dataset, "dataset")
         if self.eval_dataset is not None:
             check_comparisons(self.eval_dataset, "eval_dataset")
-        settings = dict(self.settings)
-        loss_type = settings.pop("loss_type")
-        freeze_fraction = settings.pop("freeze_fraction")
-        max_length = settings.pop("max_length")
-        eval_steps = settings.pop("eval_steps")
-        group_by_length = settings.pop("group_by_length")
+        if not 0.0 <= self.freeze_fraction <= 1.0:
+            raise UserError(
+                f"reward-model: freeze_fraction must be between 0 and 1, got {self.freeze_fraction}"
+            )
+
+    def __call__(self, stage: StageContext) -> dict[str, float]:
         tokenizer = ensure_pad_token(self.policy.load_tokenizer())
         model = load_reward_model(self.policy, tokenizer)
-        frozen = freeze_bottom(model, freeze_fraction)
+        frozen = freeze_bottom(model, self.freeze_fraction)
         has_eval = self.eval_dataset is not None
         args = training_arguments(
             stage,
             TrainingArguments,
-            **settings,
-            eval_strategy="steps" if has_eval and eval_steps else "no",
-            eval_steps=eval_steps,
+            **self.training,
+            eval_strategy="steps" if has_eval and self.eval_steps else "no",
+            eval_steps=self.eval_steps,
             remove_unused_columns=False,
-            train_sampling_strategy="group_by_length" if group_by_length else "random",
+            train_sampling_strategy="group_by_length" if self.group_by_length else "random",
             ddp_find_unused_parameters=False,
         )
         with args.main_process_first(desc="tokenizing comparisons"):
-            train = tokenize_comparisons(self.dataset, tokenizer, max_length)
+            train = tokenize_comparisons(self.dataset, tokenizer, self.max_length)
             held_out = (
-                tokenize_comparisons(self.eval_dataset, tokenizer, max_length) if has_eval else None
+                tokenize_comparisons(self.eval_dataset, tokenizer, self.max_length)
+                if has_eval
+                else None
             )
         trainer = PairwiseRewardTrainer(
             model=model,
@@ -202,7 +221,7 @@ class RewardModelStage:
             processing_class=tokenizer,
             compute_metrics=eval_metrics,
             callbacks=[StageMetricsCallback(stage)],
-            loss_type=loss_type,
+            loss_type=self.loss_type,
         )
         result = trainer.train(resume_from_checkpoint=resume_checkpoint(stage))
         save_final(stage, trainer, tokenizer)
