@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from rlhf_plugins.stage import StageContext
+from rlhf_plugins.stage import StageContext, process_state
 
 
 class StageMetricsCallback(TrainerCallback):
@@ -30,8 +30,12 @@ def training_arguments(stage: StageContext, config_class: type, **settings: Any)
     """``config_class`` (``TrainingArguments`` or a TRL config) for this stage: checkpoints
     under the stage directory, the recipe seed, precision and DeepSpeed from ``[launch]``,
     no third-party reporting (the stage logs itself). ``settings`` override the defaults;
-    ``gradient_checkpointing`` maps to ``activation_checkpointing`` where transformers renamed it."""
+    ``gradient_checkpointing`` maps to ``activation_checkpointing`` where transformers renamed it.
+    With DeepSpeed the Trainer reuses the process state configured here (gloo without CUDA)."""
     precision = stage.launch.mixed_precision
+    deepspeed = stage.launch.deepspeed is not None
+    if deepspeed:
+        process_state()
     defaults: dict[str, Any] = dict(
         output_dir=str(stage.output_dir),
         seed=stage.seed,
@@ -44,12 +48,14 @@ def training_arguments(stage: StageContext, config_class: type, **settings: Any)
         save_total_limit=2,
         bf16=precision == "bf16",
         fp16=precision == "fp16",
-        use_cpu=not torch.cuda.is_available(),
+        use_cpu=not torch.cuda.is_available() and not deepspeed,
         disable_tqdm=not stage.is_main_process,
-        deepspeed=str(stage.launch.deepspeed) if stage.launch.deepspeed else None,
+        deepspeed=str(stage.launch.deepspeed) if deepspeed else None,
         dataloader_num_workers=0,
         ddp_find_unused_parameters=False,
     )
+    if deepspeed:
+        defaults["accelerator_config"] = {"use_configured_state": True}
     merged = {**defaults, **settings}
     fields = inspect.signature(config_class).parameters
     if "gradient_checkpointing" in merged and "activation_checkpointing" in fields:

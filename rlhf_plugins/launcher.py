@@ -47,10 +47,14 @@ def launch_command(launch: LaunchConfig, cli_args: list[str]) -> tuple[list[str]
         "--main_process_port",
         str(_free_port()),
     ]
-    if launch.num_processes > 1:
+    if launch.deepspeed is not None:
+        cmd += ["--use_deepspeed", "--deepspeed_config_file", str(launch.deepspeed)]
+    elif launch.num_processes > 1:
         cmd.append("--multi_gpu")
     if not torch.cuda.is_available():
-        env["ACCELERATE_USE_CPU"] = "1"
+        if launch.deepspeed is None:
+            env["ACCELERATE_USE_CPU"] = "1"
+        env.setdefault("DS_ACCELERATOR", "cpu")
         env.setdefault(
             "OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // launch.num_processes))
         )

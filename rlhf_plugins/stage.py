@@ -48,13 +48,26 @@ def is_main_process() -> bool:
     return process_index() == 0
 
 
+def deepspeed_launched() -> bool:
+    """True in a rank that ``accelerate launch --use_deepspeed`` started."""
+    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+
+
 def process_state() -> Any:
-    """Accelerate's ``PartialState``, with ``cpu=True`` where there is no CUDA: without it, CPU
-    ranks started by a launcher each see a single process and collectives do nothing."""
+    """Accelerate's ``PartialState`` for this rank, configured once.
+
+    Without CUDA, ranks need it spelled out: plain ranks get ``cpu=True`` (otherwise each sees a
+    single process and collectives do nothing), DeepSpeed ranks get a gloo process group
+    (otherwise Accelerate counts one process and DeepSpeed's batch-size check fails).
+    """
     import torch
     from accelerate import PartialState
 
-    return PartialState(cpu=not torch.cuda.is_available())
+    if torch.cuda.is_available():
+        return PartialState()
+    if deepspeed_launched():
+        return PartialState(backend="gloo")
+    return PartialState(cpu=True)
 
 
 @dataclass
@@ -162,7 +175,7 @@ class StageContext:
 
     def accelerator(self, **kwargs: Any) -> Any:
         """An ``accelerate.Accelerator`` configured from ``[launch]`` (mixed precision,
-        DeepSpeed). DeepSpeed without CUDA gets a gloo process group. Created once per stage;
+        DeepSpeed; without CUDA it runs on a gloo process group). Created once per stage;
         ``kwargs`` (e.g. ``gradient_accumulation_steps``) apply on the first call."""
         if "_accelerator" in self.__dict__:
             return self.__dict__["_accelerator"]
@@ -170,15 +183,14 @@ class StageContext:
         from accelerate import Accelerator
         from accelerate.utils import DeepSpeedPlugin
 
+        process_state()
         plugin = None
         if self.launch.deepspeed is not None:
-            if not torch.cuda.is_available() and not torch.distributed.is_initialized():
-                torch.distributed.init_process_group(backend="gloo")
             plugin = DeepSpeedPlugin(hf_ds_config=str(self.launch.deepspeed))
         accelerator = Accelerator(
             mixed_precision=self.launch.mixed_precision,
             deepspeed_plugin=plugin,
-            cpu=not torch.cuda.is_available(),
+            cpu=plugin is None and not torch.cuda.is_available(),
             **kwargs,
         )
         self.__dict__["_accelerator"] = accelerator

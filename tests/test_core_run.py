@@ -170,6 +170,39 @@ def test_two_cpu_ranks_through_accelerate(recipe, tmp_path):
 
 
 @pytest.mark.slow
+def test_deepspeed_zero2_on_two_cpu_ranks(recipe, tmp_path):
+    shutil.copy(REPO_ROOT / "recipes" / "deepspeed" / "zero2.json", tmp_path / "zero2.json")
+    text = recipe.read_text().replace(
+        "[stages.sft]", '[launch]\ndeepspeed = "zero2.json"\n\n[stages.sft]'
+    )
+    recipe.write_text(text)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rlhf_plugins.cli",
+            "run",
+            str(recipe),
+            "--only",
+            "sft",
+            "--num-processes",
+            "2",
+            "--set",
+            "stages.sft.trainer_settings.save_steps=6",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    checkpoint = tmp_path / "runs" / "demo" / "sft" / "checkpoint-6"
+    assert (checkpoint / "global_step6").is_dir(), "the DeepSpeed engine wrote the checkpoint"
+    assert (tmp_path / "runs" / "demo" / "sft" / "model.safetensors").is_file()
+    assert state(tmp_path, "sft")["metrics"]["steps"] == 12
+
+
+@pytest.mark.slow
 def test_tiny_sft_recipe_end_to_end(run_cli, tmp_path):
     recipe = tmp_path / "tiny_sft.toml"
     shutil.copy(REPO_ROOT / "recipes" / "tiny_sft.toml", recipe)
