@@ -149,19 +149,22 @@ class TinyPolicy:
         return self.stage.output_dir / "tokenizer"
 
     def load_tokenizer(self) -> PreTrainedTokenizerFast:
-        if self._tokenizer is None:
-            if (self.tokenizer_dir / "tokenizer.json").is_file():
-                self._tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_dir)
-            else:
-                texts = dataset_texts(self.stage, self.tokenizer_samples)
-                if not texts:
-                    raise UserError(
-                        f"tiny-causal-lm in stage '{self.stage.name}' needs a dataset "
-                        "in the same stage to train its tokenizer on"
-                    )
-                self._tokenizer = train_tokenizer(texts, self.vocab_size)
-                if self.stage.is_main_process:
-                    self._tokenizer.save_pretrained(self.tokenizer_dir)
+        """The tokenizer saved by an interrupted run of this stage, or one trained now. Training
+        is deterministic, so every rank trains the same tokenizer; only the main rank saves it."""
+        if self._tokenizer is not None:
+            return self._tokenizer
+        if self.stage.resume and (self.tokenizer_dir / "tokenizer.json").is_file():
+            self._tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_dir)
+            return self._tokenizer
+        texts = dataset_texts(self.stage, self.tokenizer_samples)
+        if not texts:
+            raise UserError(
+                f"tiny-causal-lm in stage '{self.stage.name}' needs a dataset "
+                "in the same stage to train its tokenizer on"
+            )
+        self._tokenizer = train_tokenizer(texts, self.vocab_size)
+        if self.stage.is_main_process:
+            self._tokenizer.save_pretrained(self.tokenizer_dir)
         return self._tokenizer
 
     def config(self) -> Any:
