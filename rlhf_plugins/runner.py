@@ -166,6 +166,7 @@ class Runner:
             launch=self.recipe.launch,
             logging=self.recipe.logging,
             resume=resume,
+            recipe_dir=self.recipe.base_dir,
         )
         started = time.monotonic()
         try:

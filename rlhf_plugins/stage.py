@@ -78,7 +78,7 @@ class StageContext:
     there and checkpoints under ``checkpoint-<step>/``. ``inputs`` maps each stage this one needs
     to its output directory. ``resume`` is True when the same stage, unchanged, was interrupted
     earlier: trainers continue from ``latest_checkpoint()``. ``components`` holds the built
-    components of this stage by slot name.
+    components of this stage by slot name. ``recipe_dir`` is where relative input paths start.
     """
 
     recipe_name: str
@@ -91,6 +91,7 @@ class StageContext:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     resume: bool = False
     components: dict[str, Any] = field(default_factory=dict)
+    recipe_dir: Path | None = None
     _wandb_run: Any = field(default=None, repr=False)
     _started: float = field(default_factory=time.monotonic, repr=False)
 
@@ -105,6 +106,14 @@ class StageContext:
     @property
     def num_processes(self) -> int:
         return num_processes()
+
+    def local_path(self, value: str) -> Path | None:
+        """``value`` as an existing local path, relative paths taken from the recipe's
+        directory; None when nothing is there (e.g. a setting that also accepts a hub id)."""
+        path = Path(value).expanduser()
+        if not path.is_absolute() and self.recipe_dir is not None:
+            path = self.recipe_dir / path
+        return path.resolve() if path.exists() else None
 
     @property
     def metrics_path(self) -> Path:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 
+from rlhf_plugins import StageContext
 from rlhf_plugins.registry import load_registry
 
 PROMPT_LAYOUT = r"^SUBREDDIT: r/[^\n]+\nTITLE: [^\n]+\nPOST: .+\nTL;DR:$"
@@ -121,11 +123,11 @@ POSTS = [
 ]
 
 
-class Seeded:
-    """Stands in for the running stage: the factory reads only ``seed``."""
-
-    def __init__(self, seed: int):
-        self.seed = seed
+def Seeded(seed: int) -> StageContext:
+    """A running stage with the recipe seed ``seed`` (no recipe directory)."""
+    return StageContext(
+        recipe_name="data", name="data", output_dir=Path("unused"), seed=seed, config={}
+    )
 
 
 def write_jsonl(path, rows):

@@ -47,9 +47,12 @@ def tldr(
     pairs with identical summaries or a summary under ``min_summary_words`` words are dropped.
     ``shuffle`` uses the recipe seed; ``limit`` keeps that many posts or pairs. Prompts are cut
     to ``max_prompt_tokens`` tokens of ``tokenizer`` (whitespace words without one), keeping
-    the ``TL;DR:`` suffix."""
+    the ``TL;DR:`` suffix. Relative local paths are relative to the recipe file."""
     from rlhf_tldr.loader import load_tldr
 
+    if stage is not None:
+        source = str(stage.local_path(source) or source) if source else source
+        tokenizer = str(stage.local_path(tokenizer) or tokenizer) if tokenizer else tokenizer
     return load_tldr(
         source=source,
         view=view,

@@ -278,7 +278,7 @@ def read_source(source: str, split: str | None, wants: str) -> list[Record]:
     if path.suffix in DATA_SUFFIXES or not _HUB_ID.match(source):
         raise UserError(
             f"tldr source {source!r}: no such file or directory "
-            f"(relative paths are relative to {Path.cwd()})"
+            "(relative paths are relative to the recipe file)"
         )
     return read_hub(source, split)
 
