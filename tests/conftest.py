@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +35,25 @@ def run_cli(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Callable:
         return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
     return invoke
+
+
+@pytest.fixture
+def run_rlhf(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess]:
+    """Run ``rlhf ARGS`` as a real process (needed for ``--num-processes``) in ``tmp_path``;
+    fails the test with the tail of its output unless it exits 0."""
+
+    def run(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+        out = subprocess.run(
+            [sys.executable, "-m", "rlhf_plugins.cli", *map(str, args)],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        return out
+
+    return run
 
 
 @pytest.fixture

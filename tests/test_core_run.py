@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -144,25 +142,8 @@ def test_user_error_inside_a_stage_is_one_message(run_cli, write_recipe, sft_jso
     assert "needs columns prompt and completion" in result.output
 
 
-def test_two_cpu_ranks_through_accelerate(recipe, tmp_path):
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "rlhf_plugins.cli",
-            "run",
-            str(recipe),
-            "--only",
-            "sft",
-            "--num-processes",
-            "2",
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+def test_two_cpu_ranks_through_accelerate(recipe, tmp_path, run_rlhf):
+    out = run_rlhf("run", recipe, "--only", "sft", "--num-processes", "2")
     assert "launching 2 processes with Accelerate" in out.stdout
     assert out.stdout.count("finished demo") == 1, "only the main rank reports"
     sft = state(tmp_path, "sft")
@@ -170,32 +151,22 @@ def test_two_cpu_ranks_through_accelerate(recipe, tmp_path):
 
 
 @pytest.mark.slow
-def test_deepspeed_zero2_on_two_cpu_ranks(recipe, tmp_path):
+def test_deepspeed_zero2_on_two_cpu_ranks(recipe, tmp_path, run_rlhf):
     shutil.copy(REPO_ROOT / "recipes" / "deepspeed" / "zero2.json", tmp_path / "zero2.json")
     text = recipe.read_text().replace(
         "[stages.sft]", '[launch]\ndeepspeed = "zero2.json"\n\n[stages.sft]'
     )
     recipe.write_text(text)
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "rlhf_plugins.cli",
-            "run",
-            str(recipe),
-            "--only",
-            "sft",
-            "--num-processes",
-            "2",
-            "--set",
-            "stages.sft.trainer_settings.save_steps=6",
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    run_rlhf(
+        "run",
+        recipe,
+        "--only",
+        "sft",
+        "--num-processes",
+        "2",
+        "--set",
+        "stages.sft.trainer_settings.save_steps=6",
     )
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     checkpoint = tmp_path / "runs" / "demo" / "sft" / "checkpoint-6"
     assert (checkpoint / "global_step6").is_dir(), "the DeepSpeed engine wrote the checkpoint"
     assert (tmp_path / "runs" / "demo" / "sft" / "model.safetensors").is_file()
