@@ -20,8 +20,10 @@ import tempfile
 import time
 from pathlib import Path
 
+import datasets
 import torch
-from transformers import AutoModelForSequenceClassification
+import transformers
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from trl import RewardConfig, RewardTrainer
 
 from rlhf_plugins import StageContext
@@ -101,8 +103,6 @@ def trl(root: Path, trunk: Path, data, args, freeze: float) -> float:
         seed=0,
         dataloader_num_workers=0,
     )
-    from transformers import AutoTokenizer
-
     trainer = RewardTrainer(
         model=model,
         args=config,
@@ -167,6 +167,8 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=256, help="rows scored in part 2")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    transformers.logging.set_verbosity_error()
+    datasets.disable_progress_bars()
     registry = load_registry()
     make_data = registry.get("dataset", "tldr-synthetic").factory
     pairs = make_data(view="comparisons", split="train", num_examples=args.steps * args.batch_size)

@@ -5,11 +5,13 @@ trlX import) and a recipe run under two processes."""
 import json
 import math
 import random
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 from datasets import Dataset
+from safetensors.torch import load_file, save_file
 from transformers import AutoModelForSequenceClassification
 
 from rlhf_plugins import UserError
@@ -282,6 +284,16 @@ def test_user_errors(registry, trunk_dir, comparisons, tmp_path):
         train(registry, tmp_path, trunk_dir("gptj"), comparisons.remove_columns("rejected"))
     with pytest.raises(UserError, match="freeze_fraction"):
         train(registry, tmp_path, trunk_dir("gptj"), comparisons, freeze_fraction=1.5)
+
+
+def test_trunk_with_missing_weights_is_a_user_error(registry, trunk_dir, comparisons, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(trunk_dir("gpt2"), broken)
+    weights = load_file(broken / "model.safetensors")
+    kept = {k: v for k, v in weights.items() if ".h.1." not in k}
+    save_file(kept, broken / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(UserError, match=r"lacks \d+ trunk weights"):
+        train(registry, tmp_path, broken, comparisons.select(range(4)), max_steps=1)
 
 
 RECIPE = """

@@ -17,13 +17,15 @@ Contracts shared by training and scoring:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 from transformers import AutoConfig, AutoModelForSequenceClassification
+from transformers.utils import logging as transformers_logging
 
 from rlhf_plugins import Policy, UserError
 
@@ -50,6 +52,18 @@ def reward_config(config: Any, pad_token_id: int | None) -> Any:
     return config
 
 
+@contextmanager
+def expected_key_changes_unreported() -> Iterator[None]:
+    """Silence transformers' load report while a causal LM loads as a reward model: its
+    ``lm_head`` is dropped and ``score`` is new by design; other missing keys are checked."""
+    previous = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        transformers_logging.set_verbosity(previous)
+
+
 class RewardModelLoader:
     """An ``auto_class`` for ``Policy.load_model``: loads the policy's trunk into a reward model.
 
@@ -64,11 +78,18 @@ class RewardModelLoader:
         hub = {k: kwargs[k] for k in HUB_KWARGS if k in kwargs}
         config = reward_config(AutoConfig.from_pretrained(name, **hub), self.pad_token_id)
         try:
-            model, info = AutoModelForSequenceClassification.from_pretrained(
-                name, config=config, output_loading_info=True, **kwargs
-            )
+            with expected_key_changes_unreported():
+                model, info = AutoModelForSequenceClassification.from_pretrained(
+                    name, config=config, output_loading_info=True, **kwargs
+                )
         except ValueError as exc:
             raise UserError(f"{name}: cannot build a reward model from it ({exc})") from exc
+        missing_trunk = [k for k in info["missing_keys"] if not k.startswith(HEAD_NAME)]
+        if missing_trunk:
+            raise UserError(
+                f"{name}: the checkpoint lacks {len(missing_trunk)} trunk weights "
+                f"(e.g. {', '.join(missing_trunk[:3])})"
+            )
         if any(key.startswith(HEAD_NAME) for key in info["missing_keys"]):
             init_head(model)
         return model
