@@ -10,7 +10,7 @@ Public plugin API (stable; see docs/plugins.md):
 This module imports neither torch nor transformers.
 """
 
-from rlhf_plugins.components import Dataset, Policy, RewardFunction, StageFn
+from rlhf_plugins.components import Dataset, Policy, RewardFunction, StageFn, require_columns
 from rlhf_plugins.errors import UserError
 from rlhf_plugins.hookspecs import hookimpl
 from rlhf_plugins.stage import StageContext
@@ -26,4 +26,5 @@ __all__ = [
     "UserError",
     "__version__",
     "hookimpl",
+    "require_columns",
 ]

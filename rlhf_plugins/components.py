@@ -70,3 +70,18 @@ SLOT_TYPES: dict[str, str] = {
     "RewardFunction": "reward_function",
 }
 """Annotation name -> the component kind a slot of that type holds."""
+
+
+def require_columns(
+    data: Any, columns: tuple[str, ...], *, component: str, slot: str, view: str
+) -> None:
+    """Raise ``UserError`` unless ``data`` (a dataset, or None for an unset optional slot) has
+    every one of ``columns``; the message names the component, the slot and the view to use."""
+    from rlhf_plugins.errors import UserError
+
+    if data is None or set(columns) <= set(data.column_names):
+        return
+    raise UserError(
+        f"{component}: {slot} needs columns {', '.join(columns)} (a '{view}' view); "
+        f"it has {', '.join(data.column_names)}"
+    )

@@ -139,7 +139,7 @@ def test_user_error_inside_a_stage_is_one_message(run_cli, write_recipe, sft_jso
     )
     result = run_cli("run", write_recipe(text), "--only", "sft")
     assert result.exit_code == 2
-    assert "needs columns prompt and completion" in result.output
+    assert "sft: dataset needs columns prompt, completion (a 'sft' view)" in result.output
 
 
 def test_two_cpu_ranks_through_accelerate(recipe, tmp_path, run_rlhf):

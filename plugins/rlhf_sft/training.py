@@ -8,7 +8,7 @@ from typing import Any
 
 from trl import SFTConfig, SFTTrainer
 
-from rlhf_plugins import Policy, StageContext, UserError
+from rlhf_plugins import Policy, StageContext, require_columns
 from rlhf_plugins.hf import StageMetricsCallback, resume_checkpoint, save_final, training_arguments
 
 REQUIRED_COLUMNS = ("prompt", "completion")
@@ -22,12 +22,8 @@ class SFTStage:
     settings: dict[str, Any]
 
     def __call__(self, stage: StageContext) -> dict[str, float]:
-        for name, data in (("dataset", self.dataset), ("eval_dataset", self.eval_dataset)):
-            if data is not None and not set(REQUIRED_COLUMNS) <= set(data.column_names):
-                raise UserError(
-                    f"sft: {name} needs columns prompt and completion (an 'sft' view); "
-                    f"it has {', '.join(data.column_names)}"
-                )
+        for slot, data in (("dataset", self.dataset), ("eval_dataset", self.eval_dataset)):
+            require_columns(data, REQUIRED_COLUMNS, component="sft", slot=slot, view="sft")
         tokenizer = self.policy.load_tokenizer()
         model = self.policy.load_model()
         settings = dict(self.settings)
