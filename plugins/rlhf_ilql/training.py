@@ -133,6 +133,21 @@ def starting_point(policy: Policy, two_qs: bool) -> tuple[Any, ILQLHeads]:
     return model, heads_for(model, two_qs)
 
 
+def fill_deepspeed_config(accelerator: Any, settings: ILQLSettings, world: int) -> None:
+    """Resolve the batch and clipping entries a DeepSpeed config may leave ``"auto"`` (no
+    dataloader goes through ``accelerator.prepare`` to fill them)."""
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin is None:
+        return
+    micro = settings.per_device_train_batch_size
+    plugin.deepspeed_config.update(
+        train_micro_batch_size_per_gpu=micro,
+        gradient_accumulation_steps=1,
+        train_batch_size=micro * world,
+        gradient_clipping=settings.max_grad_norm or 0.0,
+    )
+
+
 def sync_target_heads(model: Any, accelerator: Any, alpha: float) -> None:
     """One Polyak step of the target heads (parameters gathered first under ZeRO-3)."""
     heads = accelerator.unwrap_model(model).heads
@@ -196,6 +211,7 @@ class ILQLStage:
             eps=s.adam_epsilon,
             weight_decay=s.weight_decay,
         )
+        fill_deepspeed_config(accelerator, s, stage.num_processes)
         model, optimizer = accelerator.prepare(model, optimizer)
         step = self.resume(stage, accelerator)
         window: list[dict[str, torch.Tensor]] = []
