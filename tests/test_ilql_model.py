@@ -28,14 +28,14 @@ def tokenizer():
     return train_tokenizer(TEXTS, vocab_size=120)
 
 
-def tiny_lm(tokenizer, architecture: str = "gptj"):
+def tiny_lm(tokenizer, architecture: str = "gptj", n_layer: int = 1):
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
     config = _config(
         architecture,
         len(tokenizer),
-        n_layer=1,
+        n_layer=n_layer,
         n_embd=32,
         n_head=4,
         positions=64,
@@ -168,3 +168,24 @@ def test_policy_user_errors(tmp_path, saved):
         ilql_policy(path=tmp_path)
     with pytest.raises(UserError, match="temperature"):
         ilql_policy(path=saved, temperature=-1.0)
+
+
+def trainable(module) -> bool:
+    return any(p.requires_grad for p in module.parameters())
+
+
+def test_num_layers_unfrozen_follows_trlx(tokenizer):
+    from rlhf_ilql.modeling import decoder_blocks, freeze_bottom
+
+    two_layers = tiny_lm(tokenizer, n_layer=2)
+    freeze_bottom(two_layers, 1)
+    blocks = decoder_blocks(two_layers)
+    assert [trainable(b) for b in blocks] == [False, True]
+    assert not trainable(two_layers.get_input_embeddings())
+    assert trainable(two_layers.get_output_embeddings())  # GPT-J's LM head is not tied
+    frozen = tiny_lm(tokenizer)
+    freeze_bottom(frozen, 0)
+    assert not trainable(frozen)
+    everything = tiny_lm(tokenizer, "gpt2")
+    freeze_bottom(everything, -1)
+    assert all(p.requires_grad for p in everything.parameters())

@@ -43,6 +43,7 @@ def ilql_trainer(
     alpha: float = 0.001,
     target_sync_steps: int = 5,
     two_qs: bool = True,
+    num_layers_unfrozen: int = -1,
     normalize_rewards: bool = True,
     learning_rate: float = 5e-5,
     min_learning_rate: float = 0.0,
@@ -71,6 +72,8 @@ def ilql_trainer(
     (``tau``) + ``cql_scale`` * CQL + ``awac_scale`` * LM loss weighted by
     ``exp(awac_beta * (Q - V))``. Target heads move by Polyak averaging (``alpha``) every
     ``target_sync_steps`` optimizer steps; ``two_qs`` uses two Q heads and their minimum.
+    ``num_layers_unfrozen`` (trlX's): -1 trains the whole LM, ``k`` only its top ``k`` blocks,
+    0 none (only the heads learn).
 
     Optimizer: AdamW (``adam_*``, ``weight_decay``), ``learning_rate`` annealed to
     ``min_learning_rate`` (cosine) or constant, optional ``max_grad_norm`` clipping. Length:

@@ -21,6 +21,7 @@ class ILQLSettings:
     alpha: float
     target_sync_steps: int
     two_qs: bool
+    num_layers_unfrozen: int
     normalize_rewards: bool
     learning_rate: float
     min_learning_rate: float
@@ -85,6 +86,10 @@ class ILQLSettings:
         ):
             if getattr(self, name) < 0:
                 problems.append(f"'{name}' must not be negative, got {getattr(self, name)}")
+        if self.num_layers_unfrozen < -1:
+            problems.append(
+                f"'num_layers_unfrozen' must be -1 (all) or more, got {self.num_layers_unfrozen}"
+            )
         if self.max_length < 2:
             problems.append(f"'max_length' must be at least 2, got {self.max_length}")
         if self.max_steps <= 0 and self.num_train_epochs <= 0:

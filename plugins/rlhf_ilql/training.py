@@ -24,6 +24,7 @@ from rlhf_ilql.losses import LossWeights, ilql_loss
 from rlhf_ilql.modeling import (
     ILQLHeads,
     ILQLModel,
+    freeze_bottom,
     heads_for,
     save_ilql_model,
 )
@@ -202,6 +203,7 @@ class ILQLStage:
             )
         total = total_steps(s, per_epoch)
         base, heads = starting_point(self.policy, s.two_qs)
+        freeze_bottom(base, s.num_layers_unfrozen)
         model = ILQLModel(base, heads)
         model.train()
         optimizer = torch.optim.AdamW(
