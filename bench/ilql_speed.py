@@ -23,8 +23,9 @@ import torch
 from rlhf_hf_policies.policies import _config, train_tokenizer
 from rlhf_ilql.batches import collate, episodes
 from rlhf_ilql.decoding import attach_q_guidance
-from rlhf_ilql.losses import LossWeights, ilql_loss
+from rlhf_ilql.losses import LossWeights
 from rlhf_ilql.modeling import ILQLModel, heads_for
+from rlhf_ilql.training import batch_losses
 from rlhf_tldr.synthetic import synthetic_dataset
 from transformers import AutoModelForCausalLM
 
@@ -85,19 +86,7 @@ def ilql_step_fn(model: ILQLModel, batch):
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
 
     def step():
-        out = model(
-            batch["input_ids"], batch["attention_mask"], batch["state_indices"], batch["actions"]
-        )
-        losses = ilql_loss(
-            lm_logits=out.lm_logits,
-            q_logits=out.q_logits,
-            target_q=out.target_q,
-            values=out.values,
-            actions=batch["actions"],
-            rewards=batch["rewards"],
-            terminal=batch["terminal"],
-            weights=WEIGHTS,
-        )
+        losses = batch_losses(model, batch, WEIGHTS)
         losses["loss"].backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
