@@ -141,6 +141,24 @@ def test_two_processes_stay_in_sync(toy, run_cli, tmp_path):
     assert metrics(out)[0]["rollout/samples"] == 16  # 8 experiences on each of 2 processes
 
 
+def test_deepspeed_zero2_on_two_processes_resumes(toy, run_cli, tmp_path, monkeypatch):
+    """ZeRO-2 (sharded optimizer states) through Accelerate on 2 CPU processes, interrupted
+    after the first checkpoint and resumed from DeepSpeed's checkpoint."""
+    zero2 = REPO / "recipes" / "deepspeed" / "zero2.json"
+    launch = f'[launch]\nnum_processes = 2\ndeepspeed = "{zero2}"\n'
+    recipe = toy(name="zero2")
+    recipe.write_text(recipe.read_text().replace("[stages.ppo]\n", launch + "[stages.ppo]\n", 1))
+    monkeypatch.setenv("PPO_TOY_FAIL_AT_CALL", "3")
+    assert run_cli("run", recipe).exit_code == 1
+    out = tmp_path / "runs" / "zero2" / "ppo"
+    assert (out / "checkpoint-4" / "pytorch_model").is_dir()  # DeepSpeed's own checkpoint
+    monkeypatch.delenv("PPO_TOY_FAIL_AT_CALL")
+    assert run_cli("run", recipe).exit_code == 0
+    resumed = state(out)["metrics"]
+    assert resumed["resumed_from_step"] == 4 and resumed["rank_param_spread"] == 0
+    assert [r["step"] for r in metrics(out) if "reward/mean" in r] == [4, 8]
+
+
 @pytest.mark.parametrize("recipe", ["tiny_ppo.toml", "tldr_ppo.toml"])
 def test_shipped_recipes_validate(run_cli, recipe):
     result = run_cli("validate", REPO / "recipes" / recipe)

@@ -164,8 +164,7 @@ class PPOTrainer:
             micro * self.s.gradient_accumulation_steps * self.stage.num_processes
         )
         config.setdefault("zero_allow_untested_optimizer", True)
-        if self.s.max_grad_norm is not None:
-            config["gradient_clipping"] = self.s.max_grad_norm
+        config["gradient_clipping"] = self.s.max_grad_norm or 0.0
 
     def reduce(self, tensor: torch.Tensor) -> torch.Tensor:
         """Sum over processes (the identity on one process)."""
@@ -514,17 +513,15 @@ class PPOTrainer:
             elapsed = time.perf_counter() - started
             stats["samples_per_s"] = stats["rollout/samples"] / elapsed
             stats["tokens_per_s"] = stats["rollout/tokens"] / elapsed
-            if (
-                self.eval_dataset is not None
-                and self._crossed(before, s.eval_interval)
-                and self.step < s.total_steps
-            ):
-                stats.update(self.evaluate())
             stage.log(stats, step=self.step)
             progress.set_postfix(reward=f"{stats['reward/mean']:.3f}", kl=f"{stats['kl']:.3f}")
             last = stats
-            if self._crossed(before, s.checkpoint_interval) and self.step < s.total_steps:
+            if self.step >= s.total_steps:
+                break
+            if self._crossed(before, s.checkpoint_interval):
                 self.save_checkpoint()
+            if self.eval_dataset is not None and self._crossed(before, s.eval_interval):
+                stage.log(self.evaluate(), step=self.step)
         progress.close()
         final = {
             "steps": self.step,
