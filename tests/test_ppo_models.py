@@ -141,3 +141,24 @@ def test_too_many_unfrozen_layers_is_a_user_error():
 
     with pytest.raises(UserError, match="exceeds the model's 3 layers"):
         build_models(tiny_lm("gpt2"), num_layers_unfrozen=4, separate_critic=False)
+
+
+def test_lora_reference_is_the_policy_with_its_adapter_off():
+    pytest.importorskip("peft")
+    from rlhf_ppo.models import AdapterOffReference, build_models
+
+    lm = tiny_lm("gpt2")
+    initial = copy.deepcopy(lm)
+    lora = dict(r=4, alpha=8.0, dropout=0.0, target_modules=None)
+    model, reference = build_models(lm, num_layers_unfrozen=-1, separate_critic=False, lora=lora)
+    assert isinstance(reference, AdapterOffReference)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n or n.startswith("value_head.") for n in trainable)
+    perturb_trainable(model)
+    inputs, start = left_padded_batch()
+    with torch.no_grad():
+        logits, _, ref_logits = reference.run(model.eval(), inputs, start)
+        torch.testing.assert_close(
+            ref_logits, initial(**inputs).logits[:, start - 1 : -1], rtol=0, atol=1e-6
+        )
+    assert (logits - ref_logits).abs().max() > 1e-4, "the adapter should change the policy"
