@@ -154,3 +154,28 @@ def test_user_errors(run_cli, write_recipe, offline_jsonl, tmp_path):
     assert (
         "'tau' must be in (0, 1)" in result.output and "'alpha' must be in (0, 1]" in result.output
     )
+
+
+def test_an_ilql_policy_continues_training_with_its_heads(
+    run_cli, write_recipe, offline_jsonl, tmp_path
+):
+    more = f"""
+[stages.more]
+trainer = "ilql"
+policy = {{ use = "ilql", from_stage = "ilql" }}
+dataset = {{ use = "jsonl", path = "{offline_jsonl}" }}
+
+[stages.more.trainer_settings]
+per_device_train_batch_size = 4
+max_steps = 1
+learning_rate = 0.0
+target_sync_steps = 2
+"""
+    result = run_cli("run", write_recipe(ilql_recipe(offline_jsonl, "max_steps = 2", more)))
+    assert result.exit_code == 0, result.output
+    first, second = (heads_of(tmp_path / "runs" / "ilql_test" / s) for s in ("ilql", "more"))
+    # nothing moved (learning rate 0, no target sync): the saved heads were the starting point
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    mismatch = ilql_recipe(offline_jsonl, "max_steps = 2", more + "two_qs = false\n")
+    result = run_cli("run", write_recipe(mismatch))
+    assert result.exit_code == 2 and "two_qs" in result.output
