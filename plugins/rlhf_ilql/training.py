@@ -183,18 +183,7 @@ class ILQLStage:
         pad_id = (
             tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         )
-        train = episodes(
-            self.dataset, tokenizer, max_length=s.max_length, normalize_rewards=s.normalize_rewards
-        )
-        evals = None
-        if self.eval_dataset is not None:
-            evals = episodes(
-                self.eval_dataset,
-                tokenizer,
-                max_length=s.max_length,
-                normalize_rewards=s.normalize_rewards,
-                label="eval_dataset",
-            )
+        train, evals = self.load_episodes(tokenizer)
         per_epoch = steps_per_epoch(len(train), s.per_device_train_batch_size, stage.num_processes)
         if per_epoch == 0:
             raise UserError(
@@ -202,19 +191,7 @@ class ILQLStage:
                 f"{s.per_device_train_batch_size} x {stage.num_processes} processes"
             )
         total = total_steps(s, per_epoch)
-        base, heads = starting_point(self.policy, s.two_qs)
-        freeze_bottom(base, s.num_layers_unfrozen)
-        model = ILQLModel(base, heads)
-        model.train()
-        optimizer = torch.optim.AdamW(
-            [p for p in model.parameters() if p.requires_grad],
-            lr=s.learning_rate,
-            betas=(s.adam_beta1, s.adam_beta2),
-            eps=s.adam_epsilon,
-            weight_decay=s.weight_decay,
-        )
-        fill_deepspeed_config(accelerator, s, stage.num_processes)
-        model, optimizer = accelerator.prepare(model, optimizer)
+        model, optimizer = self.build(accelerator, stage.num_processes)
         step = self.resume(stage, accelerator)
         window: list[dict[str, torch.Tensor]] = []
         logged: dict[str, float] = {}
@@ -260,6 +237,40 @@ class ILQLStage:
         metrics["train_seconds"] = round(time.monotonic() - started, 2)
         self.save_final(stage, accelerator, model, tokenizer)
         return metrics
+
+    def load_episodes(self, tokenizer: Any) -> tuple[list[Episode], list[Episode] | None]:
+        """The training episodes and, with an ``eval_dataset``, the evaluation ones."""
+        s = self.settings
+        train = episodes(
+            self.dataset, tokenizer, max_length=s.max_length, normalize_rewards=s.normalize_rewards
+        )
+        if self.eval_dataset is None:
+            return train, None
+        evals = episodes(
+            self.eval_dataset,
+            tokenizer,
+            max_length=s.max_length,
+            normalize_rewards=s.normalize_rewards,
+            label="eval_dataset",
+        )
+        return train, evals
+
+    def build(self, accelerator: Any, world: int) -> tuple[Any, Any]:
+        """The ``ILQLModel`` (layers frozen as asked) and its AdamW, prepared by Accelerate."""
+        s = self.settings
+        base, heads = starting_point(self.policy, s.two_qs)
+        freeze_bottom(base, s.num_layers_unfrozen)
+        model = ILQLModel(base, heads)
+        model.train()
+        optimizer = torch.optim.AdamW(
+            [p for p in model.parameters() if p.requires_grad],
+            lr=s.learning_rate,
+            betas=(s.adam_beta1, s.adam_beta2),
+            eps=s.adam_epsilon,
+            weight_decay=s.weight_decay,
+        )
+        fill_deepspeed_config(accelerator, s, world)
+        return accelerator.prepare(model, optimizer)
 
     def train_step(
         self,
