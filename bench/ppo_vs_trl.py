@@ -38,6 +38,21 @@ VENV = HERE / ".venv-trl112"
 TRL_VERSION = "1.12.0"
 VOCAB, PROMPT_TOKENS, RESPONSE_TOKENS, BATCH, EPOCHS = 4096, 48, 24, 16, 4
 KL_COEF, VF_COEF, LEARNING_RATE = 0.05, 0.1, 3e-6
+OUR_SETTINGS = {
+    "num_rollouts": BATCH,
+    "chunk_size": BATCH,
+    "batch_size": BATCH,
+    "ppo_epochs": EPOCHS,
+    "kl_controller": "fixed",
+    "init_kl_coef": KL_COEF,
+    "vf_coef": VF_COEF,
+    "cliprange_reward": None,
+    "max_new_tokens": RESPONSE_TOKENS,
+    "do_sample": True,
+    "learning_rate": LEARNING_RATE,
+    "lr_scheduler": "linear",
+    "max_grad_norm": None,
+}  # the same work as TRL's PPOConfig below: no reward clipping, no gradient clipping
 OURS_VARIANTS = {"ours (all layers)": -1, "ours (hydra, top 2)": 2}
 
 
@@ -353,21 +368,9 @@ def our_trainer(size: str, work: Path, unfrozen: int, prompts: int | None, out: 
         policy=policy,
         reward=reward,
         dataset=dataset,
-        total_steps=len(rows) // BATCH * EPOCHS,
-        num_rollouts=BATCH,
-        chunk_size=BATCH,
-        batch_size=BATCH,
-        ppo_epochs=EPOCHS,
         num_layers_unfrozen=unfrozen,
-        kl_controller="fixed",
-        init_kl_coef=KL_COEF,
-        vf_coef=VF_COEF,
-        cliprange_reward=None,
-        max_new_tokens=RESPONSE_TOKENS,
-        do_sample=True,
-        learning_rate=LEARNING_RATE,
-        lr_scheduler="linear",
-        max_grad_norm=None,
+        total_steps=len(rows) // BATCH * EPOCHS,
+        **OUR_SETTINGS,
     )
     trainer = PPOTrainer(stage, policy, reward, dataset, None, SimpleNamespace(**stage_fn.settings))
     trainer.save_final = lambda: None  # the bench measures training, not writing files

@@ -91,6 +91,15 @@ def test_token_rewards_put_the_score_on_the_last_real_token():
     close(rewards, [[-0.05, -0.1, 0.85], [-0.25, 1.75, 0.0]])
 
 
+def test_reward_scaling_and_clipping():
+    from rlhf_ppo.maths import scale_scores
+
+    scores = torch.tensor([-30.0, 2.0, 8.0])
+    close(scale_scores(scores, 2.0, 10.0), [-10.0, 1.0, 4.0])
+    close(scale_scores(scores, None, None), [-30.0, 2.0, 8.0])
+    close(scale_scores(scores, None, 5.0), [-5.0, 2.0, 5.0])
+
+
 def test_response_mask_stops_after_the_first_eos():
     from rlhf_ppo.maths import response_mask
 

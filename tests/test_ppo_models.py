@@ -50,6 +50,18 @@ def perturb_trainable(module: torch.nn.Module) -> None:
                 p.add_(0.05 * torch.randn_like(p))
 
 
+def assert_reference_is_initial(model, reference, initial):
+    """Move the trainable weights, then check the reference still gives the initial model's
+    logits (within float rounding); returns (policy logits, reference logits)."""
+    perturb_trainable(model)
+    inputs, start = left_padded_batch()
+    with torch.no_grad():
+        logits, _, ref_logits = reference.run(model.eval(), inputs, start)
+        expected = initial(**inputs).logits[:, start - 1 : -1]
+    torch.testing.assert_close(ref_logits, expected, rtol=0, atol=1e-6)
+    return logits, ref_logits
+
+
 @pytest.mark.parametrize("architecture", sorted(CONFIGS))
 def test_hydra_reference_equals_a_full_copy_after_training(architecture):
     from rlhf_ppo.models import build_models
@@ -78,13 +90,7 @@ def test_full_copy_reference_for_minus_one_trains_everything():
     assert isinstance(reference, FrozenCopyReference)
     assert all(p.requires_grad for p in model.parameters())
     assert not any(p.requires_grad for p in reference.parameters())
-    perturb_trainable(model)
-    inputs, start = left_padded_batch()
-    with torch.no_grad():
-        _, _, ref_logits = reference.run(model.eval(), inputs, start)
-        torch.testing.assert_close(
-            ref_logits, initial(**inputs).logits[:, start - 1 : -1], rtol=0, atol=1e-6
-        )
+    assert_reference_is_initial(model, reference, initial)
 
 
 def test_hydra_freezes_everything_below_the_top_blocks():
@@ -154,11 +160,5 @@ def test_lora_reference_is_the_policy_with_its_adapter_off():
     assert isinstance(reference, AdapterOffReference)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n or n.startswith("value_head.") for n in trainable)
-    perturb_trainable(model)
-    inputs, start = left_padded_batch()
-    with torch.no_grad():
-        logits, _, ref_logits = reference.run(model.eval(), inputs, start)
-        torch.testing.assert_close(
-            ref_logits, initial(**inputs).logits[:, start - 1 : -1], rtol=0, atol=1e-6
-        )
+    logits, ref_logits = assert_reference_is_initial(model, reference, initial)
     assert (logits - ref_logits).abs().max() > 1e-4, "the adapter should change the policy"

@@ -58,6 +58,13 @@ def kl_penalty(
     return torch.expm1(-log_ratio) + log_ratio
 
 
+def scale_scores(scores: torch.Tensor, divisor: float | None, clip: float | None) -> torch.Tensor:
+    """``scores / divisor`` (unchanged without a divisor), clipped to ``[-clip, clip]`` when
+    ``clip`` is set and non-zero."""
+    scaled = scores / divisor if divisor else scores
+    return scaled.clamp(-clip, clip) if clip else scaled
+
+
 def last_token_index(mask: torch.Tensor) -> torch.Tensor:
     """Index of the last real token of each row (0 for an empty row)."""
     positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)

@@ -121,18 +121,10 @@ class Chunk:
 
 
 @dataclass
-class Rollout:
-    """Every experience of one PPO update; ``advantages`` and ``returns`` are set by the
-    trainer after scoring."""
+class Rollout(Chunk):
+    """Every experience of one PPO update (chunks joined, responses padded to the longest);
+    ``advantages`` and ``returns`` are set by the trainer after scoring."""
 
-    queries: list[torch.Tensor]
-    responses: torch.Tensor
-    mask: torch.Tensor
-    logprobs: torch.Tensor
-    ref_logprobs: torch.Tensor
-    values: torch.Tensor
-    scores: torch.Tensor
-    scaled_scores: torch.Tensor
     advantages: torch.Tensor | None = None
     returns: torch.Tensor | None = None
 

@@ -237,13 +237,8 @@ class PPOTrainer:
             self.ref_std = self.moments.update(raw, self.reduce)[1] or 1.0
         elif self.s.scale_reward == "running":
             self.moments.update(raw, self.reduce)
-        scaled = raw
-        if self.s.scale_reward == "running":
-            scaled = raw / self.moments.std
-        elif self.s.scale_reward == "ref":
-            scaled = raw / self.ref_std
-        if self.s.cliprange_reward:
-            scaled = scaled.clamp(-self.s.cliprange_reward, self.s.cliprange_reward)
+        divisor = {"running": self.moments.std, "ref": self.ref_std}.get(self.s.scale_reward)
+        scaled = maths.scale_scores(raw, divisor, self.s.cliprange_reward)
         chunk.scores, chunk.scaled_scores = raw, scaled
         return True
 
