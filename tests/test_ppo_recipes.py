@@ -145,9 +145,7 @@ def test_deepspeed_zero2_on_two_processes_resumes(toy, run_cli, tmp_path, monkey
     """ZeRO-2 (sharded optimizer states) through Accelerate on 2 CPU processes, interrupted
     after the first checkpoint and resumed from DeepSpeed's checkpoint."""
     zero2 = REPO / "recipes" / "deepspeed" / "zero2.json"
-    launch = f'[launch]\nnum_processes = 2\ndeepspeed = "{zero2}"\n'
-    recipe = toy(name="zero2")
-    recipe.write_text(recipe.read_text().replace("[stages.ppo]\n", launch + "[stages.ppo]\n", 1))
+    recipe = toy(name="zero2", extra=f'[launch]\nnum_processes = 2\ndeepspeed = "{zero2}"')
     monkeypatch.setenv("PPO_TOY_FAIL_AT_CALL", "3")
     assert run_cli("run", recipe).exit_code == 1
     out = tmp_path / "runs" / "zero2" / "ppo"
@@ -163,3 +161,31 @@ def test_deepspeed_zero2_on_two_processes_resumes(toy, run_cli, tmp_path, monkey
 def test_shipped_recipes_validate(run_cli, recipe):
     result = run_cli("validate", REPO / "recipes" / recipe)
     assert result.exit_code == 0, result.output
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """Accelerate keeps one mixed-precision setting per process; reset it around a test that
+    runs recipes with different ``[launch] mixed_precision`` in this process."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield lambda: AcceleratorState._reset_state(reset_partial_state=True)
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_mixed_precision_and_gradient_checkpointing_are_honoured(
+    toy, run_cli, tmp_path, fresh_accelerate_state
+):
+    """bf16 autocast changes the numbers of the same seeded run; gradient checkpointing
+    (recomputation in backward) does not break training."""
+    assert run_cli("run", toy(name="fp32")).exit_code == 0
+    fresh_accelerate_state()
+    bf16 = toy(name="bf16", extra='[launch]\nmixed_precision = "bf16"')
+    result = run_cli(
+        "run", bf16, "--set", "stages.ppo.trainer_settings.gradient_checkpointing=true"
+    )
+    assert result.exit_code == 0, result.output
+    fp32_run = metrics(tmp_path / "runs" / "fp32" / "ppo")[0]
+    bf16_run = metrics(tmp_path / "runs" / "bf16" / "ppo")[0]
+    assert fp32_run["rollout/entropy"] != bf16_run["rollout/entropy"]
