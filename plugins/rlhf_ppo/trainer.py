@@ -15,6 +15,8 @@ import math
 import shutil
 import time
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -95,6 +97,7 @@ class PPOTrainer:
         self.accelerator = stage.accelerator(
             gradient_accumulation_steps=s.gradient_accumulation_steps
         )
+        self._configure_deepspeed()
         self.device = self.accelerator.device
         self.tokenizer = policy.load_tokenizer()
         if self.tokenizer.pad_token_id is None:
@@ -130,7 +133,6 @@ class PPOTrainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: learning_rate_factor(step, s)
         )
-        self._configure_deepspeed()
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self.reference.to(self.device)
         self.sampling = SamplingSettings(
@@ -156,6 +158,12 @@ class PPOTrainer:
         plugin = self.accelerator.state.deepspeed_plugin
         if plugin is None:
             return
+        if plugin.zero_stage == 3:
+            raise UserError(
+                "ppo runs with DeepSpeed ZeRO stages 0-2 (the reference copies and "
+                "generation need whole weights on every rank); use a ZeRO-2 config "
+                "such as recipes/deepspeed/zero2.json"
+            )
         micro = self.s.batch_size // self.s.gradient_accumulation_steps
         config = plugin.deepspeed_config
         config["train_micro_batch_size_per_gpu"] = micro
@@ -176,30 +184,34 @@ class PPOTrainer:
     def unwrapped(self) -> Any:
         return self.accelerator.unwrap_model(self.model)
 
+    @contextmanager
+    def full_model(self) -> Iterator[Any]:
+        """The unwrapped model in eval mode, for generation and scoring."""
+        model = self.unwrapped
+        model.eval()
+        try:
+            yield model
+        finally:
+            model.train()
+
     # -- rollouts ------------------------------------------------------------------------
 
     @torch.no_grad()
     def generate_chunk(self, prompts: list[str]) -> Chunk:
         """Generate one chunk and compute its old log-probabilities, values and reference
         log-probabilities in one pass."""
-        model, tokenizer = self.unwrapped, self.tokenizer
+        tokenizer = self.tokenizer
         batch = encode_prompts(tokenizer, prompts, self.s.max_prompt_length, self.device)
-        model.eval()
-        try:
-            with self.accelerator.autocast():
-                sequences = model.policy.generate(
-                    **batch, **self.sampling.generate_kwargs(tokenizer)
-                )
-                start = batch["input_ids"].shape[1]
-                responses = sequences[:, start:]
-                mask = maths.response_mask(responses, tokenizer.eos_token_id)
-                width = max(1, int(mask.sum(dim=1).max()))
-                responses, mask = responses[:, :width], mask[:, :width]
-                responses = responses.masked_fill(mask == 0, tokenizer.pad_token_id)
-                inputs = model_inputs(batch["input_ids"], batch["attention_mask"], responses, mask)
-                logits, values, ref_logits = self.reference.run(model, inputs, start)
-        finally:
-            model.train()
+        with self.full_model() as model, self.accelerator.autocast():
+            sequences = model.policy.generate(**batch, **self.sampling.generate_kwargs(tokenizer))
+            start = batch["input_ids"].shape[1]
+            responses = sequences[:, start:]
+            mask = maths.response_mask(responses, tokenizer.eos_token_id)
+            width = max(1, int(mask.sum(dim=1).max()))
+            responses, mask = responses[:, :width], mask[:, :width]
+            responses = responses.masked_fill(mask == 0, tokenizer.pad_token_id)
+            inputs = model_inputs(batch["input_ids"], batch["attention_mask"], responses, mask)
+            logits, values, ref_logits = self.reference.run(model, inputs, start)
         temperature = self.s.temperature
         return Chunk(
             queries=[
@@ -377,9 +389,9 @@ class PPOTrainer:
             return {}
         rows = self.eval_dataset.select(range(self.stage.process_index, count, world))[:]
         greedy = SamplingSettings(max_new_tokens=self.s.max_new_tokens)
-        with self.accelerator.autocast():
+        with self.full_model() as model, self.accelerator.autocast():
             completions = generate_texts(
-                self.unwrapped.policy,
+                model.policy,
                 self.tokenizer,
                 rows["prompt"],
                 greedy,
