@@ -4,6 +4,9 @@ of tests/ppo_toy_plugin.py (prompts and a rule-based reward that can misbehave).
 from __future__ import annotations
 
 import json
+import logging
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -93,9 +96,12 @@ def test_ppo_trains_logs_and_saves_a_plain_causal_lm(toy, run_cli, tmp_path):
 
 
 @pytest.mark.parametrize("fault", ["nan", "short"])
-def test_unusable_rewards_skip_the_chunk_and_are_counted(toy, run_cli, tmp_path, fault):
-    result = run_cli("run", toy(fault=fault, fault_calls=[2]))
+def test_unusable_rewards_skip_the_chunk_and_are_counted(toy, run_cli, tmp_path, fault, caplog):
+    with caplog.at_level(logging.WARNING, logger="rlhf_ppo"):
+        result = run_cli("run", toy(fault=fault, fault_calls=[2]))
     assert result.exit_code == 0, result.output
+    expected = "NaN/inf" if fault == "nan" else "returned 3 scores for 4 completions"
+    assert "skipped a chunk of 4 samples" in caplog.text and expected in caplog.text
     records = metrics(tmp_path / "runs" / "toy" / "ppo")
     assert records[0]["skipped_chunks"] == 1
     assert records[0]["rollout/samples"] == 8  # the skipped chunk was replaced
@@ -189,3 +195,9 @@ def test_mixed_precision_and_gradient_checkpointing_are_honoured(
     fp32_run = metrics(tmp_path / "runs" / "fp32" / "ppo")[0]
     bf16_run = metrics(tmp_path / "runs" / "bf16" / "ppo")[0]
     assert fp32_run["rollout/entropy"] != bf16_run["rollout/entropy"]
+
+
+def test_the_hook_module_imports_nothing_heavy():
+    code = "import sys, rlhf_ppo; print(sorted({'torch', 'transformers'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
