@@ -113,7 +113,7 @@ class PPOTrainer:
             else None
         )
         model, self.reference = build_models(
-            policy.load_model(),
+            policy.load_model(dtype=torch.float32),
             lora=lora,
             num_layers_unfrozen=s.num_layers_unfrozen,
             separate_critic=s.separate_critic,
@@ -134,7 +134,8 @@ class PPOTrainer:
             optimizer, lambda step: learning_rate_factor(step, s)
         )
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
-        self.reference.to(self.device)
+        # DeepSpeed may have cast the policy (bf16/fp16): the reference computes like it
+        self.reference.to(self.device, next(self.unwrapped.policy.parameters()).dtype)
         self.sampling = SamplingSettings(
             max_new_tokens=s.max_new_tokens,
             do_sample=s.do_sample,
