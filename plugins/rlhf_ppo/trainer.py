@@ -293,6 +293,7 @@ class PPOTrainer:
                     kl.sum().cpu(),
                     rollout.mask.sum().cpu().float(),
                     (-rollout.logprobs * rollout.mask).sum().cpu(),
+                    rollout.scaled_scores.sum().cpu(),
                 ]
             ).to(torch.float64)
         )
@@ -301,7 +302,7 @@ class PPOTrainer:
         stats = {
             "reward/mean": mean,
             "reward/std": max(float(totals[2]) / count - mean**2, 0.0) ** 0.5,
-            "reward/scaled_mean": float(rollout.scaled_scores.mean()),
+            "reward/scaled_mean": float(totals[6]) / count,
             "kl": float(totals[3]) / count,
             "kl_coef": self.kl_controller.value,
             "rollout/entropy": float(totals[5]) / total_tokens,
