@@ -10,7 +10,8 @@ layer trained against a full frozen copy (``num_layers_unfrozen = -1``: the same
 and with its hydra default (top 2 layers trained, hydra reference).
 
 Reported: samples/s (64 experiences over the wall time of the training loop), peak RSS above
-the RSS after imports, their ratios to TRL, the FLOPs of one update of ours (counted by
+the import baseline (the RSS after a warm-up run with a micro model has done every lazy import;
+the peak is reset with /proc/self/clear_refs), their ratios to TRL, the FLOPs of one update of ours (counted by
 ``torch.utils.flop_counter``) and the share of this CPU's single-thread fp32 matmul throughput
 that the update reaches.
 
