@@ -171,24 +171,3 @@ def test_deepspeed_zero2_on_two_cpu_ranks(recipe, tmp_path, run_rlhf):
     assert (checkpoint / "global_step6").is_dir(), "the DeepSpeed engine wrote the checkpoint"
     assert (tmp_path / "runs" / "demo" / "sft" / "model.safetensors").is_file()
     assert state(tmp_path, "sft")["metrics"]["steps"] == 12
-
-
-@pytest.mark.slow
-def test_tiny_sft_recipe_end_to_end(run_cli, tmp_path):
-    recipe = tmp_path / "tiny_sft.toml"
-    shutil.copy(REPO_ROOT / "recipes" / "tiny_sft.toml", recipe)
-    assert run_cli("validate", recipe).exit_code == 0
-    result = run_cli(
-        "run",
-        recipe,
-        "--set",
-        "stages.sft.trainer_settings.max_steps=40",
-        "--set",
-        "stages.sft.trainer_settings.eval_steps=40",
-    )
-    assert result.exit_code == 0, result.output
-    metrics = json.loads((tmp_path / "runs" / "tiny_sft" / "sft" / "stage_state.json").read_text())[
-        "metrics"
-    ]
-    assert metrics["last_loss"] < 0.6 * metrics["first_loss"]
-    assert metrics["eval_loss"] < metrics["first_loss"]

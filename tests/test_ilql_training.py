@@ -179,10 +179,3 @@ target_sync_steps = 2
     mismatch = ilql_recipe(offline_jsonl, "max_steps = 2", more + "two_qs = false\n")
     result = run_cli("run", write_recipe(mismatch))
     assert result.exit_code == 2 and "two_qs" in result.output
-
-
-@pytest.mark.parametrize("name", ["tiny_ilql", "tldr_ilql"])
-def test_shipped_recipes_validate(run_cli, name):
-    recipe = Path(__file__).resolve().parent.parent / "recipes" / f"{name}.toml"
-    result = run_cli("validate", recipe)
-    assert result.exit_code == 0, result.output

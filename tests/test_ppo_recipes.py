@@ -163,12 +163,6 @@ def test_deepspeed_zero2_on_two_processes_resumes(toy, run_cli, tmp_path, monkey
     assert [r["step"] for r in metrics(out) if "reward/mean" in r] == [4, 8]
 
 
-@pytest.mark.parametrize("recipe", ["tiny_ppo.toml", "tldr_ppo.toml"])
-def test_shipped_recipes_validate(run_cli, recipe):
-    result = run_cli("validate", REPO / "recipes" / recipe)
-    assert result.exit_code == 0, result.output
-
-
 @pytest.fixture
 def fresh_accelerate_state():
     """Accelerate keeps one mixed-precision setting per process; reset it around a test that
