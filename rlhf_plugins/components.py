@@ -76,12 +76,16 @@ def require_columns(
     data: Any, columns: tuple[str, ...], *, component: str, slot: str, view: str
 ) -> None:
     """Raise ``UserError`` unless ``data`` (a dataset, or None for an unset optional slot) has
-    every one of ``columns``; the message names the component, the slot and the view to use."""
+    every one of ``columns`` and at least one row; the message names the component, the slot
+    and the view to use."""
     from rlhf_plugins.errors import UserError
 
-    if data is None or set(columns) <= set(data.column_names):
+    if data is None:
         return
-    raise UserError(
-        f"{component}: {slot} needs columns {', '.join(columns)} (a '{view}' view); "
-        f"it has {', '.join(data.column_names)}"
-    )
+    if not set(columns) <= set(data.column_names):
+        raise UserError(
+            f"{component}: {slot} needs columns {', '.join(columns)} (a '{view}' view); "
+            f"it has {', '.join(data.column_names)}"
+        )
+    if len(data) == 0:
+        raise UserError(f"{component}: {slot} is empty")

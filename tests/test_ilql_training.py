@@ -148,7 +148,7 @@ def test_user_errors(run_cli, write_recipe, offline_jsonl, tmp_path):
     no_reward = tmp_path / "sft.jsonl"
     no_reward.write_text(json.dumps({"prompt": "a", "completion": "b"}) + "\n")
     result = run_cli("run", write_recipe(ilql_recipe(no_reward, "max_steps = 1")))
-    assert result.exit_code == 2 and "no 'reward' column" in result.output
+    assert result.exit_code == 2 and "needs columns prompt, completion, reward" in result.output
     result = run_cli("run", write_recipe(ilql_recipe(offline_jsonl, "tau = 1.5\nalpha = 0.0")))
     assert result.exit_code == 2
     assert (

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from rlhf_plugins import UserError
+from rlhf_plugins import UserError, require_columns
 
 OFFLINE_COLUMNS = ("prompt", "completion", "reward")
 
@@ -58,15 +58,7 @@ def normalize(rewards: Sequence[float]) -> list[float]:
 
 def check_columns(dataset: Any, label: str) -> None:
     """Raise a ``UserError`` unless ``dataset`` has the offline view's columns."""
-    missing = [c for c in OFFLINE_COLUMNS if c not in dataset.column_names]
-    if missing:
-        raise UserError(
-            f"ilql: the {label} has no {', '.join(map(repr, missing))} column (it has "
-            f"{', '.join(dataset.column_names)}); use a dataset's 'offline' view "
-            "(prompt, completion, reward)"
-        )
-    if len(dataset) == 0:
-        raise UserError(f"ilql: the {label} is empty")
+    require_columns(dataset, OFFLINE_COLUMNS, component="ilql", slot=label, view="offline")
 
 
 def episodes(

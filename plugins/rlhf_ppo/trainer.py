@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from rlhf_plugins import Policy, RewardFunction, StageContext, UserError
+from rlhf_plugins import Policy, RewardFunction, StageContext, UserError, require_columns
 from rlhf_plugins.generation import SamplingSettings, encode_prompts, generate_texts
 from rlhf_ppo import maths
 from rlhf_ppo.kl_control import make_kl_controller
@@ -49,12 +49,8 @@ class PPOStage:
     settings: dict[str, Any]
 
     def __call__(self, stage: StageContext) -> dict[str, float]:
-        for name, data in (("dataset", self.dataset), ("eval_dataset", self.eval_dataset)):
-            if data is not None and "prompt" not in data.column_names:
-                raise UserError(
-                    f"ppo: {name} needs a 'prompt' column (a 'prompts' view); it has "
-                    f"{', '.join(data.column_names)}"
-                )
+        for slot, data in (("dataset", self.dataset), ("eval_dataset", self.eval_dataset)):
+            require_columns(data, ("prompt",), component="ppo", slot=slot, view="prompts")
         trainer = PPOTrainer(
             stage,
             self.policy,

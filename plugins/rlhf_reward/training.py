@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from transformers import EvalPrediction, Trainer, TrainingArguments
 
-from rlhf_plugins import Policy, StageContext, UserError
+from rlhf_plugins import Policy, StageContext, UserError, require_columns
 from rlhf_plugins.hf import StageMetricsCallback, resume_checkpoint, save_final, training_arguments
 from rlhf_reward.loss import LossType, pair_loss
 from rlhf_reward.model import (
@@ -44,11 +44,7 @@ STAGE_FIELDS = (
 
 
 def check_comparisons(data: Any, slot: str) -> None:
-    if not set(REQUIRED_COLUMNS) <= set(data.column_names):
-        raise UserError(
-            f"reward-model: {slot} needs columns prompt, chosen and rejected (a "
-            f"'comparisons' view); it has {', '.join(data.column_names)}"
-        )
+    require_columns(data, REQUIRED_COLUMNS, component="reward-model", slot=slot, view="comparisons")
 
 
 def tokenize_comparisons(data: Any, tokenizer: Any, max_length: int) -> Any:

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from rlhf_plugins import Dataset, Policy, RewardFunction, StageContext, UserError
+from rlhf_plugins import Dataset, Policy, RewardFunction, StageContext, UserError, require_columns
 from rlhf_plugins.generation import SamplingSettings, generate_texts
 from rlhf_rouge.report import Evaluation, write_reports
 from rlhf_rouge.scoring import mean, rouge_fmeasures, summary_metrics
@@ -71,15 +71,7 @@ def gather_samples(samples: list[dict[str, Any]], stage: StageContext) -> list[d
 def evaluation_columns(dataset: Dataset, limit: int | None) -> dict[str, list]:
     """The first ``limit`` rows of ``dataset`` as column lists; ``prompt`` and ``reference``
     are required."""
-    missing = [c for c in (PROMPT, REFERENCE) if c not in dataset.column_names]
-    if missing:
-        raise UserError(
-            f"rouge evaluator: the dataset has no {' or '.join(map(repr, missing))} "
-            f"column (it has {', '.join(dataset.column_names)}); use a dataset's "
-            "'prompts' view (prompt + reference summary)"
-        )
-    if len(dataset) == 0:
-        raise UserError("rouge evaluator: the dataset is empty")
+    require_columns(dataset, (PROMPT, REFERENCE), component="rouge", slot="dataset", view="prompts")
     rows = dataset.select(range(min(limit, len(dataset)))) if limit else dataset
     return rows.to_dict()
 
