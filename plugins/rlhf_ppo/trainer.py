@@ -14,7 +14,6 @@ import logging
 import math
 import shutil
 import time
-from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -336,7 +335,7 @@ class PPOTrainer:
     def optimise(self, rollout: Rollout, progress: Any) -> dict[str, float]:
         """``ppo_epochs`` passes over ``rollout`` in shuffled minibatches; stops early at
         ``total_steps``. Returns the mean of each loss statistic."""
-        s, sums, counted = self.s, defaultdict(float), 0
+        s, sums, counted = self.s, {}, 0
         micro = s.batch_size // s.gradient_accumulation_steps
         pad_id = self.tokenizer.pad_token_id
         started = time.perf_counter()
@@ -356,7 +355,7 @@ class PPOTrainer:
                         self.optimizer.step()
                         self.optimizer.zero_grad()
                     for key, value in stats.items():
-                        sums[key] += float(value)
+                        sums[key] = sums.get(key, 0.0) + value.detach()
                     counted += 1
                 self.scheduler.step()
                 self.step += 1
@@ -365,13 +364,9 @@ class PPOTrainer:
                     break
             if self.step >= s.total_steps:
                 break
-        means = (
-            self.reduce(
-                torch.tensor([sums[k] / counted for k in sorted(sums)], dtype=torch.float64)
-            )
-            / self.stage.num_processes
-        )
-        result = dict(zip(sorted(sums), means.tolist(), strict=True))
+        keys = sorted(sums)
+        means = self.reduce(torch.stack([sums[k] for k in keys]).double() / counted)
+        result = dict(zip(keys, (means / self.stage.num_processes).tolist(), strict=True))
         result["time/optimise"] = time.perf_counter() - started
         result["learning_rate"] = self.scheduler.get_last_lr()[0]
         return result
