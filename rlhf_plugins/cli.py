@@ -17,11 +17,7 @@ import click
 from rlhf_plugins import __version__
 from rlhf_plugins.components import KINDS
 from rlhf_plugins.errors import UserError
-from rlhf_plugins.registry import Component, Registry, load_registry
-
-
-def _registry() -> Registry:
-    return load_registry()
+from rlhf_plugins.registry import Component, load_registry
 
 
 def handle_errors(command: Callable) -> Callable:
@@ -35,8 +31,6 @@ def handle_errors(command: Callable) -> Callable:
         except UserError as exc:
             if debug:
                 traceback.print_exc()
-                if exc.__cause__ is not None:
-                    click.echo("caused by:", err=True)
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
@@ -76,7 +70,7 @@ def validate(recipe: Path, overrides: tuple[str, ...]) -> None:
     """Check RECIPE and report every problem at once (exit 2), or print ok."""
     from rlhf_plugins.recipe import load_recipe
 
-    loaded = load_recipe(recipe, _registry(), overrides)
+    loaded = load_recipe(recipe, load_registry(), overrides)
     chain = " -> ".join(loaded.stages)
     click.echo(f"ok: {recipe} ({len(loaded.stages)} stages: {chain})")
 
@@ -107,13 +101,14 @@ def run(
     from rlhf_plugins.runner import Runner
     from rlhf_plugins.stage import is_main_process
 
-    registry = _registry()
+    registry = load_registry()
     loaded = load_recipe(recipe, registry, overrides)
     if num_processes is not None:
         loaded.launch = replace(loaded.launch, num_processes=num_processes)
     if needs_launcher(loaded.launch):
         args = ["run", str(recipe), *(f"--set={o}" for o in overrides)]
         args += ["--force"] * force + (["--only", only] if only else [])
+        args += ["--debug"] * click.get_current_context().params["debug"]
         click.echo(f"launching {loaded.launch.num_processes} processes with Accelerate")
         code = relaunch(loaded.launch, args)
         if code != 0:
@@ -130,7 +125,7 @@ def run(
 @click.option("-v", "--verbose", is_flag=True, help="Also show each component's description.")
 def list_plugins(as_json: bool, verbose: bool) -> None:
     """Show installed plugins, the hooks they implement and the components they register."""
-    registry = _registry()
+    registry = load_registry()
     if as_json:
         click.echo(json.dumps([p.as_json() for p in registry.plugins.values()], indent=2))
         return
