@@ -19,8 +19,14 @@ from typing import Any
 from rlhf_plugins.errors import StageFailed, UserError
 from rlhf_plugins.recipe import Recipe, StageSpec, resolve_path
 from rlhf_plugins.registry import Registry
-from rlhf_plugins.settings import RESERVED_COMPONENT_KEYS, FactorySpec, describe, expects_path
-from rlhf_plugins.stage import StageContext, is_main_process
+from rlhf_plugins.settings import (
+    RESERVED_COMPONENT_KEYS,
+    FactorySpec,
+    describe,
+    did_you_mean,
+    expects_path,
+)
+from rlhf_plugins.stage import StageContext, is_main_process, num_processes, process_state
 
 STATE_FILE = "stage_state.json"
 
@@ -53,8 +59,6 @@ def stage_hash(recipe: Recipe, spec: StageSpec, upstream_run_ids: Mapping[str, s
 
 def wait_for_everyone() -> None:
     """A barrier across ranks when running under a launcher; a no-op otherwise."""
-    from rlhf_plugins.stage import num_processes, process_state
-
     if num_processes() > 1:
         process_state().wait_for_everyone()
 
@@ -85,8 +89,6 @@ class Runner:
         """Run every stage (or ``only`` one); return each stage's final metrics."""
         stages = self.recipe.stages
         if only is not None and only not in stages:
-            from rlhf_plugins.settings import did_you_mean
-
             raise UserError(
                 f"--only: no stage '{only}' in {self.recipe.path}{did_you_mean(only, stages)}"
             )
@@ -129,17 +131,17 @@ class Runner:
                 and state.get("config_hash") == config_hash
             )
             self.echo(f"{label}: {'resuming' if resume else 'running'}")
-            metrics, run_id = self.run_stage(spec, config_hash, resume=resume, fresh=not resume)
+            metrics, run_id = self.run_stage(spec, config_hash, resume=resume)
             run_ids[name] = run_id
             results[name] = metrics
         return results
 
-    def run_stage(
-        self, spec: StageSpec, config_hash: str, *, resume: bool, fresh: bool
-    ) -> tuple[dict, str]:
+    def run_stage(self, spec: StageSpec, config_hash: str, *, resume: bool) -> tuple[dict, str]:
         out = self.stage_dir(spec.name)
+        # every rank has read this stage's old state (skip/resume) before rank 0 replaces it
+        wait_for_everyone()
         if is_main_process():
-            if fresh and out.exists():
+            if not resume and out.exists():
                 shutil.rmtree(out)
             out.mkdir(parents=True, exist_ok=True)
             write_state(
