@@ -323,7 +323,7 @@ class _Checker:
         if component is None:
             label = kind.replace("_", " ")
             hint = did_you_mean(name, self.registry.names(kind))
-            failed = self.registry.failed_plugin_for(kind, name)
+            failed = self.registry.failed_plugin_for(name)
             if failed and not hint:
                 hint = f"; plugin '{failed.name}' failed to load ({failed.error})"
             elif not hint:
@@ -383,17 +383,17 @@ class _Checker:
         settings = {k: v for k, v in table.items() if k not in RESERVED_COMPONENT_KEYS}
         if "from_stage" in table:
             self.check_from_stage(spec, table["from_stage"], f"{key}.from_stage", needs, stage)
+        slots = spec.slots
         for sub, value in settings.items():
-            param = spec.params.get(sub)
-            if param is not None and param.slot:
-                self.check_slot(param, value, f"{key}.{sub}", needs, stage)
+            if sub in slots:
+                self.check_slot(slots[sub], value, f"{key}.{sub}", needs, stage)
         self.check_settings(
             spec,
-            {k: v for k, v in settings.items() if not (k in spec.params and spec.params[k].slot)},
+            {k: v for k, v in settings.items() if k not in slots},
             key,
-            skip_missing=set(spec.slots) | {"from_stage"},
+            skip_missing={"from_stage"},
         )
-        for name, param in spec.slots.items():
+        for name, param in slots.items():
             if param.required and name not in settings:
                 self.problem(f"{key}.{name}", f"missing required {param.slot.replace('_', ' ')}")
 

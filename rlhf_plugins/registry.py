@@ -87,7 +87,7 @@ class Registry:
         origins = " and ".join(c.origin for c in rivals)
         return f"{kind.replace('_', ' ')} '{name}' is registered by both {origins}"
 
-    def failed_plugin_for(self, kind: str, name: str) -> PluginInfo | None:
+    def failed_plugin_for(self, name: str) -> PluginInfo | None:
         """A plugin that failed to load, guessed as the home of an unknown component name."""
         for info in self.plugins.values():
             if info.error and name in (info.name, info.module.split(".")[0].removeprefix("rlhf_")):
