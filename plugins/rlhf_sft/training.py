@@ -49,12 +49,9 @@ class SFTStage:
         result = trainer.train(resume_from_checkpoint=resume_checkpoint(stage))
         save_final(stage, trainer, tokenizer)
         metrics = {"train_loss": result.training_loss, "steps": result.global_step}
-        first = next((r["loss"] for r in trainer.state.log_history if "loss" in r), None)
-        if first is not None:
-            metrics["first_loss"] = first
-        last = [r["loss"] for r in trainer.state.log_history if "loss" in r]
-        if last:
-            metrics["last_loss"] = last[-1]
+        losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
+        if losses:
+            metrics["first_loss"], metrics["last_loss"] = losses[0], losses[-1]
         if has_eval:
             metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
             metrics["eval_perplexity"] = math.exp(min(metrics["eval_loss"], 50))
