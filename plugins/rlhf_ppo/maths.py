@@ -169,7 +169,12 @@ class RunningMoments:
     merged across processes with ``reduce``."""
 
     def __init__(self) -> None:
-        self.mean, self.var, self.std, self.count = 0.0, 1.0, 1.0, 1e-24
+        self.mean, self.var, self.count = 0.0, 1.0, 1e-24
+
+    @property
+    def std(self) -> float:
+        """Sample standard deviation of every value seen (1.0 before any)."""
+        return (self.var * self.count / max(self.count - 1, 1e-24)) ** 0.5
 
     def update(self, xs: torch.Tensor, reduce: Reduce = _local) -> tuple[float, float]:
         """Add ``xs``; return the batch's (mean, sample std) over every process."""
@@ -192,13 +197,12 @@ class RunningMoments:
             self.var * self.count + batch_var * n + delta**2 * self.count * n / total
         ) / total
         self.mean += delta * n / total
-        self.std = (self.var * total / max(total - 1, 1e-24)) ** 0.5
         self.count = total
         return batch_mean, (batch_var * n / max(n - 1, 1)) ** 0.5
 
     def state_dict(self) -> dict[str, Any]:
-        return {"mean": self.mean, "var": self.var, "std": self.std, "count": self.count}
+        return {"mean": self.mean, "var": self.var, "count": self.count}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.mean, self.var = float(state["mean"]), float(state["var"])
-        self.std, self.count = float(state["std"]), float(state["count"])
+        self.count = float(state["count"])

@@ -26,6 +26,7 @@ from safetensors.torch import save_file
 
 from rlhf_plugins import Policy, RewardFunction, StageContext, UserError, require_columns
 from rlhf_plugins.generation import SamplingSettings, encode_prompts, generate_texts
+from rlhf_plugins.stage import CHECKPOINT_PREFIX
 from rlhf_ppo import maths
 from rlhf_ppo.kl_control import make_kl_controller
 from rlhf_ppo.models import build_models
@@ -430,10 +431,10 @@ class PPOTrainer:
             older = sorted(
                 (
                     p
-                    for p in path.parent.glob("checkpoint-*")
-                    if p != path and p.name.removeprefix("checkpoint-").isdigit()
+                    for p in path.parent.glob(f"{CHECKPOINT_PREFIX}*")
+                    if p != path and p.name.removeprefix(CHECKPOINT_PREFIX).isdigit()
                 ),
-                key=lambda p: int(p.name.removeprefix("checkpoint-")),
+                key=lambda p: int(p.name.removeprefix(CHECKPOINT_PREFIX)),
             )
             for old in older[: max(0, len(older) - self.s.keep_checkpoints + 1)]:
                 shutil.rmtree(old, ignore_errors=True)
