@@ -21,15 +21,16 @@ class Policy(Protocol):
     """A loadable causal language model.
 
     ``name`` is a hub id or a local path (shown in reports). ``load_tokenizer()`` returns a
-    Hugging Face tokenizer; ``load_model(**kwargs)`` returns a fresh causal LM, ``kwargs`` being
-    ``from_pretrained`` options such as ``dtype``.
+    Hugging Face tokenizer; ``load_model(auto_class=AutoModelForCausalLM, **kwargs)`` returns a
+    fresh model built by ``auto_class`` (a causal LM by default; the reward plugin passes its
+    own loader), ``kwargs`` being ``from_pretrained`` options such as ``dtype``.
     """
 
     name: str
 
     def load_tokenizer(self) -> Any: ...
 
-    def load_model(self, **kwargs: Any) -> Any: ...
+    def load_model(self, auto_class: Any = ..., **kwargs: Any) -> Any: ...
 
 
 @runtime_checkable

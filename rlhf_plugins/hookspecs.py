@@ -28,7 +28,8 @@ def register_reward_functions(register):
 @hookspec
 def register_policies(register):
     """Register policy factories. A policy factory returns an object with
-    ``load_tokenizer()`` and ``load_model(**from_pretrained_kwargs)`` (see ``Policy``)."""
+    ``name``, ``load_tokenizer()`` and
+    ``load_model(auto_class=AutoModelForCausalLM, **from_pretrained_kwargs)`` (see ``Policy``)."""
 
 
 @hookspec
