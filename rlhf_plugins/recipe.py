@@ -132,8 +132,8 @@ def read_toml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"{path}: recipe file not found")
     try:
-        return tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise RecipeError(path, [Problem("", f"not valid TOML: {exc}")]) from None
 
 

@@ -257,3 +257,11 @@ def test_missing_recipe_file(run_cli):
     result = run_cli("validate", "nope.toml")
     assert result.exit_code == 2
     assert "recipe file not found" in result.output
+
+
+def test_recipe_that_is_not_utf8(run_cli, tmp_path):
+    path = tmp_path / "latin1.toml"
+    path.write_bytes(b'[recipe]\nname = "caf\xe9"\n')
+    result = run_cli("validate", path)
+    assert result.exit_code == 2
+    assert "not valid TOML" in result.output and "Traceback" not in result.output
