@@ -373,6 +373,7 @@ def test_token_truncation_keeps_suffix(tmp_path):
         ("posts.jsonl", {"max_prompt_tokens": 1}, "leaves no room"),
         (".", {"view": "comparisons"}, "holds summaries but no comparisons"),
         ("bad.jsonl", {}, "not JSON Lines"),
+        ("latin1.jsonl", {}, "not UTF-8 text"),
     ],
 )
 def test_user_errors(tmp_path, monkeypatch, source, settings, message):
@@ -381,6 +382,7 @@ def test_user_errors(tmp_path, monkeypatch, source, settings, message):
     write_jsonl(tmp_path / "posts.jsonl", POSTS)
     write_jsonl(tmp_path / "weird.jsonl", [{"a": 1, "b": 2}])
     (tmp_path / "bad.jsonl").write_text("{not json\n")
+    (tmp_path / "latin1.jsonl").write_bytes(b'{"post": "caf\xe9", "summary": "s"}\n')
     monkeypatch.chdir(tmp_path)
     pairs = write_jsonl(
         tmp_path / "sub" / "pairs.jsonl", [{"prompt": "p", "chosen": "c", "rejected": "r"}]
@@ -389,6 +391,7 @@ def test_user_errors(tmp_path, monkeypatch, source, settings, message):
     if source == ".":
         (tmp_path / "bad.jsonl").unlink()
         (tmp_path / "weird.jsonl").unlink()
+        (tmp_path / "latin1.jsonl").unlink()
     with pytest.raises(UserError, match=re.escape(message)):
         factory("tldr")(source=source, **settings)
 

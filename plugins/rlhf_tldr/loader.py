@@ -171,7 +171,10 @@ def to_records(rows: Iterable[Row], where: str, split: str | None = None) -> lis
 
 def read_rows(path: Path) -> list[dict]:
     """Rows of a JSON Lines file, or of a file holding one JSON array of objects."""
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 text ({exc})") from None
     try:
         if text.lstrip().startswith("["):
             rows = json.loads(text)
