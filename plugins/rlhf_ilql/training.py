@@ -9,6 +9,7 @@ Checkpoints (``accelerator.save_state`` + ``ilql_state.json``) go to ``checkpoin
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import shutil
@@ -72,11 +73,17 @@ def batch_indices(
 ) -> list[int]:
     """The rows that ``rank`` trains on at optimizer step ``step``: its slice of the
     ``step``-th global batch of the permutation of epoch ``step // steps_per_epoch``."""
-    per_epoch = steps_per_epoch(num_examples, batch_size, world)
-    epoch, position = divmod(step, per_epoch)
-    order = torch.randperm(num_examples, generator=torch.Generator().manual_seed(seed + epoch))
+    epoch, position = divmod(step, steps_per_epoch(num_examples, batch_size, world))
     start = (position * world + rank) * batch_size
-    return order[start : start + batch_size].tolist()
+    return list(epoch_order(num_examples, seed + epoch)[start : start + batch_size])
+
+
+@functools.lru_cache(maxsize=1)
+def epoch_order(num_examples: int, seed: int) -> tuple[int, ...]:
+    """The permutation of one epoch, drawn once per epoch rather than at every step."""
+    return tuple(
+        torch.randperm(num_examples, generator=torch.Generator().manual_seed(seed)).tolist()
+    )
 
 
 def eval_shard(num_examples: int, rank: int, world: int) -> tuple[list[int], list[bool]]:
