@@ -194,8 +194,6 @@ def select(records: list[Record], *, shuffle: bool, seed: int, limit: int | None
         records = list(records)
         random.Random(seed).shuffle(records)
     if limit is not None:
-        if limit < 1:
-            raise UserError(f"limit must be a positive number of examples, got {limit}")
         records = records[:limit]
     return records
 
