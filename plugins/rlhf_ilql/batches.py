@@ -56,11 +56,6 @@ def normalize(rewards: Sequence[float]) -> list[float]:
     return [(r - mean) / (std + 1e-8) for r in rewards]
 
 
-def check_columns(dataset: Any, label: str) -> None:
-    """Raise a ``UserError`` unless ``dataset`` has the offline view's columns."""
-    require_columns(dataset, OFFLINE_COLUMNS, component="ilql", slot=label, view="offline")
-
-
 def episodes(
     dataset: Any,
     tokenizer: Any,
@@ -72,7 +67,7 @@ def episodes(
     """Tokenise every row of an offline dataset. Prompts and completions are tokenised
     separately (no special tokens) so the action boundary is exact; EOS ends each completion;
     an empty prompt becomes the BOS (or EOS) token."""
-    check_columns(dataset, label)
+    require_columns(dataset, OFFLINE_COLUMNS, component="ilql", slot=label, view="offline")
     columns = dataset.select_columns(list(OFFLINE_COLUMNS)).to_dict()
     rewards = [float(r) for r in columns["reward"]]
     if not all(math.isfinite(r) for r in rewards):

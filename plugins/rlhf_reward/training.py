@@ -43,10 +43,6 @@ STAGE_FIELDS = (
 ``TrainingArguments``."""
 
 
-def check_comparisons(data: Any, slot: str) -> None:
-    require_columns(data, REQUIRED_COLUMNS, component="reward-model", slot=slot, view="comparisons")
-
-
 def tokenize_comparisons(data: Any, tokenizer: Any, max_length: int) -> Any:
     """``chosen_ids``/``rejected_ids`` (prompt + completion tokens) and ``length`` per pair."""
 
@@ -178,9 +174,10 @@ class RewardModelStage:
     training: dict[str, Any]
 
     def __post_init__(self) -> None:
-        check_comparisons(self.dataset, "dataset")
-        if self.eval_dataset is not None:
-            check_comparisons(self.eval_dataset, "eval_dataset")
+        for slot, data in (("dataset", self.dataset), ("eval_dataset", self.eval_dataset)):
+            require_columns(
+                data, REQUIRED_COLUMNS, component="reward-model", slot=slot, view="comparisons"
+            )
         if not 0.0 <= self.freeze_fraction <= 1.0:
             raise UserError(
                 f"reward-model: freeze_fraction must be between 0 and 1, got {self.freeze_fraction}"
