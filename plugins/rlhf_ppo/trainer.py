@@ -510,7 +510,7 @@ class PPOTrainer:
             started = time.perf_counter()
             rollout, stats = self.collect_rollout()
             stats.update(self.optimise(rollout, progress))
-            self.kl_controller.update(stats["kl"], n_steps=s.num_rollouts * s.ppo_epochs)
+            self.kl_controller.update(stats["kl"], n_steps=s.num_rollouts)
             elapsed = time.perf_counter() - started
             stats["samples_per_s"] = stats["rollout/samples"] / elapsed
             stats["tokens_per_s"] = stats["rollout/tokens"] / elapsed
