@@ -93,6 +93,7 @@ class StageContext:
     components: dict[str, Any] = field(default_factory=dict)
     recipe_dir: Path | None = None
     _wandb_run: Any = field(default=None, repr=False)
+    _accelerator: Any = field(default=None, repr=False)
     _started: float = field(default_factory=time.monotonic, repr=False)
 
     @property
@@ -186,8 +187,8 @@ class StageContext:
         """An ``accelerate.Accelerator`` configured from ``[launch]`` (mixed precision,
         DeepSpeed; without CUDA it runs on a gloo process group). Created once per stage;
         ``kwargs`` (e.g. ``gradient_accumulation_steps``) apply on the first call."""
-        if "_accelerator" in self.__dict__:
-            return self.__dict__["_accelerator"]
+        if self._accelerator is not None:
+            return self._accelerator
         import torch
         from accelerate import Accelerator
         from accelerate.utils import DeepSpeedPlugin
@@ -196,14 +197,13 @@ class StageContext:
         plugin = None
         if self.launch.deepspeed is not None:
             plugin = DeepSpeedPlugin(hf_ds_config=str(self.launch.deepspeed))
-        accelerator = Accelerator(
+        self._accelerator = Accelerator(
             mixed_precision=self.launch.mixed_precision,
             deepspeed_plugin=plugin,
             cpu=plugin is None and not torch.cuda.is_available(),
             **kwargs,
         )
-        self.__dict__["_accelerator"] = accelerator
-        return accelerator
+        return self._accelerator
 
     def close(self) -> None:
         """Finish the wandb run, if any."""
