@@ -283,25 +283,25 @@ class PPOTrainer:
         totals = self.reduce(
             torch.stack(
                 [
-                    torch.tensor(float(n)),
-                    rollout.scores.sum().cpu(),
-                    (rollout.scores**2).sum().cpu(),
-                    kl.sum().cpu(),
-                    rollout.mask.sum().cpu().float(),
-                    (-rollout.logprobs * rollout.mask).sum().cpu(),
-                    rollout.scaled_scores.sum().cpu(),
+                    torch.tensor(float(n), device=rollout.scores.device),
+                    rollout.scores.sum(),
+                    (rollout.scores**2).sum(),
+                    kl.sum(),
+                    rollout.mask.sum().float(),
+                    (-rollout.logprobs * rollout.mask).sum(),
+                    rollout.scaled_scores.sum(),
                 ]
             ).to(torch.float64)
-        )
-        count, total_tokens = float(totals[0]), float(totals[4])
-        mean = float(totals[1]) / count
+        ).tolist()
+        count, total_tokens = totals[0], totals[4]
+        mean = totals[1] / count
         stats = {
             "reward/mean": mean,
-            "reward/std": max(float(totals[2]) / count - mean**2, 0.0) ** 0.5,
-            "reward/scaled_mean": float(totals[6]) / count,
-            "kl": float(totals[3]) / count,
+            "reward/std": max(totals[2] / count - mean**2, 0.0) ** 0.5,
+            "reward/scaled_mean": totals[6] / count,
+            "kl": totals[3] / count,
             "kl_coef": self.kl_controller.value,
-            "rollout/entropy": float(totals[5]) / total_tokens,
+            "rollout/entropy": totals[5] / total_tokens,
             "rollout/response_length": total_tokens / count,
             "rollout/samples": count,
             "rollout/tokens": total_tokens,
