@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -169,14 +170,27 @@ class StageContext:
     def checkpoint_dir(self, step: int) -> Path:
         return self.output_dir / f"{CHECKPOINT_PREFIX}{step}"
 
-    def latest_checkpoint(self) -> Path | None:
-        """The highest-numbered ``checkpoint-<step>`` directory, or None."""
+    def checkpoints(self) -> list[Path]:
+        """The ``checkpoint-<step>`` directories of this stage, oldest step first."""
         found = [
             p
             for p in self.output_dir.glob(f"{CHECKPOINT_PREFIX}*")
             if p.is_dir() and p.name.removeprefix(CHECKPOINT_PREFIX).isdigit()
         ]
-        return max(found, key=lambda p: int(p.name.removeprefix(CHECKPOINT_PREFIX)), default=None)
+        return sorted(found, key=lambda p: int(p.name.removeprefix(CHECKPOINT_PREFIX)))
+
+    def latest_checkpoint(self) -> Path | None:
+        """The highest-numbered ``checkpoint-<step>`` directory, or None."""
+        found = self.checkpoints()
+        return found[-1] if found else None
+
+    def prune_checkpoints(self, keep: int) -> None:
+        """Delete all but the newest ``keep`` (at least one) checkpoints; main process only."""
+        if not self.is_main_process:
+            return
+        found = self.checkpoints()
+        for old in found[: max(0, len(found) - max(keep, 1))]:
+            shutil.rmtree(old, ignore_errors=True)
 
     @cached_property
     def device(self) -> Any:

@@ -171,3 +171,20 @@ def test_deepspeed_zero2_on_two_cpu_ranks(recipe, tmp_path, run_rlhf):
     assert (checkpoint / "global_step6").is_dir(), "the DeepSpeed engine wrote the checkpoint"
     assert (tmp_path / "runs" / "demo" / "sft" / "model.safetensors").is_file()
     assert state(tmp_path, "sft")["metrics"]["steps"] == 12
+
+
+def test_local_model_path_is_relative_to_the_recipe(run_cli, recipe, tmp_path, sft_jsonl):
+    assert run_cli("run", recipe, "--only", "sft").exit_code == 0
+    nested = tmp_path / "more" / "followup.toml"
+    nested.parent.mkdir()
+    shutil.copy(sft_jsonl, nested.parent / "data.jsonl")
+    nested.write_text(
+        '[recipe]\nname = "followup"\n\n[stages.tune]\ntrainer = "sft"\n'
+        'policy = { use = "hf-causal-lm", model = "../runs/demo/sft" }\n'
+        'dataset = { use = "jsonl", path = "data.jsonl", '
+        'columns = { prompt = "q", completion = "a" }, limit = 16 }\n'
+        "trainer_settings = { max_steps = 1, per_device_train_batch_size = 16 }\n"
+    )
+    result = run_cli("run", nested)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "runs" / "followup" / "tune" / "model.safetensors").is_file()

@@ -87,11 +87,11 @@ def trunk_dir(registry, comparisons, tmp_path_factory):
 
 
 def train(registry, root: Path, trunk: Path, dataset, **settings) -> tuple[StageContext, dict]:
-    policy = registry.get("policy", "hf-causal-lm").factory(model=str(trunk))
+    stage = make_stage(root, "reward_model")
+    policy = registry.get("policy", "hf-causal-lm").factory(stage=stage, model=str(trunk))
     run = registry.get("trainer", "reward-model").factory(
         policy=policy, dataset=dataset, **settings
     )
-    stage = make_stage(root, "reward_model")
     return stage, run(stage)
 
 

@@ -24,17 +24,21 @@ def register_policies(register):
 
 
 def hf_causal_lm(
+    stage: StageContext,
     model: str | None = None,
     from_stage: str | None = None,
     revision: str | None = None,
     trust_remote_code: bool = False,
 ) -> Policy:
     """A causal LM from a hub id or local directory (``model``), or from the output directory
-    of an earlier stage (``from_stage``). ``trust_remote_code`` stays off unless set."""
+    of an earlier stage (``from_stage``). A relative local ``model`` directory is relative to
+    the recipe file. ``trust_remote_code`` stays off unless set."""
     if (model is None) == (from_stage is None):
         raise UserError("hf-causal-lm takes exactly one of 'model' or 'from_stage'")
     from rlhf_hf_policies.policies import PretrainedPolicy
 
+    if model is not None:
+        model = str(stage.local_path(model) or model)
     return PretrainedPolicy(
         model or from_stage, revision=revision, trust_remote_code=trust_remote_code
     )

@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import shutil
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -31,7 +30,6 @@ from rlhf_ilql.modeling import (
 )
 from rlhf_ilql.settings import ILQLSettings
 from rlhf_plugins import Dataset, Policy, StageContext, UserError
-from rlhf_plugins.stage import CHECKPOINT_PREFIX
 
 STATE_FILE = "ilql_state.json"
 LOGGED_TERMS = (
@@ -358,23 +356,9 @@ class ILQLStage:
         accelerator.save_state(str(directory))
         if stage.is_main_process:
             (directory / STATE_FILE).write_text(json.dumps({"step": step}) + "\n")
-            self.remove_old_checkpoints(stage)
+        if self.settings.save_total_limit is not None:
+            stage.prune_checkpoints(self.settings.save_total_limit)
         accelerator.wait_for_everyone()
-
-    def remove_old_checkpoints(self, stage: StageContext) -> None:
-        limit = self.settings.save_total_limit
-        if limit is None:
-            return
-        found = sorted(
-            (
-                p
-                for p in stage.output_dir.glob(f"{CHECKPOINT_PREFIX}*")
-                if p.is_dir() and p.name.removeprefix(CHECKPOINT_PREFIX).isdigit()
-            ),
-            key=lambda p: int(p.name.removeprefix(CHECKPOINT_PREFIX)),
-        )
-        for old in found[:-limit]:
-            shutil.rmtree(old)
 
     def save_final(self, stage: StageContext, accelerator: Any, model: Any, tokenizer: Any) -> None:
         """The plain causal LM (``save_pretrained``), the tokenizer and the heads beside them."""

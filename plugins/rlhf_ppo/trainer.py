@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,7 +25,6 @@ from safetensors.torch import save_file
 
 from rlhf_plugins import Policy, RewardFunction, StageContext, UserError, require_columns
 from rlhf_plugins.generation import SamplingSettings, encode_prompts, generate_texts
-from rlhf_plugins.stage import CHECKPOINT_PREFIX
 from rlhf_ppo import maths
 from rlhf_ppo.kl_control import make_kl_controller
 from rlhf_ppo.models import build_models
@@ -428,16 +426,7 @@ class PPOTrainer:
         self.accelerator.save_state(str(path))
         if self.stage.is_main_process:
             (path / STATE_FILE).write_text(json.dumps(self.state_dict(), indent=1))
-            older = sorted(
-                (
-                    p
-                    for p in path.parent.glob(f"{CHECKPOINT_PREFIX}*")
-                    if p != path and p.name.removeprefix(CHECKPOINT_PREFIX).isdigit()
-                ),
-                key=lambda p: int(p.name.removeprefix(CHECKPOINT_PREFIX)),
-            )
-            for old in older[: max(0, len(older) - self.s.keep_checkpoints + 1)]:
-                shutil.rmtree(old, ignore_errors=True)
+        self.stage.prune_checkpoints(self.s.keep_checkpoints)
         self.accelerator.wait_for_everyone()
         return path
 

@@ -94,11 +94,15 @@ def gptj_reward_head(
     """The score of prompt + completion at its last token, from the reward model saved by a
     ``reward-model`` stage (``from_stage``) or at ``path`` (a local directory or hub id). With
     ``base_model`` (the trunk's model id or directory), ``path`` is a trlX ``GPTRewardModel``
-    checkpoint (``pytorch_model.bin``). ``device`` defaults to the stage's device."""
+    checkpoint (``pytorch_model.bin``). ``device`` defaults to the stage's device. Relative
+    local paths are relative to the recipe file."""
     if (from_stage is None) == (path is None):
         raise UserError("gptj-reward-head takes exactly one of 'from_stage' or 'path'")
     from rlhf_reward.scoring import RewardHead
 
+    if stage is not None:
+        path = str(stage.local_path(path) or path) if path else path
+        base_model = str(stage.local_path(base_model) or base_model) if base_model else base_model
     return RewardHead(
         from_stage or path,
         base_model=base_model,
