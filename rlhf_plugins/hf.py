@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
+from rlhf_plugins.errors import UserError
 from rlhf_plugins.stage import StageContext, process_state
 
 
@@ -77,3 +78,15 @@ def save_final(stage: StageContext, trainer: Any, tokenizer: Any) -> None:
     trainer.save_model(str(stage.output_dir))
     if stage.is_main_process:
         tokenizer.save_pretrained(str(stage.output_dir))
+
+
+def decoder_blocks(model: Any) -> torch.nn.ModuleList:
+    """The transformer blocks of a Hugging Face model (a causal LM, its trunk or a sequence
+    classifier): the first ``ModuleList`` under its base model with one entry per hidden layer.
+    Raises ``UserError`` for a model laid out otherwise."""
+    config = model.config.get_text_config()
+    count = getattr(config, "num_hidden_layers", None)
+    for module in getattr(model, "base_model", model).modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == count:
+            return module
+    raise UserError(f"{type(model).__name__}: no list of {count} transformer blocks found")

@@ -175,7 +175,9 @@ def trainable(module) -> bool:
 
 
 def test_num_layers_unfrozen_follows_trlx(tokenizer):
-    from rlhf_ilql.modeling import decoder_blocks, freeze_bottom
+    from rlhf_ilql.modeling import freeze_bottom
+
+    from rlhf_plugins.hf import decoder_blocks
 
     two_layers = tiny_lm(tokenizer, n_layer=2)
     freeze_bottom(two_layers, 1)

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rlhf_ilql.losses import polyak_update
-from rlhf_plugins import UserError
+from rlhf_plugins.hf import decoder_blocks
 
 HEADS_WEIGHTS = "ilql_heads.safetensors"
 HEADS_CONFIG = "ilql_heads.json"
@@ -104,18 +104,6 @@ def heads_for(model: Any, two_qs: bool) -> ILQLHeads:
         hidden_size=lm_head.in_features, vocab_size=lm_head.out_features, two_qs=two_qs
     )
     return ILQLHeads(config).to(device=lm_head.weight.device, dtype=lm_head.weight.dtype)
-
-
-def decoder_blocks(model: Any) -> nn.ModuleList:
-    """The transformer blocks of a causal LM: the first ``ModuleList`` in its trunk with one
-    entry per hidden layer."""
-    count = model.config.get_text_config().num_hidden_layers
-    for module in model.base_model.modules():
-        if isinstance(module, nn.ModuleList) and len(module) == count:
-            return module
-    raise UserError(
-        f"num_layers_unfrozen: no list of {count} transformer blocks in {type(model).__name__}"
-    )
 
 
 def freeze_bottom(model: Any, num_layers_unfrozen: int) -> None:

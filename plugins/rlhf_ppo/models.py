@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from rlhf_plugins import UserError
+from rlhf_plugins.hf import decoder_blocks
 
 FINAL_NORM_NAMES = ("ln_f", "final_layer_norm", "norm", "final_norm")
 
@@ -35,17 +36,6 @@ def disable_dropout(model: nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, nn.Dropout):
             module.p = 0.0
-
-
-def decoder_layers(trunk: nn.Module, num_layers: int) -> nn.ModuleList:
-    """The trunk's list of transformer blocks (the ModuleList with ``num_layers`` entries)."""
-    for module in trunk.modules():
-        if isinstance(module, nn.ModuleList) and len(module) == num_layers:
-            return module
-    raise UserError(
-        f"{type(trunk).__name__}: no list of {num_layers} decoder blocks found; "
-        "use num_layers_unfrozen = -1 (a full reference copy) for this model"
-    )
 
 
 def final_norm(trunk: nn.Module) -> nn.Module:
@@ -58,11 +48,6 @@ def final_norm(trunk: nn.Module) -> nn.Module:
         f"{type(trunk).__name__}: no final norm ({', '.join(FINAL_NORM_NAMES)}) "
         "found; use num_layers_unfrozen = -1 (a full reference copy) for this model"
     )
-
-
-def num_layers(lm: nn.Module) -> int:
-    config = lm.config
-    return int(getattr(config, "num_hidden_layers", None) or config.n_layer)
 
 
 def make_value_head(hidden_size: int) -> nn.Sequential:
@@ -124,7 +109,7 @@ class HydraReference(nn.Module):
 
     def __init__(self, lm: nn.Module, k: int):
         super().__init__()
-        layers = decoder_layers(lm.base_model, num_layers(lm))
+        layers = decoder_blocks(lm)
         self.split = len(layers) - k
         self.policy_layers = [layers]
         self.blocks = freeze(copy.deepcopy(layers[self.split :]))
@@ -140,7 +125,7 @@ class HydraReference(nn.Module):
     @staticmethod
     def freeze_bottom(lm: nn.Module, k: int) -> None:
         """Leave only the top ``k`` blocks, the final norm and an untied LM head trainable."""
-        layers = decoder_layers(lm.base_model, num_layers(lm))
+        layers = decoder_blocks(lm)
         if k > len(layers):
             raise UserError(f"num_layers_unfrozen ({k}) exceeds the model's {len(layers)} layers")
         lm.requires_grad_(False)

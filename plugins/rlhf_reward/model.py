@@ -28,6 +28,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification
 from transformers.utils import logging as transformers_logging
 
 from rlhf_plugins import Policy, UserError
+from rlhf_plugins.hf import decoder_blocks
 
 HEAD_NAME = "score"
 HUB_KWARGS = ("revision", "trust_remote_code", "token", "cache_dir", "local_files_only")
@@ -127,21 +128,11 @@ def init_head(model: Any) -> None:
             head.bias.zero_()
 
 
-def transformer_layers(model: Any) -> nn.ModuleList:
-    """The trunk's list of transformer blocks."""
-    trunk = model.base_model
-    count = getattr(model.config, "num_hidden_layers", None)
-    for module in trunk.children():
-        if isinstance(module, nn.ModuleList) and len(module) == count:
-            return module
-    raise UserError(f"cannot find the transformer layers of {type(trunk).__name__}")
-
-
 def freeze_bottom(model: Any, fraction: float) -> int:
     """Freeze the embeddings and the bottom ``round(fraction * layers)`` blocks; the top blocks,
     the final norm and the head stay trainable. ``fraction`` is in [0, 1]. Returns the number
     of frozen blocks."""
-    layers = transformer_layers(model)
+    layers = decoder_blocks(model)
     frozen = round(fraction * len(layers))
     if frozen == 0:
         return 0
