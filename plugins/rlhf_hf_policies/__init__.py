@@ -24,7 +24,7 @@ def register_policies(register):
 
 
 def hf_causal_lm(
-    stage: StageContext,
+    stage: StageContext | None = None,
     model: str | None = None,
     from_stage: str | None = None,
     revision: str | None = None,
@@ -37,7 +37,7 @@ def hf_causal_lm(
         raise UserError("hf-causal-lm takes exactly one of 'model' or 'from_stage'")
     from rlhf_hf_policies.policies import PretrainedPolicy
 
-    if model is not None:
+    if model is not None and stage is not None:
         model = str(stage.local_path(model) or model)
     return PretrainedPolicy(
         model or from_stage, revision=revision, trust_remote_code=trust_remote_code
