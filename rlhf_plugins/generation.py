@@ -38,6 +38,14 @@ class SamplingSettings:
         return kwargs
 
 
+def ensure_pad_token(tokenizer: Any) -> Any:
+    """``tokenizer``, padding with EOS when it has no pad token (GPT-J, GPT-2); the attention
+    mask keeps padded positions out of every loss and score."""
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 def encode_prompts(
     tokenizer: Any, prompts: list[str], max_length: int | None = None, device: Any = None
 ) -> dict[str, torch.Tensor]:

@@ -18,6 +18,7 @@ from transformers import (
 )
 
 from rlhf_plugins import StageContext, UserError
+from rlhf_plugins.generation import ensure_pad_token
 
 EOS, PAD = "<|endoftext|>", "<|pad|>"
 
@@ -33,12 +34,11 @@ class PretrainedPolicy:
             raise UserError(f"{name} has no config.json: not a save_pretrained model directory")
 
     def load_tokenizer(self) -> Any:
-        tokenizer = AutoTokenizer.from_pretrained(
-            self.name, revision=self.revision, trust_remote_code=self.trust_remote_code
+        return ensure_pad_token(
+            AutoTokenizer.from_pretrained(
+                self.name, revision=self.revision, trust_remote_code=self.trust_remote_code
+            )
         )
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        return tokenizer
 
     def load_model(self, auto_class: Any = AutoModelForCausalLM, **kwargs: Any) -> Any:
         return auto_class.from_pretrained(

@@ -10,6 +10,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from rlhf_ilql.decoding import attach_q_guidance, impose_sampling, sampling_overrides
 from rlhf_ilql.modeling import HEADS_WEIGHTS, ILQLHeads, has_heads, load_heads
 from rlhf_plugins import Policy, UserError
+from rlhf_plugins.generation import ensure_pad_token
 
 
 def beta_label(beta: float) -> str:
@@ -38,10 +39,7 @@ class ILQLPolicy:
         self.name = f"{directory} ({beta_label(decode_beta)})"
 
     def load_tokenizer(self) -> Any:
-        tokenizer = AutoTokenizer.from_pretrained(self.directory)
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        return tokenizer
+        return ensure_pad_token(AutoTokenizer.from_pretrained(self.directory))
 
     def load_parts(
         self, auto_class: Any = AutoModelForCausalLM, **kwargs: Any

@@ -24,7 +24,12 @@ import torch
 from safetensors.torch import save_file
 
 from rlhf_plugins import Policy, RewardFunction, StageContext, UserError, require_columns
-from rlhf_plugins.generation import SamplingSettings, encode_prompts, generate_texts
+from rlhf_plugins.generation import (
+    SamplingSettings,
+    encode_prompts,
+    ensure_pad_token,
+    generate_texts,
+)
 from rlhf_ppo import maths
 from rlhf_ppo.kl_control import make_kl_controller
 from rlhf_ppo.models import build_models
@@ -93,9 +98,7 @@ class PPOTrainer:
         )
         self._configure_deepspeed()
         self.device = self.accelerator.device
-        self.tokenizer = policy.load_tokenizer()
-        if self.tokenizer.pad_token_id is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.tokenizer = ensure_pad_token(policy.load_tokenizer())
         lora = (
             dict(
                 r=s.lora_r,

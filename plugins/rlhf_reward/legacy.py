@@ -14,7 +14,8 @@ import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
 from rlhf_plugins import UserError
-from rlhf_reward.model import HEAD_NAME, ensure_pad_token, reward_config
+from rlhf_plugins.generation import ensure_pad_token
+from rlhf_reward.model import HEAD_NAME, reward_config
 
 LEGACY_FILE = "pytorch_model.bin"
 TRUNK_PREFIX = "transformer."

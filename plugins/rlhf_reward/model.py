@@ -194,10 +194,3 @@ def pad_right(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor,
     lengths = torch.tensor([len(row) for row in rows])
     attention_mask = (torch.arange(input_ids.shape[1]) < lengths.unsqueeze(1)).long()
     return input_ids, attention_mask
-
-
-def ensure_pad_token(tokenizer: Any) -> Any:
-    """Use EOS for padding when the tokenizer has no pad token (GPT-J, GPT-2)."""
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer

@@ -14,9 +14,9 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from rlhf_plugins import UserError
-from rlhf_plugins.generation import batched
+from rlhf_plugins.generation import batched, ensure_pad_token
 from rlhf_reward.loss import end_rewards
-from rlhf_reward.model import HeadOutputs, ensure_pad_token, join_tokens, pad_right, tokenize_texts
+from rlhf_reward.model import HeadOutputs, join_tokens, pad_right, tokenize_texts
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

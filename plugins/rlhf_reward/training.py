@@ -16,11 +16,11 @@ import torch
 from transformers import EvalPrediction, Trainer, TrainingArguments
 
 from rlhf_plugins import Policy, StageContext, UserError, require_columns
+from rlhf_plugins.generation import ensure_pad_token
 from rlhf_plugins.hf import StageMetricsCallback, resume_checkpoint, save_final, training_arguments
 from rlhf_reward.loss import LossType, pair_loss
 from rlhf_reward.model import (
     HeadOutputs,
-    ensure_pad_token,
     freeze_bottom,
     join_tokens,
     load_reward_model,

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from rlhf_plugins import Dataset, Policy, RewardFunction, StageContext, UserError, require_columns
-from rlhf_plugins.generation import SamplingSettings, generate_texts
+from rlhf_plugins.generation import SamplingSettings, ensure_pad_token, generate_texts
 from rlhf_rouge.report import Evaluation, write_reports
 from rlhf_rouge.scoring import mean, rouge_fmeasures, summary_metrics
 
@@ -180,9 +180,7 @@ class RougeEvaluator:
         """``policy``'s completions for ``prompts``, sampled with the same seed for every policy."""
         from accelerate.utils import set_seed
 
-        tokenizer = policy.load_tokenizer()
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
+        tokenizer = ensure_pad_token(policy.load_tokenizer())
         dtype = PRECISION_DTYPES.get(stage.launch.mixed_precision)
         model = policy.load_model(**({"dtype": dtype} if dtype else {})).to(stage.device)
         set_seed(stage.seed + stage.process_index)
