@@ -94,17 +94,17 @@ class Runner:
             )
         results: dict[str, dict] = {}
         run_ids: dict[str, str] = {}
+        finished: set[str] = set()
         total = len(stages) if only is None else 1
         position = 0
         for name, spec in stages.items():
+            # stages come in dependency order, so every need already has its run id here
             state = read_state(self.stage_dir(name))
-            upstream = {
-                need: run_ids.get(need) or read_state(self.stage_dir(need)).get("run_id", "")
-                for need in spec.needs
-            }
-            config_hash = stage_hash(self.recipe, spec, upstream)
+            config_hash = stage_hash(self.recipe, spec, {n: run_ids[n] for n in spec.needs})
             if only is not None and name != only:
                 run_ids[name] = state.get("run_id", "")
+                if state.get("status") == "finished":
+                    finished.add(name)
                 continue
             position += 1
             label = f"[{position}/{total}] {name} ({spec.kind} '{spec.component}')"
@@ -116,10 +116,9 @@ class Runner:
                 self.echo(f"{label}: finished and unchanged, skipped (--force reruns it)")
                 run_ids[name] = state["run_id"]
                 results[name] = state.get("metrics") or {}
+                finished.add(name)
                 continue
-            missing = [
-                n for n in spec.needs if read_state(self.stage_dir(n)).get("status") != "finished"
-            ]
+            missing = [n for n in spec.needs if n not in finished]
             if missing:
                 raise UserError(
                     f"stage '{name}' needs {', '.join(missing)}, which has not finished; "
@@ -134,6 +133,7 @@ class Runner:
             metrics, run_id = self.run_stage(spec, config_hash, resume=resume)
             run_ids[name] = run_id
             results[name] = metrics
+            finished.add(name)
         return results
 
     def run_stage(self, spec: StageSpec, config_hash: str, *, resume: bool) -> tuple[dict, str]:
