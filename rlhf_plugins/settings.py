@@ -66,14 +66,15 @@ def _namespace() -> dict[str, Any]:
 
 
 def _resolve(annotation: Any, factory: Callable) -> Any:
+    """A string annotation evaluated in the factory's module (core types and ``typing``
+    names available even when the module imports them only for type checking); ``Any`` when
+    it cannot be evaluated, so such a setting is not type-checked."""
     if not isinstance(annotation, str):
         return annotation
-    for namespace in (getattr(factory, "__globals__", {}), {}):
-        try:
-            return eval(annotation, {**_namespace(), **namespace})
-        except Exception:
-            continue
-    return Any
+    try:
+        return eval(annotation, {**_namespace(), **getattr(factory, "__globals__", {})})
+    except Exception:
+        return Any
 
 
 def _strip_optional(annotation: Any) -> Any:
