@@ -5,8 +5,10 @@ User errors print one message; ``--debug`` shows the traceback. Nothing here imp
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import os
 import sys
 import traceback
 from collections.abc import Callable
@@ -18,6 +20,10 @@ from rlhf_plugins import __version__
 from rlhf_plugins.components import KINDS
 from rlhf_plugins.errors import UserError
 from rlhf_plugins.registry import Component, load_registry
+from rlhf_plugins.runlock import Terminated, run_lock, sigterm_raises
+
+# exit codes of launched ranks that mean the same to the user: bad recipe, interrupted
+PASSED_ON_EXIT_CODES = (2, 130, 143)
 
 
 def handle_errors(command: Callable) -> Callable:
@@ -33,9 +39,10 @@ def handle_errors(command: Callable) -> Callable:
                 traceback.print_exc()
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
-        except KeyboardInterrupt:
-            click.echo("interrupted; run the same command again to resume", err=True)
-            sys.exit(130)
+        except KeyboardInterrupt as exc:
+            cause = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+            click.echo(f"{cause}; run the same command again to resume", err=True)
+            sys.exit(getattr(exc, "exit_code", 130))
 
     return wrapper
 
@@ -96,7 +103,7 @@ def run(
     """Run RECIPE: every stage in order, outputs under runs/<recipe>/<stage>/."""
     from dataclasses import replace
 
-    from rlhf_plugins.launcher import needs_launcher, relaunch
+    from rlhf_plugins.launcher import LAUNCHED_ENV, needs_launcher, relaunch
     from rlhf_plugins.recipe import load_recipe
     from rlhf_plugins.runner import Runner
     from rlhf_plugins.stage import is_main_process
@@ -105,17 +112,24 @@ def run(
     loaded = load_recipe(recipe, registry, overrides)
     if num_processes is not None:
         loaded.launch = replace(loaded.launch, num_processes=num_processes)
-    if needs_launcher(loaded.launch):
-        args = ["run", str(recipe), *(f"--set={o}" for o in overrides)]
-        args += ["--force"] * force + (["--only", only] if only else [])
-        args += ["--debug"] * click.get_current_context().params["debug"]
-        click.echo(f"launching {loaded.launch.num_processes} processes with Accelerate")
-        code = relaunch(loaded.launch, args)
-        if code != 0:
-            click.echo(f"error: the launched run exited with code {code}", err=True)
-            sys.exit(1 if code != 2 else 2)
-        return
-    results = Runner(loaded, registry, echo=click.echo).run(force=force, only=only)
+    # one process holds the run directory's lock: ours, or rank 0 of an outside launcher
+    lock = (
+        run_lock(loaded.run_dir)
+        if is_main_process() and not os.environ.get(LAUNCHED_ENV)
+        else contextlib.nullcontext()
+    )
+    with sigterm_raises(), lock:
+        if needs_launcher(loaded.launch):
+            args = ["run", str(recipe), *(f"--set={o}" for o in overrides)]
+            args += ["--force"] * force + (["--only", only] if only else [])
+            args += ["--debug"] * click.get_current_context().params["debug"]
+            click.echo(f"launching {loaded.launch.num_processes} processes with Accelerate")
+            code = relaunch(loaded.launch, args)
+            if code != 0:
+                click.echo(f"error: the launched run exited with code {code}", err=True)
+                sys.exit(code if code in PASSED_ON_EXIT_CODES else 1)
+            return
+        results = Runner(loaded, registry, echo=click.echo).run(force=force, only=only)
     if is_main_process():
         click.echo(f"finished {loaded.name}: {len(results)} stage(s) in {loaded.run_dir}")
 

@@ -10,14 +10,17 @@ import inspect
 from typing import Any
 
 import torch
-from transformers import TrainerCallback
+from transformers import TrainerCallback, TrainerState
+from transformers.trainer import TRAINER_STATE_NAME
 
 from rlhf_plugins.errors import UserError
-from rlhf_plugins.stage import StageContext, process_state
+from rlhf_plugins.stage import StageContext, checkpoint_step, process_state, wait_for_everyone
 
 
-class StageMetricsCallback(TrainerCallback):
-    """Forwards every ``Trainer`` log record to ``stage.log`` (metrics.jsonl and wandb)."""
+class StageCallback(TrainerCallback):
+    """Connects a ``Trainer`` to its stage: every log record goes to ``stage.log``
+    (metrics.jsonl and wandb) and every checkpoint is marked complete once all ranks saved it,
+    so a resume never picks a half-written one."""
 
     def __init__(self, stage: StageContext):
         self.stage = stage
@@ -25,6 +28,11 @@ class StageMetricsCallback(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs:
             self.stage.log(logs, step=state.global_step)
+
+    def on_save(self, args, state, control, **kwargs):
+        wait_for_everyone()
+        self.stage.complete_checkpoint(self.stage.checkpoint_dir(state.global_step))
+        wait_for_everyone()
 
 
 def training_arguments(stage: StageContext, config_class: type, **settings: Any) -> Any:
@@ -64,12 +72,19 @@ def training_arguments(stage: StageContext, config_class: type, **settings: Any)
     return config_class(**merged)
 
 
-def resume_checkpoint(stage: StageContext) -> str | None:
-    """The checkpoint to pass as ``resume_from_checkpoint`` when the stage was interrupted."""
-    if not stage.resume:
-        return None
-    checkpoint = stage.latest_checkpoint()
-    return str(checkpoint) if checkpoint else None
+def run_trainer(stage: StageContext, trainer: Any) -> dict[str, float]:
+    """Run ``trainer.train()``, continuing from the stage's newest complete checkpoint when the
+    stage resumes; returns ``steps`` and ``train_loss`` (of the steps this call trained).
+
+    A checkpoint already at ``max_steps`` is loaded instead of trained on (the Trainer would
+    take one step past ``max_steps``), and ``train_loss`` is then absent."""
+    checkpoint = stage.latest_checkpoint() if stage.resume else None
+    if checkpoint is not None and 0 < trainer.args.max_steps <= checkpoint_step(checkpoint):
+        trainer._load_from_checkpoint(str(checkpoint))
+        trainer.state = TrainerState.load_from_json(str(checkpoint / TRAINER_STATE_NAME))
+        return {"steps": trainer.state.global_step}
+    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    return {"train_loss": result.training_loss, "steps": result.global_step}
 
 
 def save_final(stage: StageContext, trainer: Any, tokenizer: Any) -> None:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
 
+from rlhf_plugins.runlock import Terminated
 from rlhf_plugins.stage import LaunchConfig
 
 LAUNCHED_ENV = "RLHF_PLUGINS_LAUNCHED"
+STOP_GRACE_SECONDS = 60
 
 
 def already_launched() -> bool:
@@ -63,6 +66,19 @@ def launch_command(launch: LaunchConfig, cli_args: list[str]) -> tuple[list[str]
 
 
 def relaunch(launch: LaunchConfig, cli_args: list[str]) -> int:
-    """Run ``rlhf <cli_args>`` as ``launch.num_processes`` ranks; return the exit code."""
+    """Run ``rlhf <cli_args>`` as ``launch.num_processes`` ranks; return the exit code.
+
+    Ctrl-C or SIGTERM arriving here is passed on to the launcher (which stops the ranks, and
+    they record the stage as interrupted); once it has exited the interrupt is re-raised."""
     cmd, env = launch_command(launch, cli_args)
-    return subprocess.call(cmd, env=env)
+    process = subprocess.Popen(cmd, env=env)
+    try:
+        return process.wait()
+    except KeyboardInterrupt as exc:
+        process.send_signal(signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
+        try:
+            process.wait(timeout=STOP_GRACE_SECONDS)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        raise

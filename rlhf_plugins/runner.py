@@ -7,6 +7,7 @@ same hash is skipped; an interrupted one with the same hash resumes; ``force`` r
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import shutil
@@ -26,11 +27,20 @@ from rlhf_plugins.settings import (
     did_you_mean,
     expects_path,
 )
-from rlhf_plugins.stage import StageContext, is_main_process, num_processes, process_state
+from rlhf_plugins.stage import (
+    StageContext,
+    checkpoint_step,
+    is_main_process,
+    wait_for_everyone,
+    write_json_atomically,
+)
 
 STATE_FILE = "stage_state.json"
 
 Echo = Callable[[str], None]
+
+
+RESUMABLE = ("running", "interrupted")
 
 
 def read_state(stage_dir: Path) -> dict[str, Any]:
@@ -42,9 +52,50 @@ def read_state(stage_dir: Path) -> dict[str, Any]:
 
 def write_state(stage_dir: Path, state: dict[str, Any]) -> None:
     stage_dir.mkdir(parents=True, exist_ok=True)
-    tmp = stage_dir / f".{STATE_FILE}.tmp"
-    tmp.write_text(json.dumps(state, indent=2, default=str))
-    tmp.replace(stage_dir / STATE_FILE)
+    write_json_atomically(stage_dir / STATE_FILE, state)
+
+
+def clear_stage_dir(out: Path) -> None:
+    """Make ``out`` an empty stage directory. Only a directory this project made (it holds a
+    state file) is ever emptied; anything else there stops the run with a ``UserError``."""
+    if out.is_symlink():
+        raise UserError(
+            f"{out} is a symbolic link; rlhf neither writes through nor deletes links. "
+            "Remove the link or set recipe.output_dir to another directory"
+        )
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} is a file, not a stage directory; move it away")
+    if not out.exists() or not any(out.iterdir()):
+        out.mkdir(parents=True, exist_ok=True)
+        return
+    if not (out / STATE_FILE).is_file():
+        raise UserError(
+            f"{out} holds files that rlhf did not write (no {STATE_FILE}); it will not delete "
+            "them: move them away or set recipe.output_dir to another directory"
+        )
+    shutil.rmtree(out)
+    out.mkdir(parents=True)
+
+
+def disk_full(exc: BaseException) -> bool:
+    """True when ``exc`` or an exception it came from says the disk (or quota) is full;
+    torch's writer reports it only as an ``unexpected pos`` failure."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        text = str(seen)
+        if "No space left on device" in text or "unexpected pos" in text:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def free_space(path: Path) -> str:
+    try:
+        return f"{shutil.disk_usage(path).free / 2**20:.1f} MiB free"
+    except OSError:
+        return "free space unknown"
 
 
 def stage_hash(recipe: Recipe, spec: StageSpec, upstream_run_ids: Mapping[str, str]) -> str:
@@ -55,12 +106,6 @@ def stage_hash(recipe: Recipe, spec: StageSpec, upstream_run_ids: Mapping[str, s
     }
     blob = json.dumps(payload, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
-
-
-def wait_for_everyone() -> None:
-    """A barrier across ranks when running under a launcher; a no-op otherwise."""
-    if num_processes() > 1:
-        process_state().wait_for_everyone()
 
 
 def _format_metrics(metrics: Mapping[str, Any]) -> str:
@@ -126,7 +171,7 @@ class Runner:
                 )
             resume = (
                 not force
-                and state.get("status") == "running"
+                and state.get("status") in RESUMABLE
                 and state.get("config_hash") == config_hash
             )
             self.echo(f"{label}: {'resuming' if resume else 'running'}")
@@ -140,24 +185,13 @@ class Runner:
         out = self.stage_dir(spec.name)
         # every rank has read this stage's old state (skip/resume) before rank 0 replaces it
         wait_for_everyone()
-        if is_main_process():
-            if not resume and out.exists():
-                shutil.rmtree(out)
-            out.mkdir(parents=True, exist_ok=True)
-            write_state(
-                out,
-                {
-                    "status": "running",
-                    "config_hash": config_hash,
-                    "started_at": time.time(),
-                    "stage": spec.table,
-                },
-            )
-        wait_for_everyone()
+        running = {
+            "status": "running",
+            "config_hash": config_hash,
+            "started_at": time.time(),
+            "stage": spec.table,
+        }
         seed = self.recipe.seed
-        from accelerate.utils import set_seed
-
-        set_seed(seed)
         context = StageContext(
             recipe_name=self.recipe.name,
             name=spec.name,
@@ -170,6 +204,16 @@ class Runner:
             resume=resume,
             recipe_dir=self.recipe.base_dir,
         )
+        if is_main_process():
+            if resume:
+                self.prepare_resume(context)
+            else:
+                clear_stage_dir(out)
+            write_state(out, running)
+        wait_for_everyone()
+        from accelerate.utils import set_seed
+
+        set_seed(seed)
         started = time.monotonic()
         try:
             component = self.registry.get(spec.kind, spec.component)
@@ -181,9 +225,19 @@ class Runner:
             context.components.update(slots)
             stage_fn = component.factory(**slots, **spec.settings)
             metrics = dict(stage_fn(context) or {})
-        except UserError:
+        except KeyboardInterrupt:
+            if is_main_process():
+                write_state(out, {**running, "status": "interrupted", "stopped_at": time.time()})
             raise
         except Exception as exc:
+            if disk_full(exc):
+                raise StageFailed(
+                    f"stage '{spec.name}' failed: the disk is full while writing to {out} "
+                    f"({free_space(out)}); free space (old checkpoints, other runs) or set "
+                    "recipe.output_dir to a larger disk, then rerun the same command to resume"
+                ) from exc
+            if isinstance(exc, UserError):
+                raise
             raise StageFailed(f"stage '{spec.name}' failed: {type(exc).__name__}: {exc}") from exc
         finally:
             context.close()
@@ -210,6 +264,17 @@ class Runner:
         wait_for_everyone()
         # all ranks must agree on the run id that downstream hashes read
         return metrics, read_state(out).get("run_id", run_id)
+
+    def prepare_resume(self, context: StageContext) -> None:
+        """Drop incomplete checkpoints and metrics logged after the newest complete one, and
+        say where the stage continues from (main process)."""
+        chosen, removed = context.prepare_resume()
+        for path in removed:
+            self.echo(f"    removed {path.name}: incomplete (interrupted while it was saved)")
+        if chosen is None:
+            self.echo("    no complete checkpoint: the stage starts from its first step")
+        else:
+            self.echo(f"    continuing from {chosen.name} (step {checkpoint_step(chosen)})")
 
     def build_slot(self, spec: FactorySpec, key: str, value: Any, stage: StageContext) -> Any:
         param = spec.params[key]

@@ -17,6 +17,18 @@ from pathlib import Path
 from typing import Any
 
 CHECKPOINT_PREFIX = "checkpoint-"
+CHECKPOINT_MARKER = "checkpoint_complete.json"
+
+
+def write_json_atomically(path: Path, data: Mapping[str, Any]) -> None:
+    """Write ``data`` as JSON to ``path`` through a temporary file and a rename, so a reader
+    sees the old file or the whole new one, never a part."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w") as f:
+        f.write(json.dumps(data, indent=2, default=str))
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
 
 
 @dataclass(frozen=True)
@@ -47,6 +59,17 @@ def num_processes() -> int:
 
 def is_main_process() -> bool:
     return process_index() == 0
+
+
+def wait_for_everyone() -> None:
+    """A barrier across ranks when running under a launcher; a no-op otherwise."""
+    if num_processes() > 1:
+        process_state().wait_for_everyone()
+
+
+def checkpoint_step(path: Path) -> int:
+    """The step of a ``checkpoint-<step>`` directory."""
+    return int(path.name.removeprefix(CHECKPOINT_PREFIX))
 
 
 def deepspeed_launched() -> bool:
@@ -170,27 +193,103 @@ class StageContext:
     def checkpoint_dir(self, step: int) -> Path:
         return self.output_dir / f"{CHECKPOINT_PREFIX}{step}"
 
-    def checkpoints(self) -> list[Path]:
-        """The ``checkpoint-<step>`` directories of this stage, oldest step first."""
+    def _checkpoint_dirs(self) -> list[Path]:
+        """Every ``checkpoint-<step>`` directory, complete or not, oldest step first."""
         found = [
             p
             for p in self.output_dir.glob(f"{CHECKPOINT_PREFIX}*")
             if p.is_dir() and p.name.removeprefix(CHECKPOINT_PREFIX).isdigit()
         ]
-        return sorted(found, key=lambda p: int(p.name.removeprefix(CHECKPOINT_PREFIX)))
+        return sorted(found, key=checkpoint_step)
+
+    def checkpoints(self) -> list[Path]:
+        """The complete ``checkpoint-<step>`` directories (those holding the completion
+        marker that ``complete_checkpoint`` writes last), oldest step first."""
+        return [p for p in self._checkpoint_dirs() if (p / CHECKPOINT_MARKER).is_file()]
 
     def latest_checkpoint(self) -> Path | None:
-        """The highest-numbered ``checkpoint-<step>`` directory, or None."""
+        """The highest-numbered complete checkpoint, or None."""
         found = self.checkpoints()
         return found[-1] if found else None
 
+    def complete_checkpoint(self, path: Path, state: Mapping[str, Any] | None = None) -> None:
+        """Mark ``path`` complete (main process only; call it once every file of the checkpoint
+        is written, on every rank). The marker records the step, the size of
+        ``metrics.jsonl`` at this point (a resume trims the file back to it) and ``state``,
+        the trainer's own counters, returned by ``checkpoint_state``."""
+        if not self.is_main_process:
+            return
+        size = self.metrics_path.stat().st_size if self.metrics_path.is_file() else 0
+        marker = {
+            "step": checkpoint_step(path),
+            "metrics_bytes": size,
+            "state": dict(state or {}),
+        }
+        write_json_atomically(path / CHECKPOINT_MARKER, marker)
+
+    @staticmethod
+    def checkpoint_state(path: Path) -> dict[str, Any]:
+        """The ``state`` that ``complete_checkpoint`` recorded for the checkpoint ``path``."""
+        return json.loads((path / CHECKPOINT_MARKER).read_text())["state"]
+
+    def save_checkpoint(
+        self, accelerator: Any, step: int, state: Mapping[str, Any], keep: int | None
+    ) -> Path:
+        """``accelerator.save_state`` into ``checkpoint-<step>/`` plus the trainer's ``state``
+        (JSON), marked complete only after every rank has written its part; then keeps the
+        newest ``keep`` complete checkpoints (None: all). Every rank calls it."""
+        path = self.checkpoint_dir(step)
+        if self.is_main_process and path.exists():
+            shutil.rmtree(path)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(path))
+        accelerator.wait_for_everyone()
+        self.complete_checkpoint(path, state)
+        if keep is not None:
+            self.prune_checkpoints(keep)
+        accelerator.wait_for_everyone()
+        return path
+
+    def load_checkpoint(self, accelerator: Any) -> tuple[int, dict[str, Any]] | None:
+        """When the stage resumes from a complete checkpoint: load it into ``accelerator``'s
+        objects and return ``(step, state)``; otherwise None."""
+        path = self.latest_checkpoint() if self.resume else None
+        if path is None:
+            return None
+        accelerator.load_state(str(path))
+        return checkpoint_step(path), self.checkpoint_state(path)
+
+    def prepare_resume(self) -> tuple[Path | None, list[Path]]:
+        """Before a resumed stage starts (main process): drop the incomplete checkpoints (a kill
+        or a full disk during a save) and trim ``metrics.jsonl`` to what was logged up to the
+        newest complete checkpoint (all of it goes when there is none). Returns that
+        checkpoint and the removed directories."""
+        chosen = self.latest_checkpoint()
+        removed = [p for p in self._checkpoint_dirs() if not (p / CHECKPOINT_MARKER).is_file()]
+        for path in removed:
+            shutil.rmtree(path)
+        keep = (
+            json.loads((chosen / CHECKPOINT_MARKER).read_text())["metrics_bytes"] if chosen else 0
+        )
+        if self.metrics_path.is_file():
+            with self.metrics_path.open("r+b") as f:
+                f.truncate(keep)
+        return chosen, removed
+
     def prune_checkpoints(self, keep: int) -> None:
-        """Delete all but the newest ``keep`` (at least one) checkpoints; main process only."""
+        """Delete all but the newest ``keep`` (at least one) complete checkpoints, and every
+        incomplete one older than the newest complete one; main process only."""
         if not self.is_main_process:
             return
         found = self.checkpoints()
         for old in found[: max(0, len(found) - max(keep, 1))]:
             shutil.rmtree(old, ignore_errors=True)
+        if found:
+            newest = checkpoint_step(found[-1])
+            for path in self._checkpoint_dirs():
+                step = checkpoint_step(path)
+                if step < newest and not (path / CHECKPOINT_MARKER).is_file():
+                    shutil.rmtree(path, ignore_errors=True)
 
     @cached_property
     def device(self) -> Any:

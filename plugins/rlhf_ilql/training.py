@@ -4,13 +4,12 @@ Each of ``N`` processes takes its own ``per_device_train_batch_size`` rows of a 
 drawn from a per-epoch permutation seeded by the recipe seed, so the data order depends only on
 the step (resume skips nothing and repeats nothing). After every optimizer step the target Q
 heads are Polyak-averaged toward the Q heads once ``target_sync_steps`` steps have passed.
-Checkpoints (``accelerator.save_state`` + ``ilql_state.json``) go to ``checkpoint-<step>/``.
+Checkpoints (``accelerator.save_state``, marked complete by the stage) go to ``checkpoint-<step>/``.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import math
 import time
 from collections.abc import Mapping
@@ -31,7 +30,6 @@ from rlhf_ilql.modeling import (
 from rlhf_ilql.settings import ILQLSettings
 from rlhf_plugins import Dataset, Policy, StageContext, UserError
 
-STATE_FILE = "ilql_state.json"
 LOGGED_TERMS = (
     "loss",
     "loss_q",
@@ -197,7 +195,7 @@ class ILQLStage:
             )
         total = total_steps(s, per_epoch)
         model, optimizer = self.build(accelerator, stage.num_processes)
-        step = self.resume(stage, accelerator)
+        step = resumed_at = self.resume(stage, accelerator)
         window: list[dict[str, torch.Tensor]] = []
         logged: dict[str, float] = {}
         started = time.monotonic()
@@ -233,14 +231,17 @@ class ILQLStage:
                 if evals is not None and s.eval_steps and step % s.eval_steps == 0 and step < total:
                     stage.log(self.evaluate(model, accelerator, evals, pad_id, stage), step=step)
                 if step % s.save_steps == 0 and step < total:
-                    self.save_checkpoint(stage, accelerator, model, step)
+                    self.save_checkpoint(stage, accelerator, step)
         metrics: dict[str, Any] = {**logged, "steps": step}
+        metrics["train_seconds"] = round(time.monotonic() - started, 2)
+        self.save_final(stage, accelerator, model, tokenizer)
         if evals is not None:
+            # a rerun after a failed final evaluation resumes here instead of retraining
+            if resumed_at != step:
+                self.save_checkpoint(stage, accelerator, step)
             final_eval = self.evaluate(model, accelerator, evals, pad_id, stage)
             stage.log(final_eval, step=step)
             metrics.update(final_eval)
-        metrics["train_seconds"] = round(time.monotonic() - started, 2)
-        self.save_final(stage, accelerator, model, tokenizer)
         return metrics
 
     def load_episodes(self, tokenizer: Any) -> tuple[list[Episode], list[Episode] | None]:
@@ -344,21 +345,13 @@ class ILQLStage:
         }
 
     def resume(self, stage: StageContext, accelerator: Any) -> int:
-        """The step to continue from: the latest checkpoint's when the stage resumes."""
-        checkpoint = stage.latest_checkpoint() if stage.resume else None
-        if checkpoint is None or not (checkpoint / STATE_FILE).is_file():
-            return 0
-        accelerator.load_state(str(checkpoint))
-        return int(json.loads((checkpoint / STATE_FILE).read_text())["step"])
+        """The step to continue from: the newest complete checkpoint's when the stage
+        resumes, else 0."""
+        loaded = stage.load_checkpoint(accelerator)
+        return 0 if loaded is None else loaded[0]
 
-    def save_checkpoint(self, stage: StageContext, accelerator: Any, model: Any, step: int) -> None:
-        directory = stage.checkpoint_dir(step)
-        accelerator.save_state(str(directory))
-        if stage.is_main_process:
-            (directory / STATE_FILE).write_text(json.dumps({"step": step}) + "\n")
-        if self.settings.save_total_limit is not None:
-            stage.prune_checkpoints(self.settings.save_total_limit)
-        accelerator.wait_for_everyone()
+    def save_checkpoint(self, stage: StageContext, accelerator: Any, step: int) -> None:
+        stage.save_checkpoint(accelerator, step, {}, self.settings.save_total_limit)
 
     def save_final(self, stage: StageContext, accelerator: Any, model: Any, tokenizer: Any) -> None:
         """The plain causal LM (``save_pretrained``), the tokenizer and the heads beside them."""

@@ -9,7 +9,7 @@ from typing import Any
 from trl import SFTConfig, SFTTrainer
 
 from rlhf_plugins import Policy, StageContext, require_columns
-from rlhf_plugins.hf import StageMetricsCallback, resume_checkpoint, save_final, training_arguments
+from rlhf_plugins.hf import StageCallback, run_trainer, save_final, training_arguments
 
 REQUIRED_COLUMNS = ("prompt", "completion")
 
@@ -44,11 +44,10 @@ class SFTStage:
             train_dataset=self._columns(self.dataset),
             eval_dataset=self._columns(self.eval_dataset) if has_eval else None,
             processing_class=tokenizer,
-            callbacks=[StageMetricsCallback(stage)],
+            callbacks=[StageCallback(stage)],
         )
-        result = trainer.train(resume_from_checkpoint=resume_checkpoint(stage))
+        metrics = run_trainer(stage, trainer)
         save_final(stage, trainer, tokenizer)
-        metrics = {"train_loss": result.training_loss, "steps": result.global_step}
         losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
         if losses:
             metrics["first_loss"], metrics["last_loss"] = losses[0], losses[-1]

@@ -1,0 +1,106 @@
+"""One run at a time per run directory, and signals that stop a run cleanly.
+
+The lock is an OS file lock (``flock``) on ``<run dir>/.rlhf.lock``: the kernel releases it
+when its holder exits, however it exits (kill -9 included), so a stale lock never blocks a
+rerun. The file also records who holds it, for the message a second run prints.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO
+
+from rlhf_plugins.errors import UserError
+
+LOCK_FILE = ".rlhf.lock"
+
+
+class Terminated(KeyboardInterrupt):
+    """Raised in the main thread when the process receives SIGTERM (schedulers such as SLURM
+    and Kubernetes send it); it unwinds like Ctrl-C, exit code 143."""
+
+    exit_code = 143
+
+
+def raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+@contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """While active, SIGTERM raises ``Terminated`` (like SIGINT raises ``KeyboardInterrupt``)."""
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _holder(handle: IO[str]) -> str:
+    handle.seek(0)
+    try:
+        info = json.loads(handle.read() or "{}")
+    except ValueError:
+        info = {}
+    if not info:
+        return "another process"
+    started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.get("started", 0)))
+    return f"pid {info.get('pid')} on {info.get('host')}, started {started}: {info.get('command')}"
+
+
+def unwritable(run_dir: Path, exc: OSError) -> UserError:
+    return UserError(
+        f"cannot write the run directory {run_dir}: {exc.strerror or exc}; set "
+        "recipe.output_dir (e.g. --set recipe.output_dir=/path/with/space) to a writable "
+        "directory with free space"
+    )
+
+
+@contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold the lock of ``run_dir`` (created if needed) for the duration of the block.
+
+    Raises ``UserError`` when ``run_dir`` cannot be created or written (naming it and the
+    setting to change), or when another live run holds the lock (naming its pid)."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        handle = (run_dir / LOCK_FILE).open("a+")
+    except OSError as exc:
+        raise unwritable(run_dir, exc) from exc
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(
+                f"{run_dir} is in use by another run ({_holder(handle)}); wait for it to "
+                "finish or stop it, or set recipe.output_dir to another directory"
+            ) from None
+        try:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(
+                json.dumps(
+                    {
+                        "pid": os.getpid(),
+                        "host": socket.gethostname(),
+                        "started": time.time(),
+                        "command": " ".join(["rlhf", *sys.argv[1:]]),
+                    }
+                )
+            )
+            handle.flush()
+        except OSError as exc:
+            raise unwritable(run_dir, exc) from exc
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
