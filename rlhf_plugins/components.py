@@ -9,6 +9,8 @@ stage and is not a setting. Every other parameter is a plain setting.
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -35,12 +37,54 @@ class Policy(Protocol):
 
 @runtime_checkable
 class RewardFunction(Protocol):
-    """``fn(prompts, completions, **columns) -> list[float]``, one score per completion.
-    Extra dataset columns (e.g. a reference summary) arrive as keyword lists."""
+    """``fn(prompts, completions, **columns) -> list[float]``, one score per completion: a
+    real number (``int``, ``float``, a numpy or 0-d torch scalar; not ``bool``, not a string,
+    see ``as_score``). Extra dataset columns (e.g. a reference summary) arrive as keyword
+    lists."""
 
     def __call__(
         self, prompts: list[str], completions: list[str], **columns: list
     ) -> list[float]: ...
+
+
+def as_score(value: Any) -> float | None:
+    """``value`` as a score, or None when it is not a real number. Scores are ``int``,
+    ``float`` and other ``numbers.Real`` (numpy scalars included) and 0-d numpy arrays or torch
+    tensors holding one; ``bool`` and strings (even ``"0.5"``) are not numbers."""
+    if getattr(value, "ndim", None) == 0 and callable(getattr(value, "item", None)):
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    return float(value)
+
+
+def checked_scores(
+    values: Any, expected: int, *, finite: bool = True
+) -> tuple[list[float] | None, str]:
+    """What a reward function returned, checked: ``(scores, "")`` when ``values`` holds
+    ``expected`` scores (see ``as_score``), finite unless ``finite`` is False, else
+    ``(None, why)`` with ``why`` starting "returned ..."; trainers skip such a batch,
+    evaluators raise. Wrappers (normalizers) pass ``finite=False``: NaN goes on to the
+    trainer, which skips it."""
+    try:
+        if isinstance(values, (str, bytes, Mapping)):
+            raise TypeError
+        items = list(values)
+    except TypeError:
+        return None, f"returned {type(values).__name__}, not a list of numbers"
+    if len(items) != expected:
+        return None, f"returned {len(items)} scores for {expected} completions"
+    scores = [as_score(v) for v in items]
+    bad = [v for v, s in zip(items, scores, strict=True) if s is None]
+    if bad:
+        return None, (
+            f"returned {len(bad)} value(s) that are not numbers among {expected} "
+            f"(e.g. {type(bad[0]).__name__} {bad[0]!r})"
+        )
+    infinite = sum(not math.isfinite(s) for s in scores)
+    if finite and infinite:
+        return None, f"returned {infinite} NaN/inf score(s) among {expected}"
+    return scores, ""
 
 
 class Dataset(Protocol):

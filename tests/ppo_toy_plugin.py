@@ -3,7 +3,7 @@ that can be told to misbehave. Installed per test with the ``plugin_dist`` fixtu
 
 ``ppo-toy-reward`` scores the share of the letter ``target`` among a completion's characters.
 ``fault`` turns the scores of the calls listed in ``fault_calls`` (1-based, per process) into
-NaN (``nan``) or one score too few (``short``). When the environment variable
+NaN (``nan``), one score too few (``short``) or numeric strings (``string``). When the environment variable
 ``PPO_TOY_FAIL_AT_CALL`` is set, call number N raises, which interrupts the run.
 """
 
@@ -41,7 +41,7 @@ def toy_prompts(rows: int = 48, offset: int = 0) -> Dataset:
 
 def toy_reward(
     target: str = "a",
-    fault: Literal["none", "nan", "short"] = "none",
+    fault: Literal["none", "nan", "short", "string"] = "none",
     fault_calls: list[int] | None = None,
 ) -> RewardFunction:
     calls = {"n": 0}
@@ -58,6 +58,8 @@ def toy_reward(
                 scores[0] = float("nan")
             elif fault == "short":
                 scores = scores[:-1]
+            elif fault == "string":
+                scores = [str(s) for s in scores]
         return scores
 
     return reward

@@ -95,22 +95,32 @@ def test_ppo_trains_logs_and_saves_a_plain_causal_lm(toy, run_cli, tmp_path):
     assert (out / "tokenizer.json").is_file()
 
 
-@pytest.mark.parametrize("fault", ["nan", "short"])
-def test_unusable_rewards_skip_the_chunk_and_are_counted(toy, run_cli, tmp_path, fault, caplog):
+@pytest.mark.parametrize(
+    ("fault", "expected"),
+    [
+        ("nan", "NaN/inf"),
+        ("short", "returned 3 scores for 4 completions"),
+        ("string", "returned 4 value(s) that are not numbers among 4 (e.g. str '0."),
+    ],
+)
+def test_unusable_rewards_skip_the_chunk_and_are_counted(
+    toy, run_cli, tmp_path, fault, expected, caplog
+):
     with caplog.at_level(logging.WARNING, logger="rlhf_ppo"):
         result = run_cli("run", toy(fault=fault, fault_calls=[2]))
     assert result.exit_code == 0, result.output
-    expected = "NaN/inf" if fault == "nan" else "returned 3 scores for 4 completions"
     assert "skipped a chunk of 4 samples" in caplog.text and expected in caplog.text
     records = metrics(tmp_path / "runs" / "toy" / "ppo")
     assert records[0]["skipped_chunks"] == 1
     assert records[0]["rollout/samples"] == 8  # the skipped chunk was replaced
 
 
-def test_a_reward_that_never_works_stops_with_a_clear_error(toy, run_cli):
+def test_a_reward_that_never_works_fails_the_stage_with_a_clear_error(toy, run_cli):
     result = run_cli("run", toy(fault="short", fault_calls=list(range(1, 30))))
-    assert result.exit_code == 2
-    assert "unusable scores for 8 chunks in a row" in result.output
+    assert result.exit_code == 1  # a stage failed (README), not a bad recipe
+    assert "stage 'ppo' failed" in result.output
+    assert "unusable scores for 8 chunks in a row (max_skipped_chunks)" in result.output
+    assert "Traceback" not in result.output
 
 
 def test_resume_after_an_interruption_continues_from_the_saved_step(

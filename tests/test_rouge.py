@@ -15,6 +15,7 @@ datasets = pytest.importorskip("datasets")
 from rouge_score import rouge_scorer  # noqa: E402
 
 from rlhf_plugins import StageContext, UserError  # noqa: E402
+from rlhf_plugins.errors import StageFailed  # noqa: E402
 from rlhf_plugins.registry import load_registry  # noqa: E402
 
 REFERENCES = ["cat lost in park", "dog ate homework", "car broke down today"]
@@ -272,16 +273,15 @@ def test_limit_keeps_the_first_rows(tokenizer, prompts_dataset, stage):
     ("reward", "message"),
     [
         (lambda prompts, completions, **_: [1.0], "returned 1 scores for 3 completions"),
-        (lambda prompts, completions, **_: [float("nan")] * len(prompts), "NaN or infinite"),
+        (lambda prompts, completions, **_: [float("nan")] * len(prompts), "NaN/inf"),
+        (lambda prompts, completions, **_: ["0.5"] * len(prompts), "not numbers"),
     ],
 )
-def test_broken_reward_functions_are_user_errors(
-    tokenizer, prompts_dataset, stage, reward, message
-):
+def test_broken_reward_functions_fail_the_stage(tokenizer, prompts_dataset, stage, reward, message):
     evaluator = rouge_evaluator(
         policies={"s": CannedPolicy("m", tokenizer, SHORT)}, dataset=prompts_dataset, reward=reward
     )
-    with pytest.raises(UserError, match=message):
+    with pytest.raises(StageFailed, match=message):
         evaluator(stage)
 
 

@@ -8,7 +8,6 @@ continues from its last prompt token, as in generation.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -55,21 +54,6 @@ class PromptSampler:
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
-
-
-def checked_scores(values: Any, expected: int) -> tuple[list[float] | None, str]:
-    """``(scores, "")`` when ``values`` holds ``expected`` finite numbers, else
-    ``(None, why)``."""
-    try:
-        scores = [float(v) for v in values]
-    except (TypeError, ValueError) as exc:
-        return None, f"returned {type(values).__name__}, not a list of numbers ({exc})"
-    if len(scores) != expected:
-        return None, f"returned {len(scores)} scores for {expected} completions"
-    bad = sum(not math.isfinite(s) for s in scores)
-    if bad:
-        return None, f"returned {bad} NaN/inf score(s) among {expected}"
-    return scores, ""
 
 
 def model_inputs(

@@ -24,6 +24,8 @@ import torch
 from safetensors.torch import save_file
 
 from rlhf_plugins import Policy, RewardFunction, StageContext, UserError, require_columns
+from rlhf_plugins.components import checked_scores
+from rlhf_plugins.errors import StageFailed
 from rlhf_plugins.generation import (
     SamplingSettings,
     encode_prompts,
@@ -33,7 +35,7 @@ from rlhf_plugins.generation import (
 from rlhf_ppo import maths
 from rlhf_ppo.kl_control import make_kl_controller
 from rlhf_ppo.models import build_models
-from rlhf_ppo.rollout import Chunk, PromptSampler, Rollout, checked_scores, model_inputs
+from rlhf_ppo.rollout import Chunk, PromptSampler, Rollout, model_inputs
 
 logger = logging.getLogger("rlhf_ppo")
 
@@ -265,9 +267,10 @@ class PPOTrainer:
                 continue
             consecutive += 1
             if consecutive >= s.max_skipped_chunks:
-                raise UserError(
-                    f"ppo: the reward function gave unusable scores for "
-                    f"{consecutive} chunks in a row; see the warnings above"
+                raise StageFailed(
+                    f"stage '{self.stage.name}' failed: ppo: the reward function gave "
+                    f"unusable scores for {consecutive} chunks in a row (max_skipped_chunks); "
+                    "see the warnings above"
                 )
         rollout = Rollout.from_chunks(chunks, self.tokenizer.pad_token_id)
         kl = maths.kl_penalty(rollout.logprobs, rollout.ref_logprobs, s.kl_estimator) * rollout.mask

@@ -15,17 +15,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rlhf_plugins import RewardFunction, UserError
+from rlhf_plugins.components import checked_scores
+from rlhf_plugins.errors import StageFailed
 
 
-def checked_scores(
+def base_scores(
     base: RewardFunction, prompts: list[str], completions: list[str], **columns: list
 ) -> list[float]:
-    scores = [float(s) for s in base(prompts, completions, **columns)]
-    if len(scores) != len(completions):
-        raise UserError(
-            f"reward function {base!r} returned {len(scores)} scores "
-            f"for {len(completions)} completions"
-        )
+    """``base``'s scores, checked by ``rlhf_plugins.components.checked_scores``: one number
+    per completion, else ``StageFailed`` (a wrapper cannot skip a batch); NaN and inf pass
+    through to the trainer or evaluator, which skips or rejects them."""
+    scores, problem = checked_scores(
+        base(prompts, completions, **columns), len(completions), finite=False
+    )
+    if scores is None:
+        raise StageFailed(f"reward function {base!r} {problem}")
     return scores
 
 
@@ -43,7 +47,7 @@ class DeltaReward:
             )
         references = list(columns[self.reference_column])
         doubled = {name: list(values) * 2 for name, values in columns.items()}
-        scores = checked_scores(
+        scores = base_scores(
             self.base, list(prompts) * 2, list(completions) + references, **doubled
         )
         count = len(completions)
@@ -99,7 +103,7 @@ class RunningNorm:
     moments: RunningMoments = field(default_factory=RunningMoments)
 
     def __call__(self, prompts: list[str], completions: list[str], **columns: list) -> list[float]:
-        scores = checked_scores(self.base, prompts, completions, **columns)
+        scores = base_scores(self.base, prompts, completions, **columns)
         self.moments.add(*global_sums(scores))
         shift = self.moments.mean if self.center else 0.0
         scale = self.moments.std + self.epsilon
@@ -122,6 +126,5 @@ class Clip:
         low = -math.inf if self.low is None else self.low
         high = math.inf if self.high is None else self.high
         return [
-            min(max(s, low), high)
-            for s in checked_scores(self.base, prompts, completions, **columns)
+            min(max(s, low), high) for s in base_scores(self.base, prompts, completions, **columns)
         ]

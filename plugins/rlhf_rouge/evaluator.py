@@ -16,6 +16,8 @@ from typing import Any
 import torch
 
 from rlhf_plugins import Dataset, Policy, RewardFunction, StageContext, UserError, require_columns
+from rlhf_plugins.components import checked_scores
+from rlhf_plugins.errors import StageFailed
 from rlhf_plugins.generation import SamplingSettings, ensure_pad_token, generate_texts
 from rlhf_rouge.report import Evaluation, write_reports
 from rlhf_rouge.scoring import mean, rouge_fmeasures, summary_metrics
@@ -84,20 +86,17 @@ def score_with(
     batch_size: int,
 ) -> list[float]:
     """``reward`` over the rows, ``batch_size`` at a time; ``columns`` (every dataset column but
-    ``prompt``) arrive as keyword lists. Wrong lengths or non-finite scores are user errors."""
+    ``prompt``) arrive as keyword lists. Scores are checked as PPO checks them
+    (``checked_scores``); an unusable batch fails the stage (``StageFailed``)."""
     scores: list[float] = []
     for start in range(0, len(prompts), batch_size):
         chunk = slice(start, start + batch_size)
         extra = {name: values[chunk] for name, values in columns.items()}
-        values = [float(v) for v in reward(prompts[chunk], completions[chunk], **extra)]
-        if len(values) != len(prompts[chunk]):
-            raise UserError(
-                f"rouge evaluator: the reward function returned {len(values)} scores "
-                f"for {len(prompts[chunk])} completions"
-            )
-        if not all(math.isfinite(v) for v in values):
-            raise UserError("rouge evaluator: the reward function returned NaN or infinite scores")
-        scores.extend(values)
+        values = reward(prompts[chunk], completions[chunk], **extra)
+        checked, problem = checked_scores(values, len(prompts[chunk]))
+        if checked is None:
+            raise StageFailed(f"rouge evaluator: the reward function {problem}")
+        scores.extend(checked)
     return scores
 
 
