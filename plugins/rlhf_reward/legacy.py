@@ -7,6 +7,8 @@ SFT model it was built on). The file is read with ``torch.load(weights_only=True
 
 from __future__ import annotations
 
+import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,27 @@ def legacy_file(checkpoint: str) -> Path:
     return path
 
 
+def load_tensors(path: Path) -> Any:
+    """``torch.load(path, weights_only=True)``: tensors and plain containers only. A file that
+    pickles anything else (a class, a function) is refused with a ``UserError`` naming the
+    file and the first such object: unpickling it could run code, and no setting loads it."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"Unsupported global: (?:GLOBAL )?([\w.]+)", str(exc))
+        if found is None and "Weights only load failed" not in str(exc):
+            raise UserError(f"{path}: not a readable torch checkpoint ({exc})") from None
+        what = f" (it references {found[1]})" if found else ""
+        raise UserError(
+            f"{path}: refused: the file holds Python objects besides tensors{what}, and "
+            "unpickling them could run arbitrary code; only plain tensor state dicts are read "
+            "(torch.load weights_only=True) and no recipe setting turns this check off "
+            "(convert the file to safetensors where you trust it)"
+        ) from None
+    except (RuntimeError, EOFError) as exc:
+        raise UserError(f"{path}: not a readable torch checkpoint ({exc})") from None
+
+
 def convert_state_dict(
     state: dict[str, torch.Tensor], trunk_prefix: str
 ) -> dict[str, torch.Tensor]:
@@ -59,7 +82,7 @@ def load_trlx_reward_model(checkpoint: str, base_model: str) -> tuple[Any, Any]:
     tokenizer = ensure_pad_token(AutoTokenizer.from_pretrained(base_model))
     config = reward_config(AutoConfig.from_pretrained(base_model), tokenizer.pad_token_id)
     model = AutoModelForSequenceClassification.from_config(config)
-    state = torch.load(legacy_file(checkpoint), map_location="cpu", weights_only=True)
+    state = load_tensors(legacy_file(checkpoint))
     try:
         result = model.load_state_dict(
             convert_state_dict(state, model.base_model_prefix), strict=False
