@@ -119,3 +119,47 @@ def tldr_samples_dir() -> Path:
     if not (path / "tldr_filtered.jsonl").is_file() or not (path / "comparisons.jsonl").is_file():
         pytest.skip(f"real TL;DR samples not found at {path} (set RLHF_TLDR_DATA)")
     return path
+
+
+TOY_PLUGIN = Path(__file__).with_name("ppo_toy_plugin.py")
+
+PPO_TOY_RECIPE = """
+[recipe]
+name = "{name}"
+seed = 3
+
+[stages.ppo]
+trainer = "ppo"
+policy = {{ use = "tiny-causal-lm", architecture = "gpt2", n_layer = 2, n_embd = 32, n_head = 2, vocab_size = 300 }}
+dataset = {{ use = "ppo-toy-prompts" }}
+reward = {{ use = "ppo-toy-reward", fault = "{fault}", fault_calls = {fault_calls} }}
+{extra}
+
+[stages.ppo.trainer_settings]
+total_steps = 8
+num_rollouts = 8
+chunk_size = 4
+batch_size = 4
+ppo_epochs = 2
+num_layers_unfrozen = 1
+max_new_tokens = 6
+learning_rate = 1e-3
+checkpoint_interval = 4
+"""
+
+
+@pytest.fixture
+def toy(plugin_dist, write_recipe, monkeypatch):
+    """Install tests/ppo_toy_plugin.py (also for launched subprocesses); returns a writer of
+    a one-stage ``ppo`` recipe on its prompts and reward (``PPO_TOY_RECIPE``)."""
+    site = plugin_dist("ppo-toy", "ppo_toy_plugin", TOY_PLUGIN.read_text())
+    monkeypatch.setenv("PYTHONPATH", str(site))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+    def recipe(name="toy", fault="none", fault_calls=(), extra=""):
+        text = PPO_TOY_RECIPE.format(
+            name=name, fault=fault, fault_calls=list(fault_calls), extra=extra
+        )
+        return write_recipe(text, name)
+
+    return recipe
