@@ -9,7 +9,6 @@ penalty into per-token rewards, estimates advantages (GAE, whitened across proce
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -39,7 +38,6 @@ from rlhf_ppo.rollout import Chunk, PromptSampler, Rollout, model_inputs
 
 logger = logging.getLogger("rlhf_ppo")
 
-STATE_FILE = "ppo_state.json"
 VALUE_HEAD_FILE = "value_head.safetensors"
 
 
@@ -426,31 +424,25 @@ class PPOTrainer:
         }
 
     def save_checkpoint(self) -> Path:
-        """Model, optimizer and RNG states (Accelerate) plus ``ppo_state.json`` in
+        """Model, optimizer and RNG states (Accelerate) plus the counters of ``state_dict`` in
         ``checkpoint-<step>/``; keeps the newest ``keep_checkpoints``."""
-        path = self.stage.checkpoint_dir(self.step)
-        self.accelerator.save_state(str(path))
-        if self.stage.is_main_process:
-            (path / STATE_FILE).write_text(json.dumps(self.state_dict(), indent=1))
-        self.stage.prune_checkpoints(self.s.keep_checkpoints)
-        self.accelerator.wait_for_everyone()
-        return path
+        return self.stage.save_checkpoint(
+            self.accelerator, self.step, self.state_dict(), self.s.keep_checkpoints
+        )
 
-    def load_checkpoint(self, path: Path) -> None:
-        state_file = path / STATE_FILE
-        if not state_file.is_file():
-            raise UserError(
-                f"ppo: {path} is not a complete checkpoint (no {STATE_FILE}); "
-                "delete it or rerun with --force"
-            )
-        self.accelerator.load_state(str(path))
-        state = json.loads(state_file.read_text())
+    def load_checkpoint(self) -> bool:
+        """Continue from the newest complete checkpoint when the stage resumes."""
+        loaded = self.stage.load_checkpoint(self.accelerator)
+        if loaded is None:
+            return False
+        state = loaded[1]
         self.step, self.skipped_chunks = int(state["step"]), int(state["skipped_chunks"])
         self.ref_std = state["ref_std"]
         self.sampler.load_state_dict(state["sampler"])
         self.kl_controller.load_state_dict(state["kl_controller"])
         self.moments.load_state_dict(state["moments"])
         self.scheduler.load_state_dict(state["scheduler"])
+        return True
 
     def save_final(self) -> None:
         """The policy as a plain ``from_pretrained`` causal LM plus tokenizer in the stage
@@ -493,8 +485,7 @@ class PPOTrainer:
     def train(self) -> dict[str, float]:
         s, stage = self.s, self.stage
         resumed_from = None
-        if stage.resume and (checkpoint := stage.latest_checkpoint()) is not None:
-            self.load_checkpoint(checkpoint)
+        if self.load_checkpoint():
             resumed_from = self.step
             stage.log({"resumed_from_step": self.step}, step=self.step)
         progress = stage.progress(total=s.total_steps, desc="ppo steps")
@@ -514,10 +505,10 @@ class PPOTrainer:
             last = stats
             if self.step >= s.total_steps:
                 break
-            if self._crossed(before, s.checkpoint_interval):
-                self.save_checkpoint()
             if self.eval_dataset is not None and self._crossed(before, s.eval_interval):
                 stage.log(self.evaluate(), step=self.step)
+            if self._crossed(before, s.checkpoint_interval):
+                self.save_checkpoint()
         progress.close()
         final = {
             "steps": self.step,
@@ -527,12 +518,15 @@ class PPOTrainer:
         final.update(
             {k: last[k] for k in ("reward/mean", "kl", "kl_coef", "samples_per_s") if k in last}
         )
-        if self.eval_dataset is not None:
-            final.update(self.evaluate())
-            stage.log({k: v for k, v in final.items() if k.startswith("eval/")}, step=self.step)
         if resumed_from is not None:
             final["resumed_from_step"] = resumed_from
         self.save_final()
+        if self.eval_dataset is not None:
+            # a rerun after a failed final evaluation resumes here instead of retraining
+            if resumed_from != self.step:
+                self.save_checkpoint()
+            final.update(self.evaluate())
+            stage.log({k: v for k, v in final.items() if k.startswith("eval/")}, step=self.step)
         return final
 
     def rank_param_spread(self) -> float:
