@@ -90,12 +90,16 @@ def checked_scores(
 class Dataset(Protocol):
     """A ``datasets.Dataset`` whose columns follow a view: ``prompt``/``completion`` (sft),
     ``prompt`` + extra columns (prompts), ``prompt``/``chosen``/``rejected`` (comparisons),
-    ``prompt``/``completion``/``reward`` (offline)."""
+    ``prompt``/``completion``/``reward`` (offline). The columns of ``TEXT_COLUMNS`` hold
+    strings, ``reward`` holds numbers."""
 
     column_names: list[str]
 
     def __len__(self) -> int: ...
 
+
+TEXT_COLUMNS = ("prompt", "completion", "chosen", "rejected", "reference")
+"""View columns that hold text in every row (never null, never a number)."""
 
 StageFn = Callable[["StageContext"], Mapping[str, Any] | None]
 """What trainer and evaluator factories return: run the stage, return final metrics."""

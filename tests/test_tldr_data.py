@@ -372,8 +372,11 @@ def test_token_truncation_keeps_suffix(tmp_path):
         ("posts.jsonl", {"limit": 0}, "limit must be a positive"),
         ("posts.jsonl", {"max_prompt_tokens": 1}, "leaves no room"),
         (".", {"view": "comparisons"}, "holds summaries but no comparisons"),
-        ("bad.jsonl", {}, "not JSON Lines"),
+        ("bad.jsonl", {}, "bad.jsonl: line 3 is not JSON (Expecting property name"),
         ("latin1.jsonl", {}, "not UTF-8 text"),
+        ("null.jsonl", {}, "null.jsonl: line 3: column 'summary' is null, not text"),
+        ("number.jsonl", {}, "number.jsonl: line 1: column 'post' is int 7, not text"),
+        ("empty.jsonl", {}, "empty.jsonl: the file is empty"),
     ],
 )
 def test_user_errors(tmp_path, monkeypatch, source, settings, message):
@@ -381,17 +384,21 @@ def test_user_errors(tmp_path, monkeypatch, source, settings, message):
 
     write_jsonl(tmp_path / "posts.jsonl", POSTS)
     write_jsonl(tmp_path / "weird.jsonl", [{"a": 1, "b": 2}])
-    (tmp_path / "bad.jsonl").write_text("{not json\n")
+    (tmp_path / "bad.jsonl").write_text('\n{"post": "p", "summary": "s"}\n{not json\n')
     (tmp_path / "latin1.jsonl").write_bytes(b'{"post": "caf\xe9", "summary": "s"}\n')
+    (tmp_path / "null.jsonl").write_text(
+        '{"post": "p", "summary": "s"}\n\n{"post": "p", "summary": null}\n'
+    )
+    write_jsonl(tmp_path / "number.jsonl", [{"post": 7, "summary": "s"}])
+    (tmp_path / "empty.jsonl").write_text("")
     monkeypatch.chdir(tmp_path)
     pairs = write_jsonl(
         tmp_path / "sub" / "pairs.jsonl", [{"prompt": "p", "chosen": "c", "rejected": "r"}]
     )
     source = str(pairs) if source == "pairs.jsonl" else source
     if source == ".":
-        (tmp_path / "bad.jsonl").unlink()
-        (tmp_path / "weird.jsonl").unlink()
-        (tmp_path / "latin1.jsonl").unlink()
+        for name in ("bad", "weird", "latin1", "null", "number", "empty"):
+            (tmp_path / f"{name}.jsonl").unlink()
     with pytest.raises(UserError, match=re.escape(message)):
         factory("tldr")(source=source, **settings)
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,13 +62,33 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 Row = Mapping[str, Any]
 
 
+class NotText(ValueError):
+    """A field that must hold text holds something else (null, a number, a list)."""
+
+    def __init__(self, key: str, value: Any):
+        got = "null" if value is None else f"{type(value).__name__} {value!r}"
+        super().__init__(f"column '{key}' is {got}, not text")
+
+
+def _text(row: Row, key: str, label: str | None = None) -> str:
+    """``row[key]``, which must be a string; ``label`` names the field in the error."""
+    value = row[key]
+    if not isinstance(value, str):
+        raise NotText(label or key, value)
+    return value
+
+
 def _openai_comparison(row: Row) -> Record | None:
     info, summaries, choice = row["info"], row["summaries"], int(row["choice"])
     if not info.get("post"):
         return None  # a CNN/DM article batch, not a Reddit post
-    texts = [clean_summary(s["text"]) for s in summaries]
+    texts = [
+        clean_summary(_text(s, "text", f"summaries[{i}].text")) for i, s in enumerate(summaries)
+    ]
     return Compared(
-        post_from_fields(info.get("subreddit"), info.get("title"), info["post"]),
+        post_from_fields(
+            info.get("subreddit"), info.get("title"), _text(info, "post", "info.post")
+        ),
         texts[choice],
         texts[1 - choice],
     )
@@ -76,28 +96,28 @@ def _openai_comparison(row: Row) -> Record | None:
 
 def _prompt_comparison(row: Row) -> Record:
     return Compared(
-        post_from_prompt(row["prompt"]),
-        clean_summary(row["chosen"]),
-        clean_summary(row["rejected"]),
+        post_from_prompt(_text(row, "prompt")),
+        clean_summary(_text(row, "chosen")),
+        clean_summary(_text(row, "rejected")),
     )
 
 
 def _post_comparison(row: Row) -> Record:
     return Compared(
-        post_from_fields(row.get("subreddit"), row.get("title"), row["post"]),
-        clean_summary(row["chosen"]),
-        clean_summary(row["rejected"]),
+        post_from_fields(row.get("subreddit"), row.get("title"), _text(row, "post")),
+        clean_summary(_text(row, "chosen")),
+        clean_summary(_text(row, "rejected")),
     )
 
 
 def _prompt_summary(row: Row) -> Record:
-    return Summarized(post_from_prompt(row["prompt"]), clean_summary(row["label"]))
+    return Summarized(post_from_prompt(_text(row, "prompt")), clean_summary(_text(row, "label")))
 
 
 def _post_summary(row: Row) -> Record:
     return Summarized(
-        post_from_fields(row.get("subreddit"), row.get("title"), row["post"]),
-        clean_summary(row["summary"]),
+        post_from_fields(row.get("subreddit"), row.get("title"), _text(row, "post")),
+        clean_summary(_text(row, "summary")),
     )
 
 
@@ -148,43 +168,66 @@ def shape_of(keys: Iterable[str], where: str) -> Shape:
     )
 
 
-def to_records(rows: Iterable[Row], where: str, split: str | None = None) -> list[Record]:
+def to_records(
+    rows: Iterable[Row],
+    where: str,
+    split: str | None = None,
+    positions: Sequence[str] | None = None,
+) -> list[Record]:
     """Convert rows of one shape. Rows carrying a ``split`` field (OpenAI comparison batches)
-    are kept only when it equals ``split`` (all of them when ``split`` is None)."""
+    are kept only when it equals ``split`` (all of them when ``split`` is None). A bad row is
+    a ``UserError`` naming ``where``, its position (``positions[i]``, e.g. ``line 7``;
+    ``row i+1`` without them) and the field."""
     records: list[Record] = []
     shape = None
-    for number, row in enumerate(rows, start=1):
+    for index, row in enumerate(rows):
         if shape is None:
             shape = shape_of(row.keys(), where)
         if split is not None and row.get("split", split) != split:
             continue
+        position = positions[index] if positions else f"row {index + 1}"
         try:
             record = shape.convert(row)
+        except NotText as exc:
+            raise UserError(f"{where}: {position}: {exc}") from None
         except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
             raise UserError(
-                f"{where}: row {number} is malformed ({type(exc).__name__}: {exc})"
+                f"{where}: {position} is malformed ({type(exc).__name__}: {exc})"
             ) from None
         if record is not None:
             records.append(record)
     return records
 
 
-def read_rows(path: Path) -> list[dict]:
-    """Rows of a JSON Lines file, or of a file holding one JSON array of objects."""
+def read_rows(path: Path) -> tuple[list[dict], list[str]]:
+    """Rows of a JSON Lines file, or of a file holding one JSON array of objects, and the
+    position of each (``line N`` in JSON Lines, where blank lines are skipped; ``row N`` in an
+    array). A line that is not a JSON object is a ``UserError`` naming its number."""
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise UserError(f"{path}: not UTF-8 text ({exc})") from None
-    try:
-        if text.lstrip().startswith("["):
+    if text.lstrip().startswith("["):
+        try:
             rows = json.loads(text)
-        else:
-            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: not JSON Lines or a JSON array ({exc})") from None
-    if not all(isinstance(row, dict) for row in rows):
-        raise UserError(f"{path}: every row must be a JSON object")
-    return rows
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{path}: not JSON Lines or a JSON array ({exc})") from None
+        positions = [f"row {i}" for i in range(1, len(rows) + 1)]
+    else:
+        lines = [(n, line) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
+        rows, positions = [], [f"line {n}" for n, _ in lines]
+        for number, line in lines:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise UserError(
+                    f"{path}: line {number} is not JSON ({exc.msg}, column {exc.colno}); "
+                    "expected JSON Lines or a JSON array"
+                ) from None
+    for row, position in zip(rows, positions, strict=True):
+        if not isinstance(row, dict):
+            raise UserError(f"{path}: {position} is not a JSON object (every row must be one)")
+    return rows, positions
 
 
 def _has_split_field(rows: list[dict]) -> bool:
@@ -192,13 +235,15 @@ def _has_split_field(rows: list[dict]) -> bool:
 
 
 def read_file(path: Path, split: str | None) -> list[Record]:
-    rows = read_rows(path)
+    rows, positions = read_rows(path)
+    if not rows:
+        raise UserError(f"{path}: the file is empty (no rows)")
     if split is not None and not _has_split_field(rows):
         raise UserError(
             f"{path}: this file has no splits; leave out 'split' (or use a directory "
             f"with a {split}.jsonl file)"
         )
-    return to_records(rows, str(path), split)
+    return to_records(rows, str(path), split, positions)
 
 
 def pick_split(splits: Mapping[str, Any], split: str | None, where: str) -> Any:
@@ -255,7 +300,7 @@ def read_directory(path: Path, split: str | None, wants: str) -> list[Record]:
             return read_file(path / f"{split}{suffix}", None)
     found: dict[str, list[Record]] = {}
     for file in files:
-        rows = read_rows(file)
+        rows, positions = read_rows(file)
         if not rows:
             continue
         if split is not None and not _has_split_field(rows):
@@ -264,7 +309,7 @@ def read_directory(path: Path, split: str | None, wants: str) -> list[Record]:
                 "leave out 'split' or name the file as the source"
             )
         kind = shape_of(rows[0].keys(), str(file)).kind
-        found.setdefault(kind, []).extend(to_records(rows, str(file), split))
+        found.setdefault(kind, []).extend(to_records(rows, str(file), split, positions))
     if wants not in found:
         kinds = ", ".join(sorted(found)) or "no rows"
         raise UserError(f"{path} holds {kinds} but no {wants}; view needs {wants}")
