@@ -17,7 +17,7 @@ from transformers import EvalPrediction, Trainer, TrainingArguments
 
 from rlhf_plugins import Policy, StageContext, UserError, require_columns
 from rlhf_plugins.generation import ensure_pad_token
-from rlhf_plugins.hf import StageMetricsCallback, resume_checkpoint, save_final, training_arguments
+from rlhf_plugins.hf import StageCallback, run_trainer, save_final, training_arguments
 from rlhf_reward.loss import LossType, pair_loss
 from rlhf_reward.model import (
     HeadOutputs,
@@ -213,16 +213,12 @@ class RewardModelStage:
             data_collator=PairCollator(tokenizer.pad_token_id),
             processing_class=tokenizer,
             compute_metrics=eval_metrics,
-            callbacks=[StageMetricsCallback(stage)],
+            callbacks=[StageCallback(stage)],
             loss_type=self.loss_type,
         )
-        result = trainer.train(resume_from_checkpoint=resume_checkpoint(stage))
+        metrics = run_trainer(stage, trainer)
         save_final(stage, trainer, tokenizer)
-        metrics: dict[str, float] = {
-            "train_loss": result.training_loss,
-            "steps": result.global_step,
-            "frozen_layers": frozen,
-        }
+        metrics["frozen_layers"] = frozen
         train_logs = [r for r in trainer.state.log_history if "accuracy" in r]
         if train_logs:
             metrics["train_accuracy"] = train_logs[-1]["accuracy"]
