@@ -173,7 +173,7 @@ def test_each_architecture_trains_saves_and_reloads(
     assert any(".0." in n for n in frozen) and not any(".1." in n for n in frozen)
 
 
-def test_head_is_initialised_with_the_seed_std(trunk_dir):
+def test_head_is_initialised_with_the_std_of_stiennon_et_al(trunk_dir):
     from rlhf_reward.model import RewardModelLoader
 
     config = AutoModelForSequenceClassification.from_pretrained(trunk_dir("gpt2")).config
@@ -206,8 +206,21 @@ def varied_rows():
     return prompts, completions
 
 
+def direct_scores(model, rows, pad_token_id: int) -> list[float]:
+    """The head's output at the last token of each row, one row at a time (no padding)."""
+    from rlhf_reward.model import HeadOutputs, pad_right
+
+    head_outputs = HeadOutputs(model)
+    scores = []
+    for row in rows:
+        input_ids, mask = pad_right([row], pad_token_id)
+        scores.append(head_outputs(model, input_ids, mask)[0, -1].item())
+    head_outputs.remove()
+    return scores
+
+
 def test_reload_gives_identical_scores(registry, saved_reward_model):
-    from rlhf_reward.model import HeadOutputs, pad_right, tokenize_texts
+    from rlhf_reward.model import tokenize_texts
 
     prompts, completions = varied_rows()
     score = reward_function(registry, path=str(saved_reward_model))
@@ -219,10 +232,7 @@ def test_reload_gives_identical_scores(registry, saved_reward_model):
     pairs = zip(
         tokenize_texts(tokenizer, prompts), tokenize_texts(tokenizer, completions), strict=True
     )
-    direct = []
-    for row in (p + c for p, c in pairs):  # one at a time, no padding: the score at the last token
-        input_ids, mask = pad_right([row], tokenizer.pad_token_id)
-        direct.append(HeadOutputs(model)(model, input_ids, mask)[0, -1].item())
+    direct = direct_scores(model, [p + c for p, c in pairs], tokenizer.pad_token_id)
     assert first == pytest.approx(direct, abs=1e-5)
 
 
@@ -256,9 +266,13 @@ def test_legacy_trlx_checkpoint_imports(registry, saved_reward_model, trunk_dir,
     checkpoint.mkdir()
     torch.save(legacy, checkpoint / "pytorch_model.bin")
     prompts, completions = varied_rows()
-    expected = reward_function(registry, path=str(saved_reward_model))(prompts, completions)
     imported = reward_function(registry, path=str(checkpoint), base_model=str(trunk_dir("gptj")))
-    assert imported(prompts, completions) == pytest.approx(expected, abs=1e-6)
+    # the same weights, read on trlX's text (tests/test_reward_tokens.py checks that text)
+    trlx_text = direct_scores(
+        model, imported.encode(prompts, completions), model.config.pad_token_id
+    )
+    assert imported(prompts, completions) == pytest.approx(trlx_text, abs=1e-5)
+    expected = reward_function(registry, path=str(saved_reward_model))(prompts, completions)
     converted = import_trlx_checkpoint(str(checkpoint), str(trunk_dir("gptj")), tmp_path / "out")
     assert reward_function(registry, path=str(converted))(prompts, completions) == pytest.approx(
         expected, abs=1e-6

@@ -69,7 +69,7 @@ def reward_model(
 ) -> StageFn:
     """Train ``policy``'s trunk plus a scalar head on ``dataset`` (view ``comparisons``:
     prompt/chosen/rejected) with ``-log sigmoid(r_chosen - r_rejected)``: over the tokens after
-    the two sequences diverge (``divergence``, the seed's) or at the last token
+    the two sequences diverge (``divergence``, trlX's summarize_rlhf) or at the last token
     (``last-token``, TRL's). The embeddings and the bottom ``freeze_fraction`` of the layers
     are frozen. ``eval_dataset`` is scored every ``eval_steps`` (when set) and at the end.
     Batches are padded to their longest row; ``group_by_length`` batches rows of similar
@@ -94,7 +94,9 @@ def gptj_reward_head(
     """The score of prompt + completion at its last token, from the reward model saved by a
     ``reward-model`` stage (``from_stage``) or at ``path`` (a local directory or hub id). With
     ``base_model`` (the trunk's model id or directory), ``path`` is a trlX ``GPTRewardModel``
-    checkpoint (``pytorch_model.bin``). ``device`` defaults to the stage's device. Relative
+    checkpoint (``pytorch_model.bin``), scored on the text trlX trained it on:
+    ``"<|startoftext|>" + prompt + completion + "<|endoftext|>"`` tokenized as one string, cut
+    from the right at ``max_length``. ``device`` defaults to the stage's device. Relative
     local paths are relative to the recipe file."""
     if (from_stage is None) == (path is None):
         raise UserError("gptj-reward-head takes exactly one of 'from_stage' or 'path'")

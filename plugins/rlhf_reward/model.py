@@ -8,7 +8,9 @@ GPT-NeoX, Llama, ...) works. ``save_pretrained`` writes config and safetensors w
 Contracts shared by training and scoring:
 
 - text = prompt + completion, tokenized separately (no special tokens, no EOS appended) and
-  joined; when too long the prompt loses tokens from its left so the completion survives;
+  joined by ``encode_groups``, the one function training and scoring both call; the whole
+  text is kept when it fits in ``max_length``, otherwise the prompt loses tokens from its
+  left so the completion survives;
 - batches are right-padded; the score of a sequence is the head's output at its last real
   token (found from the attention mask, not from the pad id);
 - dropout is off and a newly created head is initialised with std ``1/sqrt(hidden + 1)``.
@@ -120,7 +122,8 @@ def score_head(model: Any) -> nn.Linear:
 
 
 def init_head(model: Any) -> None:
-    """Normal init with std ``1/sqrt(hidden + 1)`` (the seed's value head), zero bias."""
+    """Normal init with std ``1/sqrt(hidden + 1)`` (Stiennon et al. 2020's reward head),
+    zero bias."""
     head = score_head(model)
     with torch.no_grad():
         head.weight.normal_(0.0, 1.0 / math.sqrt(head.in_features + 1))
@@ -175,16 +178,45 @@ class HeadOutputs:
 def join_tokens(
     prompt: Sequence[int], completions: Sequence[Sequence[int]], max_length: int
 ) -> list[list[int]]:
-    """prompt + each completion, at most ``max_length`` tokens each. The prompt is cut from
-    the left by the same amount for every completion (so pairs keep a common prefix), then
-    a completion longer than ``max_length`` is cut from the right."""
+    """prompt + each completion, at most ``max_length`` tokens each.
+
+    The whole prompt is kept when it fits beside the longest completion; otherwise it keeps
+    its last ``max_length - longest`` tokens, the same ones for every completion (so pairs
+    keep a common prefix). A completion longer than ``max_length`` is then cut from the right.
+    """
     room = max(0, max_length - max(len(c) for c in completions))
-    kept = list(prompt[len(prompt) - room :]) if room else []
+    kept = list(prompt[max(0, len(prompt) - room) :])
     return [(kept + list(c))[:max_length] for c in completions]
 
 
-def tokenize_texts(tokenizer: Any, texts: list[str]) -> list[list[int]]:
-    return tokenizer(texts, add_special_tokens=False)["input_ids"]
+def tokenize_texts(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
+    """Token ids of each text, without special tokens."""
+    return tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+
+
+def encode_groups(
+    tokenizer: Any,
+    prompts: Sequence[str],
+    groups: Sequence[Sequence[str]],
+    max_length: int,
+) -> list[list[list[int]]]:
+    """The token rows a reward model reads, for training and scoring alike: for each prompt,
+    one row per completion of its group (a pair in training, one completion in scoring).
+
+    Prompt and completions are tokenized separately (no special tokens, no EOS) and joined
+    with ``join_tokens``, so every row of a group starts with the same prompt ids. The ids
+    equal those of the joined text exactly when the tokenizer does not merge across the
+    boundary, e.g. for byte-level BPE when the completion starts with a space (the TL;DR
+    views' layout)."""
+    if len(prompts) != len(groups):
+        raise ValueError(f"{len(prompts)} prompts but {len(groups)} groups of completions")
+    prompt_ids = tokenize_texts(tokenizer, prompts)
+    flat = tokenize_texts(tokenizer, [c for group in groups for c in group])
+    rows, start = [], 0
+    for prompt, group in zip(prompt_ids, groups, strict=True):
+        rows.append(join_tokens(prompt, flat[start : start + len(group)], max_length))
+        start += len(group)
+    return rows
 
 
 def pad_right(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

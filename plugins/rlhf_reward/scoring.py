@@ -1,7 +1,9 @@
 """The ``gptj-reward-head`` reward function: batched scoring with a trained reward model.
 
-Rows are tokenized as in training (``model.join_tokens``), sorted by length so each batch
-pads little, scored at their last real token, and returned in the caller's order.
+Rows are tokenized as in training (``model.encode_groups``), sorted by length so each batch
+pads little, scored at their last real token, and returned in the caller's order. A trlX
+``GPTRewardModel`` checkpoint (``base_model`` set) reads the text it was trained on instead
+(``trlx_rows``).
 """
 
 from __future__ import annotations
@@ -16,9 +18,25 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from rlhf_plugins import UserError
 from rlhf_plugins.generation import batched, ensure_pad_token
 from rlhf_reward.loss import end_rewards
-from rlhf_reward.model import HeadOutputs, join_tokens, pad_right, tokenize_texts
+from rlhf_reward.model import HeadOutputs, encode_groups, pad_right
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+TRLX_PREFIX, TRLX_SUFFIX = "<|startoftext|>", "<|endoftext|>"
+"""What trlX's summarize_rlhf put around every text its reward model read."""
+
+
+def trlx_rows(
+    tokenizer: Any, prompts: list[str], completions: list[str], max_length: int
+) -> list[list[int]]:
+    """The rows trlX's summarize_rlhf trained and scored its ``GPTRewardModel`` on: the one
+    string ``"<|startoftext|>" + prompt + completion + "<|endoftext|>"``, tokenized as its
+    ``get_scores`` did (the tokenizer's defaults) and cut from the right at ``max_length``
+    (its ``truncation=True``), each row ending before its first EOS token: the position whose
+    score ``GPTRewardModel`` read (the token before the first pad, pad being EOS there)."""
+    texts = [TRLX_PREFIX + p + c + TRLX_SUFFIX for p, c in zip(prompts, completions, strict=True)]
+    eos = tokenizer.eos_token_id
+    rows = [row[:max_length] for row in tokenizer(texts)["input_ids"]]
+    return [row[: row.index(eos)] if eos in row else row for row in rows]
 
 
 def load_saved_reward_model(source: str) -> tuple[Any, Any]:
@@ -36,7 +54,7 @@ def load_saved_reward_model(source: str) -> tuple[Any, Any]:
 
 class RewardHead:
     """``fn(prompts, completions, **columns) -> list[float]``: the reward model's score of each
-    prompt + completion. The model loads on first use."""
+    prompt + completion (rows from ``encode``). The model loads on first use."""
 
     def __init__(
         self,
@@ -69,13 +87,13 @@ class RewardHead:
         return model, tokenizer, HeadOutputs(model)
 
     def encode(self, prompts: list[str], completions: list[str]) -> list[list[int]]:
+        """The token rows scored: ``model.encode_groups`` as in training, or ``trlx_rows``
+        for a trlX checkpoint."""
         _, tokenizer, _ = self.loaded
-        prompt_ids = tokenize_texts(tokenizer, prompts)
-        completion_ids = tokenize_texts(tokenizer, completions)
-        return [
-            join_tokens(p, [c], self.max_length)[0]
-            for p, c in zip(prompt_ids, completion_ids, strict=True)
-        ]
+        if self.base_model is not None:
+            return trlx_rows(tokenizer, prompts, completions, self.max_length)
+        groups = [(completion,) for completion in completions]
+        return [rows[0] for rows in encode_groups(tokenizer, prompts, groups, self.max_length)]
 
     @torch.no_grad()
     def __call__(self, prompts: list[str], completions: list[str], **columns: list) -> list[float]:

@@ -1,6 +1,6 @@
 """The ``reward-model`` stage: pairwise training with a transformers ``Trainer``.
 
-Rows are tokenized once (prompt and completions separately, see ``model.join_tokens``); each
+Rows are tokenized once by ``model.encode_groups``, the function scoring uses too; each
 batch holds the chosen rows then the rejected rows, right-padded to the longest row of that
 batch. Per-token rewards come from the head's forward hook, the loss is ``loss.pair_loss``.
 Metrics (accuracy, chosen/rejected reward means, margin) are logged with every training log
@@ -21,11 +21,10 @@ from rlhf_plugins.hf import StageCallback, run_trainer, save_final, training_arg
 from rlhf_reward.loss import LossType, pair_loss
 from rlhf_reward.model import (
     HeadOutputs,
+    encode_groups,
     freeze_bottom,
-    join_tokens,
     load_reward_model,
     pad_right,
-    tokenize_texts,
 )
 
 REQUIRED_COLUMNS = ("prompt", "chosen", "rejected")
@@ -44,16 +43,11 @@ STAGE_FIELDS = (
 
 
 def tokenize_comparisons(data: Any, tokenizer: Any, max_length: int) -> Any:
-    """``chosen_ids``/``rejected_ids`` (prompt + completion tokens) and ``length`` per pair."""
+    """``chosen_ids``/``rejected_ids`` (``model.encode_groups`` of each pair) and ``length``."""
 
     def encode(batch: dict[str, list]) -> dict[str, list]:
-        prompts = tokenize_texts(tokenizer, batch["prompt"])
-        chosen = tokenize_texts(tokenizer, batch["chosen"])
-        rejected = tokenize_texts(tokenizer, batch["rejected"])
-        pairs = [
-            join_tokens(p, (c, r), max_length)
-            for p, c, r in zip(prompts, chosen, rejected, strict=True)
-        ]
+        groups = list(zip(batch["chosen"], batch["rejected"], strict=True))
+        pairs = encode_groups(tokenizer, batch["prompt"], groups, max_length)
         return {
             "chosen_ids": [c for c, _ in pairs],
             "rejected_ids": [r for _, r in pairs],
