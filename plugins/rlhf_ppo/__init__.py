@@ -37,6 +37,7 @@ def ppo(
     separate_critic: bool = False,
     kl_controller: Literal["adaptive", "fixed"] = "adaptive",
     init_kl_coef: float = 0.05,
+    kl_update: Literal["samples", "trlx"] = "samples",
     target: float | None = 6.0,
     horizon: int = 10000,
     kl_estimator: Literal["k1", "k3"] = "k1",

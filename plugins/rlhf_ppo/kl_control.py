@@ -3,6 +3,7 @@
 ``AdaptiveKLController`` follows Ziegler et al. (2019): the coefficient moves towards the value
 that keeps the measured KL near ``target``, with the proportional error clipped to +-0.2 and the
 step scaled by ``n_steps / horizon``. ``FixedKLController`` keeps its coefficient.
+``update_steps`` says how often the trainer updates a controller after a rollout (``kl_update``).
 """
 
 from __future__ import annotations
@@ -59,3 +60,19 @@ def make_kl_controller(
             raise ValueError("the adaptive KL controller needs a target")
         return AdaptiveKLController(value=init_kl_coef, target=target, horizon=horizon)
     return FixedKLController(value=init_kl_coef)
+
+
+def update_steps(
+    kl_update: str, *, num_rollouts: int, batch_size: int, ppo_epochs: int
+) -> list[int]:
+    """The ``n_steps`` of each controller update made after one rollout, in order, for the
+    ``ppo`` setting ``kl_update``.
+
+    ``"samples"`` (Ziegler et al.): one update counting the rollout's ``num_rollouts``
+    samples. ``"trlx"``: trlX's ``post_backward_callback``, called once per PPO epoch with
+    ``n_steps = batch_size``, so ``ppo_epochs`` updates of ``batch_size`` each (with
+    ``num_rollouts = 128``, ``batch_size = 4`` and 4 epochs the coefficient moves about 8
+    times less per rollout than with ``"samples"``)."""
+    if kl_update == "trlx":
+        return [batch_size] * ppo_epochs
+    return [num_rollouts]

@@ -32,7 +32,7 @@ from rlhf_plugins.generation import (
     generate_texts,
 )
 from rlhf_ppo import maths
-from rlhf_ppo.kl_control import make_kl_controller
+from rlhf_ppo.kl_control import make_kl_controller, update_steps
 from rlhf_ppo.models import build_models
 from rlhf_ppo.rollout import Chunk, PromptSampler, Rollout, model_inputs
 
@@ -496,7 +496,13 @@ class PPOTrainer:
             started = time.perf_counter()
             rollout, stats = self.collect_rollout()
             stats.update(self.optimise(rollout, progress))
-            self.kl_controller.update(stats["kl"], n_steps=s.num_rollouts)
+            for n_steps in update_steps(
+                s.kl_update,
+                num_rollouts=s.num_rollouts,
+                batch_size=s.batch_size,
+                ppo_epochs=s.ppo_epochs,
+            ):
+                self.kl_controller.update(stats["kl"], n_steps=n_steps)
             elapsed = time.perf_counter() - started
             stats["samples_per_s"] = stats["rollout/samples"] / elapsed
             stats["tokens_per_s"] = stats["rollout/tokens"] / elapsed
