@@ -5,7 +5,7 @@ one loss per pair; the reward of a sequence is its value at its last real token.
 
 - ``last-token`` (TRL, open-instruct): ``-log sigmoid(r_chosen - r_rejected)`` at the last
   real tokens.
-- ``divergence`` (the seed, trlX's summarize_rlhf): the mean of
+- ``divergence`` (trlX's summarize_rlhf ``GPTRewardModel``): the mean of
   ``-log sigmoid(r_chosen[t] - r_rejected[t])`` over the positions ``t`` from the first token
   where the two sequences differ up to the end of the longer one. Past its own end a sequence
   keeps its final reward (trlX read rewards at its padding, which was EOS there). A pair with

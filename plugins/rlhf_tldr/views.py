@@ -161,7 +161,8 @@ class PromptRenderer:
 
 
 def comparison_is_valid(pair: Compared, min_words: int) -> bool:
-    """The seed's filter: the two summaries differ and each has at least ``min_words`` words."""
+    """The filter of trlX's summarize_rlhf (``create_comparison_dataset``): the two summaries
+    differ and each has at least ``min_words`` words."""
     return (
         pair.chosen != pair.rejected
         and word_count(pair.chosen) >= min_words
