@@ -1,7 +1,7 @@
 """Batched text generation shared by trainers and evaluators (imports torch).
 
-Prompts are left-padded so every row continues from its last real token; generation stops at
-EOS and uses the KV cache.
+Prompts are left-padded so every row continues from its last real token (and left-truncated
+to fit the model's context); generation stops at EOS and uses the KV cache.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from rlhf_plugins.context import model_context, prompt_budget
 
 
 @dataclass(frozen=True)
@@ -81,8 +83,19 @@ def generate_texts(
     batch_size: int = 16,
     max_prompt_length: int | None = None,
     progress: Any = None,
+    policy: str = "model",
 ) -> list[str]:
-    """Completions for ``prompts``, in order, generated ``batch_size`` at a time."""
+    """Completions for ``prompts``, in order, generated ``batch_size`` at a time. Prompts are
+    left-truncated to ``max_prompt_length`` tokens, by default to the model's context minus
+    ``max_new_tokens`` (``context.prompt_budget``; a ``UserError`` naming ``policy`` when the
+    two cannot fit it)."""
+    max_prompt_length = prompt_budget(
+        max_prompt_length,
+        sampling.max_new_tokens,
+        model_context(model),
+        policy=policy,
+        component="generation",
+    )
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()

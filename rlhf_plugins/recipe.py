@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rlhf_plugins.context import policy_context, stage_needs, too_long
 from rlhf_plugins.errors import UserError
 from rlhf_plugins.registry import Registry
 from rlhf_plugins.settings import (
@@ -300,8 +301,13 @@ class _Checker:
         needs = list(needs)
         if component is not None:
             spec = describe(component.factory)
+            known = len(self.problems)
             self.check_slots(spec, slots, prefix, needs, name)
             self.check_settings(spec, settings, f"{prefix}.{settings_key}")
+            if len(self.problems) == known:
+                self.check_context(
+                    component.factory, spec, slots, settings, prefix, f"{prefix}.{settings_key}"
+                )
         return StageSpec(
             name=name,
             kind=kind,
@@ -311,6 +317,24 @@ class _Checker:
             needs=needs,
             table=table,
         )
+
+    def check_context(
+        self, factory: Any, spec: FactorySpec, slots: dict, settings: dict, prefix: str, key: str
+    ) -> None:
+        """A problem for every policy of a valid stage whose context, known from its recipe
+        table, is shorter than what the stage's settings need (``rlhf_plugins.context``)."""
+        needed = stage_needs(factory, settings)
+        if needed is None:
+            return
+        for name, param in spec.slots.items():
+            if param.slot != "policy" or name not in slots:
+                continue
+            for where, table in slot_tables(name, param, slots[name]):
+                policy = self.registry.get("policy", table["use"])
+                context = policy_context(policy.factory, table, self.path.parent)
+                label = f"policy '{table['use']}' ({prefix}.{where})"
+                if context is not None and (message := too_long(needed, context, label)):
+                    self.problem(key, message)
 
     def lookup(self, kind: str, name: Any, key: str):
         if not isinstance(name, str):
@@ -455,6 +479,16 @@ class _Checker:
         for name in specs:
             visit(name, [])
         return order
+
+
+def slot_tables(name: str, param: Param, value: Any) -> list[tuple[str, dict]]:
+    """``(key, table)`` for each component table a validated slot ``name`` holds: one
+    (``policy``), a list (``policies[0]``) or a dict (``policies.sft``) of them."""
+    if param.container == "list":
+        return [(f"{name}[{i}]", table) for i, table in enumerate(value)]
+    if param.container == "dict":
+        return [(f"{name}.{label}", table) for label, table in value.items()]
+    return [(name, value)]
 
 
 def resolve_path(recipe: Recipe, value: str) -> Path:

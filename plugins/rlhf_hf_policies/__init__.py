@@ -4,9 +4,11 @@ trained on the stage's datasets, for offline runs)."""
 
 from __future__ import annotations
 
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 from rlhf_plugins import Policy, StageContext, UserError, hookimpl
+from rlhf_plugins.context import Length, saved_model_context
 
 
 @hookimpl
@@ -44,6 +46,15 @@ def hf_causal_lm(
     )
 
 
+def pretrained_context(settings: dict[str, Any], base_dir: Path) -> Length | None:
+    """``hf-causal-lm``'s positions when ``model`` is a local directory (its config.json);
+    None for a hub id or ``from_stage`` (known once the model loads)."""
+    return saved_model_context(settings["model"], base_dir)
+
+
+hf_causal_lm.context_length = pretrained_context
+
+
 def tiny_causal_lm(
     stage: StageContext,
     architecture: Literal["gptj", "gpt2", "gpt_neox"] = "gptj",
@@ -69,3 +80,11 @@ def tiny_causal_lm(
         max_positions=max_positions,
         tokenizer_samples=tokenizer_samples,
     )
+
+
+def tiny_context(settings: dict[str, Any], base_dir: Path) -> Length:
+    """``tiny-causal-lm``'s positions: its ``max_positions`` setting."""
+    return Length(settings["max_positions"], f"max_positions = {settings['max_positions']}")
+
+
+tiny_causal_lm.context_length = tiny_context

@@ -8,9 +8,10 @@ This hook module imports nothing heavy; the implementation lives in the modules 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from rlhf_plugins import Dataset, Policy, StageFn, UserError, hookimpl
+from rlhf_plugins.context import Length, max_length_setting, saved_model_context
 
 
 @hookimpl
@@ -57,7 +58,7 @@ def ilql_trainer(
     max_steps: int = -1,
     per_device_train_batch_size: int = 8,
     per_device_eval_batch_size: int = 16,
-    max_length: int = 512,
+    max_length: int | None = None,
     logging_steps: int = 10,
     eval_steps: int | None = None,
     save_steps: int = 500,
@@ -78,7 +79,7 @@ def ilql_trainer(
     Optimizer: AdamW (``adam_*``, ``weight_decay``), ``learning_rate`` annealed to
     ``min_learning_rate`` (cosine) or constant, optional ``max_grad_norm`` clipping. Length:
     ``max_steps`` when positive, else ``num_train_epochs``. Episodes over ``max_length`` tokens
-    lose prompt tokens from the left. Every term is logged each ``logging_steps``; with
+    (unset: the model's context; above it: an error) lose prompt tokens from the left. Every term is logged each ``logging_steps``; with
     ``eval_dataset`` every ``eval_steps`` and at the end. Checkpoints every ``save_steps``
     (the last ``save_total_limit`` kept). Saves the causal LM (loadable by ``hf-causal-lm``),
     the tokenizer and the heads (``ilql`` policy) into the stage directory."""
@@ -89,6 +90,9 @@ def ilql_trainer(
     from rlhf_ilql.training import ILQLStage
 
     return ILQLStage(policy, dataset, eval_dataset, settings)
+
+
+ilql_trainer.sequence_length = max_length_setting
 
 
 def ilql_policy(
@@ -122,3 +126,12 @@ def ilql_policy(
     return ILQLPolicy(
         directory, decode_beta=float(decode_beta), top_k=top_k, temperature=temperature
     )
+
+
+def saved_ilql_context(settings: dict[str, Any], base_dir: Path) -> Length | None:
+    """The ``ilql`` policy's positions when ``path`` is given (its config.json); None for
+    ``from_stage`` (known once the model loads)."""
+    return saved_model_context(settings["path"], base_dir)
+
+
+ilql_policy.context_length = saved_ilql_context

@@ -35,7 +35,7 @@ class ILQLSettings:
     max_steps: int
     per_device_train_batch_size: int
     per_device_eval_batch_size: int
-    max_length: int
+    max_length: int | None
     logging_steps: int
     eval_steps: int | None
     save_steps: int
@@ -90,7 +90,7 @@ class ILQLSettings:
             problems.append(
                 f"'num_layers_unfrozen' must be -1 (all) or more, got {self.num_layers_unfrozen}"
             )
-        if self.max_length < 2:
+        if self.max_length is not None and self.max_length < 2:
             problems.append(f"'max_length' must be at least 2, got {self.max_length}")
         if self.max_steps <= 0 and self.num_train_epochs <= 0:
             problems.append("set 'max_steps' or a positive 'num_train_epochs'")

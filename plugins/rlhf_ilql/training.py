@@ -29,6 +29,7 @@ from rlhf_ilql.modeling import (
 )
 from rlhf_ilql.settings import ILQLSettings
 from rlhf_plugins import Dataset, Policy, StageContext, UserError
+from rlhf_plugins.context import fit_max_length, model_context
 
 LOGGED_TERMS = (
     "loss",
@@ -186,7 +187,14 @@ class ILQLStage:
         pad_id = (
             tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         )
-        train, evals = self.load_episodes(tokenizer)
+        model, optimizer = self.build(accelerator, stage.num_processes)
+        max_length = fit_max_length(
+            s.max_length,
+            model_context(accelerator.unwrap_model(model).base),
+            policy=self.policy.name,
+            component="ilql",
+        )
+        train, evals = self.load_episodes(tokenizer, max_length)
         per_epoch = steps_per_epoch(len(train), s.per_device_train_batch_size, stage.num_processes)
         if per_epoch == 0:
             raise UserError(
@@ -194,7 +202,6 @@ class ILQLStage:
                 f"{s.per_device_train_batch_size} x {stage.num_processes} processes"
             )
         total = total_steps(s, per_epoch)
-        model, optimizer = self.build(accelerator, stage.num_processes)
         step = resumed_at = self.resume(stage, accelerator)
         window: list[dict[str, torch.Tensor]] = []
         logged: dict[str, float] = {}
@@ -244,18 +251,21 @@ class ILQLStage:
             metrics.update(final_eval)
         return metrics
 
-    def load_episodes(self, tokenizer: Any) -> tuple[list[Episode], list[Episode] | None]:
-        """The training episodes and, with an ``eval_dataset``, the evaluation ones."""
+    def load_episodes(
+        self, tokenizer: Any, max_length: int
+    ) -> tuple[list[Episode], list[Episode] | None]:
+        """The training episodes and, with an ``eval_dataset``, the evaluation ones, each at
+        most ``max_length`` tokens."""
         s = self.settings
         train = episodes(
-            self.dataset, tokenizer, max_length=s.max_length, normalize_rewards=s.normalize_rewards
+            self.dataset, tokenizer, max_length=max_length, normalize_rewards=s.normalize_rewards
         )
         if self.eval_dataset is None:
             return train, None
         evals = episodes(
             self.eval_dataset,
             tokenizer,
-            max_length=s.max_length,
+            max_length=max_length,
             normalize_rewards=s.normalize_rewards,
             label="eval_dataset",
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Literal
 
 from rlhf_plugins import Dataset, Policy, RewardFunction, StageFn, hookimpl
+from rlhf_plugins.context import generation_settings
 
 
 @hookimpl
@@ -96,3 +97,6 @@ def ppo(
         eval_dataset=settings.pop("eval_dataset"),
         settings=settings,
     )
+
+
+ppo.sequence_length = generation_settings

@@ -24,6 +24,7 @@ from safetensors.torch import save_file
 
 from rlhf_plugins import Policy, RewardFunction, StageContext, UserError, require_columns
 from rlhf_plugins.components import checked_scores
+from rlhf_plugins.context import model_context, prompt_budget
 from rlhf_plugins.errors import StageFailed
 from rlhf_plugins.generation import (
     SamplingSettings,
@@ -109,8 +110,16 @@ class PPOTrainer:
             if s.lora_r
             else None
         )
+        base = policy.load_model(dtype=torch.float32)
+        self.max_prompt_length = prompt_budget(
+            s.max_prompt_length,
+            s.max_new_tokens,
+            model_context(base),
+            policy=policy.name,
+            component="ppo",
+        )
         model, self.reference = build_models(
-            policy.load_model(dtype=torch.float32),
+            base,
             lora=lora,
             num_layers_unfrozen=s.num_layers_unfrozen,
             separate_critic=s.separate_critic,
@@ -199,7 +208,7 @@ class PPOTrainer:
         """Generate one chunk and compute its old log-probabilities, values and reference
         log-probabilities in one pass."""
         tokenizer = self.tokenizer
-        batch = encode_prompts(tokenizer, prompts, self.s.max_prompt_length, self.device)
+        batch = encode_prompts(tokenizer, prompts, self.max_prompt_length, self.device)
         with self.full_model() as model, self.accelerator.autocast():
             sequences = model.policy.generate(**batch, **self.sampling.generate_kwargs(tokenizer))
             start = batch["input_ids"].shape[1]
@@ -392,7 +401,7 @@ class PPOTrainer:
                 rows["prompt"],
                 greedy,
                 batch_size=self.s.chunk_size,
-                max_prompt_length=self.s.max_prompt_length,
+                max_prompt_length=self.max_prompt_length,
             )
         extra = {c: rows[c] for c in self.eval_dataset.column_names if c != "prompt"}
         scores, problem = checked_scores(

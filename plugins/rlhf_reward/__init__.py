@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Literal
 
 from rlhf_plugins import Dataset, Policy, RewardFunction, StageContext, StageFn, UserError, hookimpl
+from rlhf_plugins.context import max_length_setting
 
 LossType = Literal["divergence", "last-token"]
 
@@ -57,7 +58,7 @@ def reward_model(
     per_device_train_batch_size: int = 8,
     per_device_eval_batch_size: int = 16,
     gradient_accumulation_steps: int = 1,
-    max_length: int = 550,
+    max_length: int | None = None,
     lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear",
     warmup_steps: float = 0,
     weight_decay: float = 0.0,
@@ -72,6 +73,7 @@ def reward_model(
     the two sequences diverge (``divergence``, trlX's summarize_rlhf) or at the last token
     (``last-token``, TRL's). The embeddings and the bottom ``freeze_fraction`` of the layers
     are frozen. ``eval_dataset`` is scored every ``eval_steps`` (when set) and at the end.
+    Rows are cut to ``max_length`` tokens (unset: the trunk's context; above it: an error).
     Batches are padded to their longest row; ``group_by_length`` batches rows of similar
     length. Saves the model and tokenizer into the stage directory."""
     training = dict(locals())
@@ -79,6 +81,9 @@ def reward_model(
 
     own = {name: training.pop(name) for name in STAGE_FIELDS}
     return RewardModelStage(**own, training=training)
+
+
+reward_model.sequence_length = max_length_setting
 
 
 def gptj_reward_head(

@@ -16,6 +16,7 @@ import torch
 from transformers import EvalPrediction, Trainer, TrainingArguments
 
 from rlhf_plugins import Policy, StageContext, UserError, require_columns
+from rlhf_plugins.context import fit_max_length, model_context
 from rlhf_plugins.generation import ensure_pad_token
 from rlhf_plugins.hf import StageCallback, run_trainer, save_final, training_arguments
 from rlhf_reward.loss import LossType, pair_loss
@@ -162,7 +163,7 @@ class RewardModelStage:
     eval_dataset: Any | None
     loss_type: LossType
     freeze_fraction: float
-    max_length: int
+    max_length: int | None
     group_by_length: bool
     eval_steps: int | None
     training: dict[str, Any]
@@ -180,6 +181,12 @@ class RewardModelStage:
     def __call__(self, stage: StageContext) -> dict[str, float]:
         tokenizer = ensure_pad_token(self.policy.load_tokenizer())
         model = load_reward_model(self.policy, tokenizer)
+        max_length = fit_max_length(
+            self.max_length,
+            model_context(model),
+            policy=self.policy.name,
+            component="reward-model",
+        )
         frozen = freeze_bottom(model, self.freeze_fraction)
         has_eval = self.eval_dataset is not None
         args = training_arguments(
@@ -193,11 +200,9 @@ class RewardModelStage:
             ddp_find_unused_parameters=False,
         )
         with args.main_process_first(desc="tokenizing comparisons"):
-            train = tokenize_comparisons(self.dataset, tokenizer, self.max_length)
+            train = tokenize_comparisons(self.dataset, tokenizer, max_length)
             held_out = (
-                tokenize_comparisons(self.eval_dataset, tokenizer, self.max_length)
-                if has_eval
-                else None
+                tokenize_comparisons(self.eval_dataset, tokenizer, max_length) if has_eval else None
             )
         trainer = PairwiseRewardTrainer(
             model=model,

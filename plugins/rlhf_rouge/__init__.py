@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from rlhf_plugins import Dataset, Policy, RewardFunction, StageFn, UserError, hookimpl
+from rlhf_plugins.context import generation_settings
 
 RESERVED_LABELS = ("reference",)
 """Policy labels the evaluator uses for itself (``reference/reward`` is the references' row)."""
@@ -46,7 +47,8 @@ def rouge(
 
     Generation: ``batch_size`` prompts at a time, greedy unless ``do_sample`` (then
     ``temperature``, ``top_k`` (0 = off), ``top_p``), at most ``max_new_tokens``, prompts
-    left-truncated to ``max_prompt_length`` tokens when set. Writes ``eval.json`` and
+    left-truncated to ``max_prompt_length`` tokens (unset: to the model's context minus
+    ``max_new_tokens``). Writes ``eval.json`` and
     ``eval.md`` (showing ``num_samples_shown`` sample summaries) into the stage directory and
     returns flat metrics such as ``sft/rouge1`` and ``sft/reward``.
     """
@@ -72,6 +74,9 @@ def rouge(
     )
     _check_settings(evaluator)
     return evaluator
+
+
+rouge.sequence_length = generation_settings
 
 
 def _check_settings(evaluator: Any) -> None:

@@ -192,6 +192,7 @@ class RougeEvaluator:
                 batch_size=self.batch_size,
                 max_prompt_length=self.max_prompt_length,
                 progress=progress,
+                policy=label,
             )
         del model
         if torch.cuda.is_available():

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Literal
 
 from rlhf_plugins import Dataset, Policy, StageFn, hookimpl
+from rlhf_plugins.context import max_length_setting
 
 
 @hookimpl
@@ -23,7 +24,7 @@ def sft(
     per_device_train_batch_size: int = 8,
     per_device_eval_batch_size: int = 16,
     gradient_accumulation_steps: int = 1,
-    max_length: int = 1024,
+    max_length: int | None = None,
     lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine",
     warmup_steps: float = 0,
     weight_decay: float = 0.0,
@@ -34,7 +35,10 @@ def sft(
     eval_steps: int | None = None,
 ) -> StageFn:
     """Fine-tune ``policy`` on ``dataset`` (view ``sft``: prompt/completion; TRL appends EOS to
-    each completion). ``warmup_steps`` below 1 is a fraction of all steps. Saves the model and tokenizer into the stage directory."""
+    each completion). Rows are cut to ``max_length`` tokens (unset: the model's context; above
+    it: an error at validation when the policy's context is known, else before training).
+    ``warmup_steps`` below 1 is a fraction of all steps. Saves the model and tokenizer into the
+    stage directory."""
     settings = dict(locals())
     from rlhf_sft.training import SFTStage
 
@@ -44,3 +48,6 @@ def sft(
         eval_dataset=settings.pop("eval_dataset"),
         settings=settings,
     )
+
+
+sft.sequence_length = max_length_setting

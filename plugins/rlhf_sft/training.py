@@ -9,6 +9,7 @@ from typing import Any
 from trl import SFTConfig, SFTTrainer
 
 from rlhf_plugins import Policy, StageContext, require_columns
+from rlhf_plugins.context import fit_max_length, model_context
 from rlhf_plugins.hf import StageCallback, run_trainer, save_final, training_arguments
 
 REQUIRED_COLUMNS = ("prompt", "completion")
@@ -27,6 +28,9 @@ class SFTStage:
         tokenizer = self.policy.load_tokenizer()
         model = self.policy.load_model()
         settings = dict(self.settings)
+        settings["max_length"] = fit_max_length(
+            settings["max_length"], model_context(model), policy=self.policy.name, component="sft"
+        )
         eval_steps = settings.pop("eval_steps")
         has_eval = self.eval_dataset is not None
         args = training_arguments(
