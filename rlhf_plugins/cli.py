@@ -165,26 +165,24 @@ def list_plugins(as_json: bool, verbose: bool) -> None:
 
 
 def describe_component(component: Component) -> str:
-    """A component's description and its settings (slots first) with types and defaults."""
-    from rlhf_plugins.settings import describe, type_name
+    """A component's description, its slots, and every setting with type, default,
+    constraint and help (read from its one declaration)."""
+    from rlhf_plugins.settings import describe, setting_docs
 
     lines = [
         f"{component.kind.replace('_', ' ')} '{component.name}' "
         f"({component.origin}): {component.description}"
     ]
     spec = describe(component.factory)
-    for param in sorted(spec.params.values(), key=lambda p: (not p.slot, p.name)):
-        if param.injected:
-            continue
-        kind = (
-            f"{param.slot.replace('_', ' ')} component"
-            if param.slot
-            else type_name(param.annotation)
-        )
+    for param in sorted(spec.slots.values(), key=lambda p: p.name):
+        kind = f"{param.slot.replace('_', ' ')} component"
         if param.container:
             kind = f"{param.container} of {kind}s"
-        default = "required" if param.required else f"default {param.default!r}"
-        lines.append(f"    {param.name}: {kind}, {default}")
+        lines.append(f"    {param.name}: {kind}, {'required' if param.required else 'optional'}")
+    for doc in setting_docs(spec.model):
+        default = "required" if doc.default == "required" else f"default {doc.default}"
+        detail = ", ".join(x for x in (doc.type, doc.constraint, default) if x)
+        lines.append(f"    {doc.name}: {detail}" + (f" -- {doc.help}" if doc.help else ""))
     return "\n".join(lines)
 
 

@@ -18,14 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from rlhf_plugins.errors import StageFailed, UserError
-from rlhf_plugins.recipe import Recipe, StageSpec, resolve_path
+from rlhf_plugins.recipe import Recipe, StageSpec
 from rlhf_plugins.registry import Registry
 from rlhf_plugins.settings import (
     RESERVED_COMPONENT_KEYS,
     FactorySpec,
     describe,
     did_you_mean,
-    expects_path,
 )
 from rlhf_plugins.stage import (
     StageContext,
@@ -223,7 +222,8 @@ class Runner:
                 for key, value in spec.slots.items()
             }
             context.components.update(slots)
-            stage_fn = component.factory(**slots, **spec.settings)
+            settings = factory_spec.arguments_for(spec.settings, self.recipe.base_dir)
+            stage_fn = component.factory(**slots, **settings)
             metrics = dict(stage_fn(context) or {})
         except KeyboardInterrupt:
             if is_main_process():
@@ -291,17 +291,13 @@ class Runner:
         """Build one component table (nested components first) with its factory."""
         component = self.registry.get(kind, table["use"])
         spec = describe(component.factory)
-        kwargs: dict[str, Any] = {}
-        for key, value in table.items():
-            if key in RESERVED_COMPONENT_KEYS:
-                continue
-            param = spec.params.get(key)
-            if param is not None and param.slot:
-                kwargs[key] = self.build_slot(spec, key, value, stage)
-            elif param is not None and expects_path(param.annotation):
-                kwargs[key] = resolve_path(self.recipe, value)
-            else:
-                kwargs[key] = value
+        values = {k: v for k, v in table.items() if k not in RESERVED_COMPONENT_KEYS}
+        kwargs = {
+            key: self.build_slot(spec, key, values.pop(key), stage)
+            for key in list(values)
+            if key in spec.slots
+        }
+        kwargs.update(spec.arguments_for(values, self.recipe.base_dir))
         if "from_stage" in table:
             kwargs["from_stage"] = str(self.stage_dir(table["from_stage"]))
         for name, param in spec.params.items():

@@ -1,26 +1,140 @@
-"""Settings by signature: a factory's keyword parameters are its settings.
+"""One declaration per setting, read from a factory.
 
-``describe(factory)`` reads the signature without calling anything; ``check_value`` checks a
-TOML value against a parameter's annotation and returns a problem message or None.
+A factory declares its settings in one of two ways, and everything else (``rlhf validate``,
+building, ``rlhf list-plugins -v``, the docs tables, ``rlhf schema``) reads that declaration:
+
+- **by signature** (small plugins): each keyword parameter that is not a component slot is a
+  setting. ``Annotated[int, Field(ge=1, description="...")]`` adds a constraint and a help
+  line; a plain annotation and default work too;
+- **by a settings model** (trainers, evaluators): one parameter annotated with a ``Settings``
+  subclass (pydantic v2: type, default, constraint and ``description`` per field, cross-field
+  rules as ``model_validator`` s beside them). The recipe's ``trainer_settings`` /
+  ``evaluator_settings`` table is validated into an instance of it. A model may also take its
+  fields from an existing dataclass (``Annotated[Base, FromDataclass("trl:GRPOConfig")]``),
+  built only when a recipe is validated or run.
+
+``describe(factory)`` classifies the parameters without calling anything (cached);
+``FactorySpec.validate`` turns a recipe table into the factory's keyword arguments and a list
+of problems (key path, message), all of them at once.
 """
 
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import difflib
+import importlib
 import inspect
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, cached_property
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    create_model,
+)
+from pydantic.fields import FieldInfo
 
 from rlhf_plugins import components
 from rlhf_plugins.components import SLOT_TYPES
 
 RESERVED_COMPONENT_KEYS = ("use", "from_stage")
+
+
+class Settings(BaseModel):
+    """Base of a settings declaration: unknown keys are errors, types are checked strictly
+    (an int is a float, nothing is coerced from a string), values cannot be reassigned."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    @classmethod
+    def with_defaults(cls, **defaults: Any) -> type[Settings]:
+        """A subclass in which the named fields keep their type, constraint and help and
+        only change their default (e.g. ``TrainingSettings.with_defaults(learning_rate=1e-5)``)."""
+        fields: dict[str, Any] = {}
+        for name, default in defaults.items():
+            if name not in cls.model_fields:
+                raise TypeError(f"{cls.__name__} has no field {name!r}")
+            info = cls.model_fields[name]
+            fields[name] = (
+                info.annotation,
+                FieldInfo.merge_field_infos(info, default=default, default_factory=None),
+            )
+        return create_model(cls.__name__, __base__=cls, __module__=cls.__module__, **fields)
+
+
+def _local_path(value: Any, info: ValidationInfo) -> Any:
+    """A path setting: relative to the recipe's directory (``base_dir`` in the validation
+    context), and it must exist."""
+    if not isinstance(value, (str, Path)):
+        return value
+    base = (info.context or {}).get("base_dir")
+    path = Path(value).expanduser()
+    if not path.is_absolute() and base is not None:
+        path = Path(base) / path
+    if not path.exists():
+        raise ValueError(f"file not found: {value} (looked for {path.resolve()})")
+    return path.resolve()
+
+
+LocalPath = Annotated[Path, BeforeValidator(_local_path)]
+"""A setting naming a local file or directory that must exist; relative to the recipe."""
+
+
+@dataclass(frozen=True)
+class FromDataclass:
+    """``Annotated[Base, FromDataclass("module:Class")]``: a settings model with ``Base``'s
+    fields plus every field of the dataclass ``Class`` that ``Base`` does not declare (type,
+    default and ``metadata["help"]`` taken from the dataclass), minus ``exclude``. Fields
+    whose type cannot be validated (callables, objects) are left out. The module is imported
+    only when the model is first needed (``rlhf validate``, ``rlhf run``)."""
+
+    source: str
+    exclude: tuple[str, ...] = ()
+
+    def build(self, base: type[Settings]) -> type[Settings]:
+        module, _, name = self.source.partition(":")
+        cls = getattr(importlib.import_module(module), name)
+        hints = typing.get_type_hints(cls)
+        fields: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            if f.name in base.model_fields or f.name in self.exclude or not f.init:
+                continue
+            annotation = hints.get(f.name, Any)
+            if not _validatable(annotation):
+                continue
+            if f.default is not dataclasses.MISSING:
+                default = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                default = f.default_factory()
+            else:
+                continue
+            help_text = " ".join(str(f.metadata.get("help", "")).split())
+            fields[f.name] = (
+                annotation,
+                Field(default, description=help_text or None, validate_default=False),
+            )
+        return create_model(f"{name}Settings", __base__=base, __module__=module, **fields)
+
+
+def _validatable(annotation: Any) -> bool:
+    """True when pydantic can check values of ``annotation`` from TOML data."""
+    from pydantic import TypeAdapter
+
+    try:
+        TypeAdapter(annotation)
+    except Exception:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -39,14 +153,45 @@ class Param:
     """True for a ``StageContext`` parameter: the runner passes the running stage."""
 
 
+class _OpenSettings(Settings):
+    """Settings by signature of a factory that also takes ``**kwargs``."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+@dataclass(frozen=True)
+class SettingDoc:
+    """One setting as docs and ``rlhf list-plugins -v`` show it."""
+
+    name: str
+    type: str
+    default: str
+    constraint: str
+    help: str
+
+
 @dataclass(frozen=True)
 class FactorySpec:
+    """What a factory takes: slots, an injected stage, and its settings declaration."""
+
     params: dict[str, Param]
     takes_extra: bool
+    name: str = "Factory"
+    settings_param: str | None = None
+    """The parameter holding a settings model instance; None for settings by signature."""
+    declared: Any = None
+    """``settings_param``'s model class, or ``(base, FromDataclass)`` to build it from."""
 
     @property
     def settings(self) -> dict[str, Param]:
-        return {n: p for n, p in self.params.items() if not p.slot and not p.injected}
+        """Settings by signature (plain keyword parameters); empty with a settings model."""
+        if self.settings_param is not None:
+            return {}
+        return {
+            n: p
+            for n, p in self.params.items()
+            if not p.slot and not p.injected and n != "from_stage"
+        }
 
     @property
     def slots(self) -> dict[str, Param]:
@@ -56,12 +201,128 @@ class FactorySpec:
     def accepts_from_stage(self) -> bool:
         return "from_stage" in self.params
 
+    @cached_property
+    def model(self) -> type[BaseModel]:
+        """The settings model a recipe table is validated against."""
+        if isinstance(self.declared, tuple):
+            base, marker = self.declared
+            return marker.build(base)
+        if self.declared is not None:
+            return self.declared
+        fields = {
+            name: (_signature_type(p.annotation), ... if p.required else p.default)
+            for name, p in self.settings.items()
+        }
+        base = _OpenSettings if self.takes_extra else Settings
+        return create_model(f"{self.name}Settings", __base__=base, **fields)
+
+    def validate(
+        self, values: Mapping[str, Any], base_dir: Path | None = None
+    ) -> tuple[BaseModel | None, list[tuple[str, str]]]:
+        """``values`` (a recipe table's settings) validated against the model: the instance
+        and no problems, or None and every problem as ``(key, message)`` (``key`` relative
+        to the table, "" for a rule across fields)."""
+        try:
+            return self.model.model_validate(dict(values), context={"base_dir": base_dir}), []
+        except ValidationError as exc:
+            return None, problems_of(exc, self.model)
+
+    def arguments_for(self, values: Mapping[str, Any], base_dir: Path | None) -> dict[str, Any]:
+        """The factory's settings arguments for a table that ``rlhf validate`` accepted."""
+        settings, problems = self.validate(values, base_dir)
+        if settings is None:
+            raise TypeError("; ".join(f"{key}: {message}" for key, message in problems))
+        return self.arguments(settings)
+
+    def arguments(self, settings: BaseModel) -> dict[str, Any]:
+        """The factory's keyword arguments for validated ``settings``."""
+        if self.settings_param is not None:
+            return {self.settings_param: settings}
+        return {name: getattr(settings, name) for name in type(settings).model_fields} | (
+            settings.model_extra or {}
+        )
+
+
+def problems_of(exc: ValidationError, model: type[BaseModel]) -> list[tuple[str, str]]:
+    """pydantic's errors as ``(key, message)``, one per setting (the alternatives of a union
+    merged into one "expected ..."), unknown keys with a did-you-mean."""
+    fields = model.model_fields
+    found: dict[str, str] = {}
+    for error in exc.errors(include_url=False):
+        loc = error["loc"]
+        key = str(loc[0]) if loc else ""
+        kind, value = error["type"], error.get("input")
+        if kind == "extra_forbidden":
+            hint = did_you_mean(key, fields) or (
+                f" (settings: {', '.join(fields)})" if fields else " (it takes no settings)"
+            )
+            found[key] = f"unknown setting{hint}"
+            continue
+        if kind == "missing":
+            found[key] = "missing required setting"
+            continue
+        annotation = fields[key].annotation if key in fields else Any
+        if key in found:
+            found[key] = f"expected {type_name(annotation)}, got {type(value).__name__} {value!r}"
+            continue
+        message = error["msg"].removeprefix("Value error, ")
+        if kind == "literal_error":
+            message += did_you_mean(str(value), [str(c) for c in typing.get_args(annotation)])
+        if kind != "value_error" and key:
+            message += f", got {value!r}"
+        if len(loc) > 1 and isinstance(loc[1], int):
+            message = f"item {loc[1]}: {message}"
+        found[key] = message
+    return list(found.items())
+
+
+def _signature_type(annotation: Any) -> Any:
+    """The model type of a signature setting: ``Path`` becomes ``LocalPath`` (relative to the
+    recipe, must exist), a missing annotation ``Any``."""
+    if annotation is inspect.Parameter.empty:
+        return Any
+    if annotation is Path:
+        return LocalPath
+    if _strip_optional(annotation) is Path:
+        return LocalPath | None
+    return annotation
+
+
+def setting_docs(model: type[BaseModel]) -> list[SettingDoc]:
+    """Every field of a settings model as name, type, default, constraint and help."""
+    docs = []
+    for name, info in model.model_fields.items():
+        default = (
+            "required" if info.is_required() else repr(info.get_default(call_default_factory=True))
+        )
+        docs.append(
+            SettingDoc(
+                name=name,
+                type=type_name(info.annotation),
+                default=default,
+                constraint=", ".join(_constraint(m) for m in info.metadata if _constraint(m)),
+                help=info.description or "",
+            )
+        )
+    return docs
+
+
+_BOUNDS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<=", "multiple_of": "multiple of"}
+
+
+def _constraint(metadata: Any) -> str:
+    for attribute, symbol in _BOUNDS.items():
+        value = getattr(metadata, attribute, None)
+        if value is not None:
+            return f"{symbol} {value}"
+    return ""
+
 
 def _namespace() -> dict[str, Any]:
     from rlhf_plugins.stage import StageContext
 
     names = {**vars(builtins), **{n: getattr(typing, n) for n in typing.__all__}}
-    names.update(Path=Path, StageContext=StageContext, **vars(components))
+    names.update(Path=Path, StageContext=StageContext, Field=Field, **vars(components))
     return names
 
 
@@ -112,26 +373,57 @@ def _classify(name: str, annotation: Any, default: Any) -> Param:
     return Param(**common)
 
 
+def _settings_model(annotation: Any) -> Any:
+    """A settings-model annotation as ``FactorySpec.declared``, or None."""
+    if typing.get_origin(annotation) is Annotated:
+        base, *extras = typing.get_args(annotation)
+        markers = [e for e in extras if isinstance(e, FromDataclass)]
+        if markers and isinstance(base, type) and issubclass(base, BaseModel):
+            return (base, markers[0])
+        return None
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return None
+
+
 @cache
 def describe(factory: Callable) -> FactorySpec:
     """Classify every keyword parameter of ``factory`` (cached)."""
     signature = inspect.signature(factory)
     params: dict[str, Param] = {}
     takes_extra = False
+    settings_param, declared = None, None
     for p in signature.parameters.values():
         if p.kind is inspect.Parameter.VAR_KEYWORD:
             takes_extra = True
             continue
         if p.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.POSITIONAL_ONLY):
             continue
-        params[p.name] = _classify(p.name, _resolve(p.annotation, factory), p.default)
-    return FactorySpec(params=params, takes_extra=takes_extra)
+        annotation = _resolve(p.annotation, factory)
+        if (model := _settings_model(annotation)) is not None:
+            if settings_param is not None:
+                raise TypeError(f"{factory.__qualname__} declares two settings models")
+            settings_param, declared = p.name, model
+            continue
+        params[p.name] = _classify(p.name, annotation, p.default)
+    name = "".join(part.title() for part in factory.__name__.split("_"))
+    return FactorySpec(
+        params=params,
+        takes_extra=takes_extra,
+        name=name,
+        settings_param=settings_param,
+        declared=declared,
+    )
 
 
 def type_name(annotation: Any) -> str:
     """A short human name for an annotation: ``int``, ``list[str]``, ``'a' | 'b'``."""
     if annotation in (inspect.Parameter.empty, Any):
         return "any value"
+    if typing.get_origin(annotation) is Annotated:
+        return type_name(typing.get_args(annotation)[0])
+    if annotation is Path:
+        return "path"
     if typing.get_origin(annotation) is Literal:
         return " | ".join(repr(a) for a in typing.get_args(annotation))
     if _is_union(annotation):
