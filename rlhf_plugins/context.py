@@ -152,21 +152,30 @@ def prompt_budget(
     return context.tokens - max_new_tokens if max_prompt_length is None else max_prompt_length
 
 
-def with_defaults(factory: Callable, settings: Mapping[str, Any]) -> dict[str, Any]:
-    """``settings`` of a recipe table (reserved keys dropped) with the factory's defaults for
-    every setting the table leaves out."""
+def with_defaults(
+    factory: Callable, settings: Mapping[str, Any], base_dir: Path | None
+) -> dict[str, Any]:
+    """The settings of a recipe table (reserved keys and slots dropped) as the factory's
+    declaration resolves them, defaults filled in. The table was validated already."""
     spec = describe(factory)
-    given = {k: v for k, v in settings.items() if k not in RESERVED_COMPONENT_KEYS}
-    return {n: p.default for n, p in spec.settings.items() if not p.required} | given
+    given = {
+        k: v
+        for k, v in settings.items()
+        if k not in RESERVED_COMPONENT_KEYS and k not in spec.slots
+    }
+    validated, _ = spec.validate(given, base_dir)
+    return given if validated is None else dict(validated)
 
 
-def stage_needs(factory: Callable, settings: Mapping[str, Any]) -> Length | None:
+def stage_needs(
+    factory: Callable, settings: Mapping[str, Any], base_dir: Path | None
+) -> Length | None:
     """What a trainer or evaluator factory's ``sequence_length`` reports, or None."""
     report = getattr(factory, "sequence_length", None)
-    return report(with_defaults(factory, settings)) if report else None
+    return report(with_defaults(factory, settings, base_dir)) if report else None
 
 
 def policy_context(factory: Callable, table: Mapping[str, Any], base_dir: Path) -> Length | None:
     """What a policy factory's ``context_length`` reports for its recipe table, or None."""
     report = getattr(factory, "context_length", None)
-    return report(with_defaults(factory, table), base_dir) if report else None
+    return report(with_defaults(factory, table, base_dir), base_dir) if report else None

@@ -21,7 +21,6 @@ from rlhf_plugins.settings import (
     check_value,
     describe,
     did_you_mean,
-    expects_path,
 )
 from rlhf_plugins.stage import LaunchConfig, LoggingConfig
 
@@ -77,6 +76,10 @@ class StageSpec:
     slots: dict[str, Any]
     needs: list[str]
     table: dict[str, Any]
+    resolved: dict[str, Any] = field(default_factory=dict)
+    """The stage as it runs: every component's and the stage's settings with defaults filled
+    in, and the plugin (distribution and version) behind each component. The stage hash is
+    taken over it, so a plugin upgrade that changes a default reruns the stage."""
 
 
 @dataclass
@@ -299,15 +302,18 @@ class _Checker:
             settings = {}
         slots = {k: v for k, v in table.items() if k not in STAGE_KEYS}
         needs = list(needs)
+        resolved: dict[str, Any] = {kind: table[kind]}
         if component is not None:
             spec = describe(component.factory)
             known = len(self.problems)
-            self.check_slots(spec, slots, prefix, needs, name)
-            self.check_settings(spec, settings, f"{prefix}.{settings_key}")
+            resolved["plugin"] = component.origin
+            resolved.update(self.check_slots(spec, slots, prefix, needs, name))
+            resolved[settings_key] = self.check_settings(spec, settings, f"{prefix}.{settings_key}")
             if len(self.problems) == known:
                 self.check_context(
                     component.factory, spec, slots, settings, prefix, f"{prefix}.{settings_key}"
                 )
+        resolved["needs"] = needs
         return StageSpec(
             name=name,
             kind=kind,
@@ -316,6 +322,7 @@ class _Checker:
             slots=slots,
             needs=needs,
             table=table,
+            resolved=resolved,
         )
 
     def check_context(
@@ -323,7 +330,7 @@ class _Checker:
     ) -> None:
         """A problem for every policy of a valid stage whose context, known from its recipe
         table, is shorter than what the stage's settings need (``rlhf_plugins.context``)."""
-        needed = stage_needs(factory, settings)
+        needed = stage_needs(factory, settings, self.path.parent)
         if needed is None:
             return
         for name, param in spec.slots.items():
@@ -358,7 +365,9 @@ class _Checker:
 
     def check_slots(
         self, spec: FactorySpec, slots: dict, prefix: str, needs: list[str], stage: str
-    ) -> None:
+    ) -> dict[str, Any]:
+        """Check a stage's slots; returns them resolved."""
+        resolved = {}
         for key, value in slots.items():
             param = spec.slots.get(key)
             if param is None:
@@ -366,7 +375,7 @@ class _Checker:
                 hint = did_you_mean(key, allowed) or f" (this stage takes: {', '.join(allowed)})"
                 self.problem(f"{prefix}.{key}", f"unknown key{hint}")
                 continue
-            self.check_slot(param, value, f"{prefix}.{key}", needs, stage)
+            resolved[key] = self.check_slot(param, value, f"{prefix}.{key}", needs, stage)
         for key, param in spec.slots.items():
             if param.required and key not in slots:
                 self.problem(
@@ -374,52 +383,57 @@ class _Checker:
                     f"missing required {param.slot.replace('_', ' ')}"
                     f' (a table like {{ use = "..." }})',
                 )
+        return resolved
 
-    def check_slot(self, param: Param, value: Any, key: str, needs: list[str], stage: str) -> None:
+    def check_slot(self, param: Param, value: Any, key: str, needs: list[str], stage: str) -> Any:
+        """Check one slot's value (a component table, or a list or dict of them); returns it
+        resolved."""
         if param.container == "list":
             if not isinstance(value, list):
                 self.problem(key, "expected a list of component tables")
-                return
-            for i, item in enumerate(value):
+                return value
+            return [
                 self.check_component(param.slot, item, f"{key}[{i}]", needs, stage)
-        elif param.container == "dict":
+                for i, item in enumerate(value)
+            ]
+        if param.container == "dict":
             if not isinstance(value, dict) or "use" in value:
                 self.problem(
                     key,
                     'expected a table of named component tables, e.g. { sft = { use = "..." } }',
                 )
-                return
-            for label, item in value.items():
-                self.check_component(param.slot, item, f"{key}.{label}", needs, stage)
-        else:
-            self.check_component(param.slot, value, key, needs, stage)
+                return value
+            return {
+                label: self.check_component(param.slot, item, f"{key}.{label}", needs, stage)
+                for label, item in value.items()
+            }
+        return self.check_component(param.slot, value, key, needs, stage)
 
-    def check_component(
-        self, kind: str, table: Any, key: str, needs: list[str], stage: str
-    ) -> None:
+    def check_component(self, kind: str, table: Any, key: str, needs: list[str], stage: str) -> Any:
+        """Check one component table; returns it resolved (see ``StageSpec.resolved``)."""
         if not isinstance(table, dict) or "use" not in table:
             self.problem(key, f"expected a table with 'use' naming a {kind.replace('_', ' ')}")
-            return
+            return table
         component = self.lookup(kind, table["use"], f"{key}.use")
         if component is None:
-            return
+            return table
         spec = describe(component.factory)
         settings = {k: v for k, v in table.items() if k not in RESERVED_COMPONENT_KEYS}
+        resolved: dict[str, Any] = {"use": table["use"], "plugin": component.origin}
         if "from_stage" in table:
             self.check_from_stage(spec, table["from_stage"], f"{key}.from_stage", needs, stage)
+            resolved["from_stage"] = table["from_stage"]
         slots = spec.slots
         for sub, value in settings.items():
             if sub in slots:
-                self.check_slot(slots[sub], value, f"{key}.{sub}", needs, stage)
-        self.check_settings(
-            spec,
-            {k: v for k, v in settings.items() if k not in slots},
-            key,
-            skip_missing={"from_stage"},
+                resolved[sub] = self.check_slot(slots[sub], value, f"{key}.{sub}", needs, stage)
+        resolved.update(
+            self.check_settings(spec, {k: v for k, v in settings.items() if k not in slots}, key)
         )
         for name, param in slots.items():
             if param.required and name not in settings:
                 self.problem(f"{key}.{name}", f"missing required {param.slot.replace('_', ' ')}")
+        return resolved
 
     def check_from_stage(
         self, spec: FactorySpec, value: Any, key: str, needs: list[str], stage: str
@@ -434,29 +448,14 @@ class _Checker:
         elif value not in needs:
             needs.append(value)
 
-    def check_settings(
-        self, spec: FactorySpec, settings: dict, prefix: str, skip_missing: set[str] = frozenset()
-    ) -> None:
-        known = spec.settings
-        for key, value in settings.items():
-            param = known.get(key)
-            if param is None:
-                if spec.takes_extra:
-                    continue
-                hint = did_you_mean(key, known) or (
-                    f" (settings: {', '.join(sorted(known))})"
-                    if known
-                    else " (it takes no settings)"
-                )
-                self.problem(f"{prefix}.{key}", f"unknown setting{hint}")
-                continue
-            if message := check_value(value, param.annotation):
-                self.problem(f"{prefix}.{key}", message)
-            elif expects_path(param.annotation):
-                self.check_path(f"{prefix}.{key}", value)
-        for key, param in known.items():
-            if param.required and key not in settings and key not in skip_missing:
-                self.problem(f"{prefix}.{key}", "missing required setting")
+    def check_settings(self, spec: FactorySpec, settings: dict, prefix: str) -> dict[str, Any]:
+        """Validate ``settings`` against the factory's declaration; every problem is recorded
+        under ``prefix``. Returns the resolved settings (defaults filled in, JSON values), or
+        the given ones when they are invalid."""
+        validated, problems = spec.validate(settings, self.path.parent)
+        for key, message in problems:
+            self.problem(f"{prefix}.{key}" if key else prefix, message)
+        return settings if validated is None else validated.model_dump(mode="json")
 
     def ordered(self, specs: dict[str, StageSpec]) -> list[str]:
         """Declaration order, moved only as far as ``needs`` requires; cycles are problems."""
@@ -489,9 +488,3 @@ def slot_tables(name: str, param: Param, value: Any) -> list[tuple[str, dict]]:
     if param.container == "dict":
         return [(f"{name}.{label}", table) for label, table in value.items()]
     return [(name, value)]
-
-
-def resolve_path(recipe: Recipe, value: str) -> Path:
-    """An input path from the recipe, made absolute against the recipe's directory."""
-    path = Path(value).expanduser()
-    return (path if path.is_absolute() else recipe.base_dir / path).resolve()

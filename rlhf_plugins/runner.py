@@ -35,6 +35,7 @@ from rlhf_plugins.stage import (
 )
 
 STATE_FILE = "stage_state.json"
+RESOLVED_FILE = "resolved_stage.json"
 
 Echo = Callable[[str], None]
 
@@ -99,7 +100,7 @@ def free_space(path: Path) -> str:
 
 def stage_hash(recipe: Recipe, spec: StageSpec, upstream_run_ids: Mapping[str, str]) -> str:
     payload = {
-        "stage": spec.table,
+        "stage": spec.resolved,
         "seed": recipe.seed,
         "needs": dict(sorted(upstream_run_ids.items())),
     }
@@ -209,6 +210,7 @@ class Runner:
             else:
                 clear_stage_dir(out)
             write_state(out, running)
+            write_json_atomically(out / RESOLVED_FILE, self.resolved(spec))
         wait_for_everyone()
         from accelerate.utils import set_seed
 
@@ -264,6 +266,17 @@ class Runner:
         wait_for_everyone()
         # all ranks must agree on the run id that downstream hashes read
         return metrics, read_state(out).get("run_id", run_id)
+
+    def resolved(self, spec: StageSpec) -> dict[str, Any]:
+        """The stage as it runs, for its directory: the recipe's head, launch and logging
+        tables and the stage with every setting resolved and the plugins behind it."""
+        data = self.recipe.data
+        return {
+            "recipe": {**data.get("recipe", {}), "path": str(self.recipe.path)},
+            "launch": data.get("launch", {}),
+            "logging": data.get("logging", {}),
+            "stages": {spec.name: spec.resolved},
+        }
 
     def prepare_resume(self, context: StageContext) -> None:
         """Drop incomplete checkpoints and metrics logged after the newest complete one, and

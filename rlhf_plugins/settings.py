@@ -244,8 +244,9 @@ class FactorySpec:
 
 
 def problems_of(exc: ValidationError, model: type[BaseModel]) -> list[tuple[str, str]]:
-    """pydantic's errors as ``(key, message)``, one per setting (the alternatives of a union
-    merged into one "expected ..."), unknown keys with a did-you-mean."""
+    """pydantic's errors as ``(key, message)``, one per setting: type errors in the words of
+    ``check_value`` (a union's alternatives give one "expected a | b"), unknown keys with a
+    did-you-mean, rules across fields under the key ""."""
     fields = model.model_fields
     found: dict[str, str] = {}
     for error in exc.errors(include_url=False):
@@ -262,18 +263,24 @@ def problems_of(exc: ValidationError, model: type[BaseModel]) -> list[tuple[str,
             found[key] = "missing required setting"
             continue
         annotation = fields[key].annotation if key in fields else Any
-        if key in found:
-            found[key] = f"expected {type_name(annotation)}, got {type(value).__name__} {value!r}"
-            continue
-        message = error["msg"].removeprefix("Value error, ")
-        if kind == "literal_error":
-            message += did_you_mean(str(value), [str(c) for c in typing.get_args(annotation)])
-        if kind != "value_error" and key:
-            message += f", got {value!r}"
-        if len(loc) > 1 and isinstance(loc[1], int):
-            message = f"item {loc[1]}: {message}"
+        if kind.endswith("_type") or kind == "literal_error":
+            if len(loc) > 1 and isinstance(loc[1], int):
+                item = check_value(value, _item_type(annotation)) or error["msg"]
+                message = f"item {loc[1]}: {item}"
+            else:
+                message = check_value(value, annotation) or error["msg"]
+        else:
+            message = error["msg"].removeprefix("Value error, ")
+            if kind != "value_error" and key:
+                message += f", got {value!r}"
         found[key] = message
     return list(found.items())
+
+
+def _item_type(annotation: Any) -> Any:
+    """The item type of a ``list[...]`` annotation (``| None`` allowed), else ``Any``."""
+    args = typing.get_args(_strip_optional(annotation))
+    return args[0] if args else Any
 
 
 def _signature_type(annotation: Any) -> Any:
@@ -477,8 +484,3 @@ def did_you_mean(word: str, choices: list[str] | typing.Iterable[str]) -> str:
     """``"; did you mean 'x'?"`` for the closest choice, or an empty string."""
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f"; did you mean '{close[0]}'?" if close else ""
-
-
-def expects_path(annotation: Any) -> bool:
-    """True when a setting names a local file that must exist (annotated ``Path``)."""
-    return _strip_optional(annotation) is Path
