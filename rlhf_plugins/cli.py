@@ -57,6 +57,7 @@ def cli() -> None:
       rlhf list-plugins                      what is installed
       rlhf validate recipes/tiny_sft.toml    check a recipe without running it
       rlhf run recipes/tiny_sft.toml         run it; finished stages are skipped
+      rlhf schema -o recipe.schema.json      a JSON Schema of recipes, for editors
     """
 
 
@@ -101,7 +102,6 @@ def run(
     num_processes: int | None,
 ) -> None:
     """Run RECIPE: every stage in order, outputs under runs/<recipe>/<stage>/."""
-    from dataclasses import replace
 
     from rlhf_plugins.launcher import LAUNCHED_ENV, needs_launcher, relaunch
     from rlhf_plugins.recipe import load_recipe
@@ -111,7 +111,7 @@ def run(
     registry = load_registry()
     loaded = load_recipe(recipe, registry, overrides)
     if num_processes is not None:
-        loaded.launch = replace(loaded.launch, num_processes=num_processes)
+        loaded.launch = loaded.launch.model_copy(update={"num_processes": num_processes})
     # one process holds the run directory's lock: ours, or rank 0 of an outside launcher
     lock = (
         run_lock(loaded.run_dir)
@@ -132,6 +132,24 @@ def run(
         results = Runner(loaded, registry, echo=click.echo).run(force=force, only=only)
     if is_main_process():
         click.echo(f"finished {loaded.name}: {len(results)} stage(s) in {loaded.run_dir}")
+
+
+@cli.command()
+@click.option(
+    "-o", "--output", type=click.Path(path_type=Path), help="Write to this file, not stdout."
+)
+@handle_errors
+def schema(output: Path | None) -> None:
+    """Print a JSON Schema of recipes for the installed plugins (for editors: Taplo's
+    #:schema directive)."""
+    from rlhf_plugins.schema import recipe_schema
+
+    text = json.dumps(recipe_schema(load_registry()), indent=1) + "\n"
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        output.write_text(text)
+        click.echo(f"wrote {output}")
 
 
 @cli.command("list-plugins")

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import Field, field_validator
+
 from rlhf_plugins.context import policy_context, stage_needs, too_long
 from rlhf_plugins.errors import UserError
 from rlhf_plugins.registry import Registry
@@ -18,9 +20,11 @@ from rlhf_plugins.settings import (
     RESERVED_COMPONENT_KEYS,
     FactorySpec,
     Param,
+    Settings,
     check_value,
     describe,
     did_you_mean,
+    validate_settings,
 )
 from rlhf_plugins.stage import LaunchConfig, LoggingConfig
 
@@ -29,9 +33,6 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-RECIPE_KEYS = {"name", "seed", "output_dir", "description"}
-LAUNCH_KEYS = {"num_processes", "mixed_precision", "deepspeed"}
-LOGGING_KEYS = {"wandb", "wandb_project", "wandb_entity"}
 TOP_LEVEL_KEYS = {"recipe", "launch", "logging", "stages"}
 STAGE_KEYS = {
     "trainer",
@@ -41,8 +42,26 @@ STAGE_KEYS = {
     "evaluator_settings",
     "description",
 }
-MIXED_PRECISION = ("no", "fp16", "bf16")
 STAGE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+
+
+class RecipeHead(Settings):
+    """``[recipe]``: the recipe's name, seed and where its runs go."""
+
+    name: str | None = Field(
+        None,
+        description="the run directory's name: letters, digits, '_', '-', '.' (default: the file name)",
+    )
+    seed: int = Field(42, description="the random seed every stage starts from")
+    output_dir: str = Field("runs", description="where runs/<name>/<stage>/ go")
+    description: str = Field("", description="one line about the recipe")
+
+    @field_validator("name")
+    @classmethod
+    def _a_directory_name(cls, name: str | None) -> str | None:
+        if name is not None and not STAGE_NAME.match(name):
+            raise ValueError(f"must be a name of letters, digits, '_', '-', '.', got {name!r}")
+        return name
 
 
 @dataclass(frozen=True)
@@ -182,74 +201,29 @@ class _Checker:
 
     def check(self, data: dict) -> Recipe:
         self.unknown_keys(data, TOP_LEVEL_KEYS, "")
-        head = self.table(data, "recipe", required=True)
-        self.unknown_keys(head, RECIPE_KEYS, "recipe.")
-        name = head.get("name", self.path.stem)
-        if not isinstance(name, str) or not STAGE_NAME.match(name):
-            self.problem(
-                "recipe.name", f"must be a name of letters, digits, '_', '-', '.', got {name!r}"
-            )
-        seed = head.get("seed", 42)
-        if message := check_value(seed, int):
-            self.problem("recipe.seed", message)
-        output_dir = head.get("output_dir", "runs")
-        if message := check_value(output_dir, str):
-            self.problem("recipe.output_dir", message)
-            output_dir = "runs"
-        launch = self.check_launch(self.table(data, "launch"))
-        logging = self.check_logging(self.table(data, "logging"))
+        if "recipe" not in data:
+            self.problem("recipe", "missing [recipe] table")
+        head = self.check_table(RecipeHead, self.table(data, "recipe"), "recipe")
+        launch = self.check_table(LaunchConfig, self.table(data, "launch"), "launch")
+        logging = self.check_table(LoggingConfig, self.table(data, "logging"), "logging")
         stages = self.check_stages(self.table(data, "stages", required=True))
         return Recipe(
             path=self.path,
-            name=str(name),
-            seed=seed if isinstance(seed, int) else 42,
-            output_dir=Path(output_dir),
+            name=head.name or self.path.stem,
+            seed=head.seed,
+            output_dir=Path(head.output_dir),
             launch=launch,
             logging=logging,
             stages=stages,
             data=data,
         )
 
-    def check_launch(self, table: dict) -> LaunchConfig:
-        self.unknown_keys(table, LAUNCH_KEYS, "launch.")
-        n = table.get("num_processes", 1)
-        if check_value(n, int) or n < 1:
-            self.problem("launch.num_processes", f"must be a positive integer, got {n!r}")
-            n = 1
-        precision = table.get("mixed_precision", "no")
-        if precision not in MIXED_PRECISION:
-            hint = did_you_mean(str(precision), MIXED_PRECISION)
-            self.problem(
-                "launch.mixed_precision",
-                f"must be one of {', '.join(MIXED_PRECISION)}, got {precision!r}{hint}",
-            )
-            precision = "no"
-        deepspeed = table.get("deepspeed")
-        if deepspeed is not None:
-            deepspeed = self.check_path("launch.deepspeed", deepspeed)
-        return LaunchConfig(num_processes=n, mixed_precision=precision, deepspeed=deepspeed)
-
-    def check_logging(self, table: dict) -> LoggingConfig:
-        self.unknown_keys(table, LOGGING_KEYS, "logging.")
-        values = {}
-        for key, kind in (("wandb", bool), ("wandb_project", str), ("wandb_entity", str)):
-            if key in table:
-                if message := check_value(table[key], kind):
-                    self.problem(f"logging.{key}", message)
-                else:
-                    values[key] = table[key]
-        return LoggingConfig(**values)
-
-    def check_path(self, key: str, value: Any) -> Path | None:
-        if message := check_value(value, str):
-            self.problem(key, message)
-            return None
-        path = Path(value).expanduser()
-        path = path if path.is_absolute() else (self.path.parent / path)
-        if not path.exists():
-            self.problem(key, f"file not found: {value} (looked for {path.resolve()})")
-            return None
-        return path.resolve()
+    def check_table(self, model: type[Settings], table: dict, prefix: str) -> Any:
+        """``table`` validated against ``model``; the model's defaults when it is invalid."""
+        validated, problems = validate_settings(model, table, self.path.parent)
+        for key, message in problems:
+            self.problem(f"{prefix}.{key}" if key else prefix, message.replace("setting", "key"))
+        return validated if validated is not None else model()
 
     def check_stages(self, tables: dict) -> dict[str, StageSpec]:
         if not tables:

@@ -222,10 +222,7 @@ class FactorySpec:
         """``values`` (a recipe table's settings) validated against the model: the instance
         and no problems, or None and every problem as ``(key, message)`` (``key`` relative
         to the table, "" for a rule across fields)."""
-        try:
-            return self.model.model_validate(dict(values), context={"base_dir": base_dir}), []
-        except ValidationError as exc:
-            return None, problems_of(exc, self.model)
+        return validate_settings(self.model, values, base_dir)
 
     def arguments_for(self, values: Mapping[str, Any], base_dir: Path | None) -> dict[str, Any]:
         """The factory's settings arguments for a table that ``rlhf validate`` accepted."""
@@ -241,6 +238,17 @@ class FactorySpec:
         return {name: getattr(settings, name) for name in type(settings).model_fields} | (
             settings.model_extra or {}
         )
+
+
+def validate_settings(
+    model: type[BaseModel], values: Mapping[str, Any], base_dir: Path | None = None
+) -> tuple[BaseModel | None, list[tuple[str, str]]]:
+    """``values`` validated against ``model`` (relative paths start at ``base_dir``): the
+    instance and no problems, or None and every problem as ``(key, message)``."""
+    try:
+        return model.model_validate(dict(values), context={"base_dir": base_dir}), []
+    except ValidationError as exc:
+        return None, problems_of(exc, model)
 
 
 def problems_of(exc: ValidationError, model: type[BaseModel]) -> list[tuple[str, str]]:
@@ -269,6 +277,9 @@ def problems_of(exc: ValidationError, model: type[BaseModel]) -> list[tuple[str,
                 message = f"item {loc[1]}: {item}"
             else:
                 message = check_value(value, annotation) or error["msg"]
+        elif kind in _BOUND_ERRORS:
+            symbol, bound = _BOUND_ERRORS[kind], next(iter((error.get("ctx") or {}).values()))
+            message = f"must be {symbol} {bound}, got {value!r}"
         else:
             message = error["msg"].removeprefix("Value error, ")
             if kind != "value_error" and key:
@@ -314,7 +325,14 @@ def setting_docs(model: type[BaseModel]) -> list[SettingDoc]:
     return docs
 
 
-_BOUNDS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<=", "multiple_of": "multiple of"}
+_BOUNDS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<=", "multiple_of": "a multiple of"}
+_BOUND_ERRORS = {
+    "greater_than": ">",
+    "greater_than_equal": ">=",
+    "less_than": "<",
+    "less_than_equal": "<=",
+    "multiple_of": "a multiple of",
+}
 
 
 def _constraint(metadata: Any) -> str:

@@ -14,7 +14,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import Field
+
+from rlhf_plugins.settings import LocalPath, Settings
 
 CHECKPOINT_PREFIX = "checkpoint-"
 CHECKPOINT_MARKER = "checkpoint_complete.json"
@@ -31,22 +35,24 @@ def write_json_atomically(path: Path, data: Mapping[str, Any]) -> None:
     tmp.replace(path)
 
 
-@dataclass(frozen=True)
-class LaunchConfig:
+class LaunchConfig(Settings):
     """``[launch]``: how many processes, precision, an optional DeepSpeed config."""
 
-    num_processes: int = 1
-    mixed_precision: str = "no"
-    deepspeed: Path | None = None
+    num_processes: int = Field(1, ge=1, description="processes (ranks) to launch")
+    mixed_precision: Literal["no", "fp16", "bf16"] = Field(
+        "no", description="autocast precision of every stage"
+    )
+    deepspeed: LocalPath | None = Field(
+        None, description="a DeepSpeed config file (JSON), relative to the recipe"
+    )
 
 
-@dataclass(frozen=True)
-class LoggingConfig:
+class LoggingConfig(Settings):
     """``[logging]``: metrics.jsonl is always written; wandb only when asked."""
 
-    wandb: bool = False
-    wandb_project: str = "rlhf-plugins"
-    wandb_entity: str | None = None
+    wandb: bool = Field(False, description="also log to Weights & Biases")
+    wandb_project: str = Field("rlhf-plugins", description="the wandb project")
+    wandb_entity: str | None = Field(None, description="the wandb entity (team or user)")
 
 
 def process_index() -> int:

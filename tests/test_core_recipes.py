@@ -32,7 +32,8 @@ MALFORMED = [
         "recipes",
         "did you mean 'recipe'",
     ),
-    ("recipe-name-type", ('name = "demo"', "name = 3"), "recipe.name", "must be a name"),
+    ("recipe-name-type", ('name = "demo"', "name = 3"), "recipe.name", "expected str, got int 3"),
+    ("recipe-name-chars", ('name = "demo"', 'name = "a b"'), "recipe.name", "must be a name"),
     ("seed-type", ("seed = 7", 'seed = "seven"'), "recipe.seed", "expected int"),
     ("recipe-unknown-key", ("seed = 7", "seed = 7\nsed = 1"), "recipe.sed", "did you mean 'seed'"),
     (
@@ -159,7 +160,7 @@ MALFORMED = [
         "launch-processes",
         ("[stages.sft]", "[launch]\nnum_processes = 0\n\n[stages.sft]"),
         "launch.num_processes",
-        "positive integer",
+        "must be >= 1, got 0",
     ),
     (
         "launch-precision",

@@ -1,0 +1,72 @@
+"""Docs that cannot drift (datasette's tests/test_docs.py style): every setting of every built-in
+component is in a generated table that is up to date, and every hook and CLI command is
+documented."""
+
+from __future__ import annotations
+
+import re
+
+import click
+import pytest
+
+from rlhf_plugins import hookspecs
+from rlhf_plugins.cli import cli
+from rlhf_plugins.components import KINDS
+from rlhf_plugins.docs import marked_components, render
+from rlhf_plugins.registry import load_registry
+from tests.conftest import REPO_ROOT
+
+DOCS = sorted((REPO_ROOT / "docs").glob("*.md"))
+BUILT_IN = "rlhf-plugins"
+
+
+@pytest.fixture(scope="module")
+def registry():
+    return load_registry()
+
+
+def built_in_components(registry) -> list[tuple[str, str]]:
+    return [
+        (kind, name)
+        for kind in KINDS
+        for name in registry.names(kind)
+        if registry.get(kind, name).distribution == BUILT_IN
+    ]
+
+
+@pytest.mark.parametrize("page", DOCS, ids=lambda p: p.name)
+def test_generated_settings_tables_are_up_to_date(page, registry):
+    text = page.read_text()
+    assert render(text, registry) == text, f"{page.name}: run python -m rlhf_plugins.docs docs/*.md"
+
+
+def test_every_built_in_component_has_a_settings_table(registry):
+    documented = {pair for page in DOCS for pair in marked_components(page.read_text())}
+    missing = [f"{kind} {name}" for kind, name in built_in_components(registry)]
+    missing = [m for m in missing if tuple(m.split(" ", 1)) not in documented]
+    assert not missing, f"no <!-- settings: ... --> table for: {', '.join(missing)}"
+
+
+def test_every_setting_has_help(registry):
+    from rlhf_plugins.settings import describe, setting_docs
+
+    silent = [
+        f"{kind} {name}: {doc.name}"
+        for kind, name in built_in_components(registry)
+        for doc in setting_docs(describe(registry.get(kind, name).factory).model)
+        if not doc.help
+    ]
+    assert not silent, "settings without a description: " + "; ".join(silent)
+
+
+def test_every_hook_is_documented():
+    hooks = [name for name in dir(hookspecs) if name.startswith("register_")]
+    plugins_md = (REPO_ROOT / "docs" / "plugins.md").read_text()
+    assert hooks and all(f"`{hook}" in plugins_md for hook in hooks), hooks
+
+
+def test_every_cli_command_is_documented():
+    readme = (REPO_ROOT / "README.md").read_text()
+    commands = cli.commands if isinstance(cli, click.Group) else {}
+    missing = [name for name in commands if not re.search(rf"rlhf {name}\b", readme)]
+    assert not missing, f"README does not show: {', '.join(missing)}"
