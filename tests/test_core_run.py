@@ -188,3 +188,39 @@ def test_local_model_path_is_relative_to_the_recipe(run_cli, recipe, tmp_path, s
     result = run_cli("run", nested)
     assert result.exit_code == 0, result.output
     assert (tmp_path / "runs" / "followup" / "tune" / "model.safetensors").is_file()
+
+
+COUNTING_TRAINER = """
+from rlhf_plugins import hookimpl
+
+
+@hookimpl
+def register_trainers(register):
+    register("count", count)
+
+
+def count(steps: int = {default}):
+    def run(stage):
+        (stage.output_dir / "steps.txt").write_text(str(steps))
+        return {{"steps": steps}}
+    return run
+"""
+
+
+def test_a_plugin_upgrade_that_changes_a_default_reruns_the_stage(
+    run_cli, plugin_dist, write_recipe, tmp_path
+):
+    path = write_recipe('[recipe]\nname = "demo"\n[stages.x]\ntrainer = "count"\n')
+    out = tmp_path / "runs" / "demo" / "x"
+    plugin_dist("rlhf-count", "rlhf_count", COUNTING_TRAINER.format(default=3), version="1.0")
+    assert run_cli("run", path).exit_code == 0
+    resolved = json.loads((out / "resolved_stage.json").read_text())["stages"]["x"]
+    assert resolved["trainer_settings"] == {"steps": 3}
+    assert resolved["plugin"] == "plugin 'rlhf-count' (rlhf-count 1.0)"
+    assert "skipped" in run_cli("run", path).output
+
+    shutil.rmtree(tmp_path / "site" / "rlhf_count-1.0.dist-info")
+    plugin_dist("rlhf-count", "rlhf_count", COUNTING_TRAINER.format(default=5), version="1.1")
+    rerun = run_cli("run", path)
+    assert rerun.exit_code == 0 and "skipped" not in rerun.output, rerun.output
+    assert (out / "steps.txt").read_text() == "5"
