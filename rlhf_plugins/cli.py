@@ -135,6 +135,24 @@ def run(
 
 
 @cli.command()
+@click.argument("directory", type=click.Path(path_type=Path), default="runs")
+def runs(directory: Path) -> None:
+    """The runs under DIRECTORY (default: runs/): each stage's status, steps, wall time and
+    first metrics. A live run shows its pid; a killed one shows as resumable."""
+    from rlhf_plugins.runner import run_overview
+
+    rows = run_overview(directory)
+    if not rows:
+        click.echo(f"no runs under {directory}")
+        return
+    header = ("run", "stage", "status", "steps", "time", "metrics")
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(5)]
+    for row in [header, *rows]:
+        cells = [str(c).ljust(w) for c, w in zip(row[:5], widths, strict=True)]
+        click.echo("  ".join(cells) + "  " + row[5])
+
+
+@cli.command()
 @click.option(
     "-o", "--output", type=click.Path(path_type=Path), help="Write to this file, not stdout."
 )

@@ -45,16 +45,36 @@ def sigterm_raises() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _holder(handle: IO[str]) -> str:
+def _holder_info(handle: IO[str]) -> dict:
     handle.seek(0)
     try:
-        info = json.loads(handle.read() or "{}")
+        return json.loads(handle.read() or "{}")
     except ValueError:
-        info = {}
+        return {}
+
+
+def _holder(handle: IO[str]) -> str:
+    info = _holder_info(handle)
     if not info:
         return "another process"
     started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.get("started", 0)))
     return f"pid {info.get('pid')} on {info.get('host')}, started {started}: {info.get('command')}"
+
+
+def lock_holder(run_dir: Path) -> dict | None:
+    """Who holds ``run_dir``'s lock now (``pid``, ``host``, ``started``, ``command``), or
+    None when no live run does."""
+    try:
+        handle = (run_dir / LOCK_FILE).open()
+    except OSError:
+        return None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _holder_info(handle) or {"pid": "?"}
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return None
 
 
 def unwritable(run_dir: Path, exc: OSError) -> UserError:

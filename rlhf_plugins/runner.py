@@ -20,6 +20,7 @@ from typing import Any
 from rlhf_plugins.errors import StageFailed, UserError
 from rlhf_plugins.recipe import Recipe, StageSpec
 from rlhf_plugins.registry import Registry
+from rlhf_plugins.runlock import lock_holder
 from rlhf_plugins.settings import (
     RESERVED_COMPONENT_KEYS,
     FactorySpec,
@@ -40,7 +41,7 @@ RESOLVED_FILE = "resolved_stage.json"
 Echo = Callable[[str], None]
 
 
-RESUMABLE = ("running", "interrupted")
+RESUMABLE = ("running", "interrupted", "failed")
 
 
 def read_state(stage_dir: Path) -> dict[str, Any]:
@@ -91,11 +92,53 @@ def disk_full(exc: BaseException) -> bool:
     return False
 
 
+def stage_error(stage: str, out: Path, exc: Exception) -> UserError:
+    """The one-line error that a stage's exception ends the run with: a full disk says so,
+    a ``UserError`` stays as it is, anything else becomes ``StageFailed`` (exit 1)."""
+    if disk_full(exc):
+        return StageFailed(
+            f"stage '{stage}' failed: the disk is full while writing to {out} "
+            f"({free_space(out)}); free space (old checkpoints, other runs) or set "
+            "recipe.output_dir to a larger disk, then rerun the same command to resume"
+        )
+    if isinstance(exc, UserError):
+        return exc
+    return StageFailed(f"stage '{stage}' failed: {type(exc).__name__}: {exc}")
+
+
 def free_space(path: Path) -> str:
     try:
         return f"{shutil.disk_usage(path).free / 2**20:.1f} MiB free"
     except OSError:
         return "free space unknown"
+
+
+def run_overview(directory: Path) -> list[tuple[str, str, str, str, str, str]]:
+    """One row per stage of every run under ``directory``: run, stage, status (``running
+    (pid N)`` for a live run, ``killed, resumes`` for a stage left running by a dead one),
+    steps, wall time and the first final metrics."""
+    rows = []
+    for run_dir in sorted(p for p in directory.glob("*") if p.is_dir()):
+        holder = lock_holder(run_dir)
+        states = [(p, read_state(p)) for p in run_dir.iterdir() if (p / STATE_FILE).is_file()]
+        states.sort(key=lambda pair: (pair[1].get("started_at") or 0, pair[0].name))
+        for stage_dir, state in states:
+            status = state.get("status", "?")
+            if status == "running":
+                status = f"running (pid {holder['pid']})" if holder else "killed, resumes"
+            metrics = state.get("metrics") or {}
+            seconds = state.get("seconds")
+            rows.append(
+                (
+                    run_dir.name,
+                    stage_dir.name,
+                    status,
+                    str(metrics.get("steps", "-")),
+                    f"{seconds:.0f}s" if isinstance(seconds, (int, float)) else "-",
+                    _format_metrics({k: v for k, v in metrics.items() if k != "steps"}, 3),
+                )
+            )
+    return rows
 
 
 def stage_hash(recipe: Recipe, spec: StageSpec, upstream_run_ids: Mapping[str, str]) -> str:
@@ -108,9 +151,9 @@ def stage_hash(recipe: Recipe, spec: StageSpec, upstream_run_ids: Mapping[str, s
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def _format_metrics(metrics: Mapping[str, Any]) -> str:
+def _format_metrics(metrics: Mapping[str, Any], most: int = 8) -> str:
     parts = []
-    for key, value in list(metrics.items())[:8]:
+    for key, value in list(metrics.items())[:most]:
         parts.append(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}")
     return ", ".join(parts)
 
@@ -232,15 +275,13 @@ class Runner:
                 write_state(out, {**running, "status": "interrupted", "stopped_at": time.time()})
             raise
         except Exception as exc:
-            if disk_full(exc):
-                raise StageFailed(
-                    f"stage '{spec.name}' failed: the disk is full while writing to {out} "
-                    f"({free_space(out)}); free space (old checkpoints, other runs) or set "
-                    "recipe.output_dir to a larger disk, then rerun the same command to resume"
-                ) from exc
-            if isinstance(exc, UserError):
+            error = stage_error(spec.name, out, exc)
+            if is_main_process():
+                stopped = {"status": "failed", "error": str(error), "stopped_at": time.time()}
+                write_state(out, {**running, **stopped})
+            if error is exc:
                 raise
-            raise StageFailed(f"stage '{spec.name}' failed: {type(exc).__name__}: {exc}") from exc
+            raise error from exc
         finally:
             context.close()
         wait_for_everyone()

@@ -263,7 +263,11 @@ def problems_of(exc: ValidationError, model: type[BaseModel]) -> list[tuple[str,
         kind, value = error["type"], error.get("input")
         if kind == "extra_forbidden":
             hint = did_you_mean(key, fields) or (
-                f" (settings: {', '.join(fields)})" if fields else " (it takes no settings)"
+                f" (settings: {', '.join(fields)})"
+                if 0 < len(fields) <= 12
+                else " (see rlhf list-plugins -v)"
+                if fields
+                else " (it takes no settings)"
             )
             found[key] = f"unknown setting{hint}"
             continue

@@ -122,7 +122,7 @@ def test_failing_stage_exits_1_without_traceback(run_cli, plugin_dist, write_rec
     assert result.exit_code == 1
     assert "stage 'x' failed: RuntimeError: kaboom" in result.output
     assert "Traceback" not in result.output
-    assert state_of(path.parent, "x")["status"] == "running"
+    assert state_of(path.parent, "x")["status"] == "failed"
     debug = run_cli("run", path, "--debug")
     assert debug.exit_code == 1 and "Traceback" in debug.output
 

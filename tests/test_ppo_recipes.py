@@ -95,7 +95,7 @@ def test_resume_after_an_interruption_continues_from_the_saved_step(
     result = run_cli("run", interrupted)
     assert result.exit_code == 1 and "interrupted at reward call 3" in result.output
     out = tmp_path / "runs" / "interrupted" / "ppo"
-    assert state(out)["status"] == "running"
+    assert state(out)["status"] == "failed"
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-4"]
     monkeypatch.delenv("PPO_TOY_FAIL_AT_CALL")
     result = run_cli("run", interrupted)

@@ -174,6 +174,7 @@ def test_kill_9_then_the_same_command_matches_an_uninterrupted_run(toy, run_cli,
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     assert state(out)["status"] == "running"
+    assert "killed, resumes" in run_cli("runs").output
     code, output = finish(rlhf(tmp_path, "run", recipe))
     assert code == 0, output
     assert "resuming" in output and "continuing from checkpoint-" in output
@@ -198,12 +199,16 @@ def test_a_second_run_is_refused_and_a_signal_stops_the_first_cleanly(
     second, output = finish(rlhf(tmp_path, "run", recipe))
     assert second == 2
     assert f"in use by another run (pid {first.pid}" in output and "Traceback" not in output
+    listed, runs_output = finish(rlhf(tmp_path, "runs"))
+    assert listed == 0 and f"running (pid {first.pid})" in runs_output, runs_output
     os.kill(first.pid, signum)
     returncode, output = finish(first, timeout=60)
     assert returncode == code, output
     assert f"{said}; run the same command again to resume" in output
     assert "Traceback" not in output
     assert state(out)["status"] == "interrupted"
+    _, runs_output = finish(rlhf(tmp_path, "runs"))
+    assert "busy  ppo    interrupted" in runs_output, runs_output
 
 
 # -- clear errors -----------------------------------------------------------------------------
@@ -244,7 +249,7 @@ def test_a_full_disk_is_named_and_the_rerun_resumes(run_cli, write_recipe, sft_j
     assert f"the disk is full while writing to {small_disk / 'demo' / 'sft'}" in result.output
     assert "Traceback" not in result.output
     out = small_disk / "demo" / "sft"
-    assert state(out)["status"] == "running"
+    assert state(out)["status"] == "failed"
     subprocess.run(["mount", "-o", "remount,size=50m", str(small_disk)], check=True)
     result = run_cli("run", recipe, "--only", "sft", "--set", f'recipe.output_dir="{small_disk}"')
     assert result.exit_code == 0, result.output
