@@ -110,6 +110,7 @@ KINDS: dict[str, str] = {
     "policy": "register_policies",
     "trainer": "register_trainers",
     "evaluator": "register_evaluators",
+    "logger": "register_loggers",
 }
 """Component kind -> the hook that registers it."""
 

@@ -206,6 +206,8 @@ class _Checker:
         head = self.check_table(RecipeHead, self.table(data, "recipe"), "recipe")
         launch = self.check_table(LaunchConfig, self.table(data, "launch"), "launch")
         logging = self.check_table(LoggingConfig, self.table(data, "logging"), "logging")
+        for i, table in enumerate(logging.loggers):
+            self.check_component("logger", table, f"logging.loggers[{i}]", [], "")
         stages = self.check_stages(self.table(data, "stages", required=True))
         return Recipe(
             path=self.path,

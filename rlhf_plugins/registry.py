@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib import metadata
 from types import ModuleType
+from typing import Any
 
 import pluggy
 
@@ -71,6 +72,13 @@ class Registry:
         default_factory=lambda: {kind: {} for kind in KINDS}
     )
     conflicts: dict[tuple[str, str], list[Component]] = field(default_factory=dict)
+    plugin_manager: pluggy.PluginManager = field(default_factory=lambda: _plugin_manager())
+
+    @property
+    def hooks(self) -> Any:
+        """The lifecycle hooks (``hooks.rlhf_stage_start(stage=...)``) of every loaded plugin
+        and of the loggers registered for the current run."""
+        return self.plugin_manager.hook
 
     def names(self, kind: str) -> list[str]:
         """Registered names of one kind, sorted."""
@@ -125,11 +133,16 @@ def _describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def _plugin_manager() -> pluggy.PluginManager:
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    return pm
+
+
 def load_registry(extra_modules: Iterable[tuple[str, ModuleType]] = ()) -> Registry:
     """Load every installed plugin (plus ``extra_modules``, as ``(name, module)`` pairs)."""
     registry = Registry()
-    pm = pluggy.PluginManager(hookspecs.PROJECT)
-    pm.add_hookspecs(hookspecs)
+    pm = registry.plugin_manager
 
     candidates: list[tuple[PluginInfo, Callable[[], object]]] = []
     for ep in _entry_points():

@@ -174,13 +174,61 @@ class Runner:
         return self.recipe.run_dir / name
 
     def run(self, *, force: bool = False, only: str | None = None) -> dict[str, dict]:
-        """Run every stage (or ``only`` one); return each stage's final metrics."""
+        """Run every stage (or ``only`` one); return each stage's final metrics. The recipe's
+        loggers are registered for the run, and the run's lifecycle hooks are called."""
         stages = self.recipe.stages
         if only is not None and only not in stages:
             raise UserError(
                 f"--only: no stage '{only}' in {self.recipe.path}{did_you_mean(only, stages)}"
             )
+        loggers = self.start_loggers() if is_main_process() else []
         results: dict[str, dict] = {}
+        status = "failed"
+        try:
+            self.call_hook("rlhf_run_start", recipe=self.recipe, run_dir=self.recipe.run_dir)
+            self.run_stages(results, force=force, only=only)
+            status = "finished"
+        except KeyboardInterrupt:
+            status = "interrupted"
+            raise
+        finally:
+            self.call_hook(
+                "rlhf_run_end",
+                recipe=self.recipe,
+                run_dir=self.recipe.run_dir,
+                status=status,
+                results=results,
+            )
+            for logger in loggers:
+                self.registry.plugin_manager.unregister(logger)
+        return results
+
+    def call_hook(self, name: str, **kwargs: Any) -> None:
+        """Call a lifecycle hook on the main process."""
+        if is_main_process():
+            getattr(self.registry.hooks, name)(**kwargs)
+
+    def start_loggers(self) -> list[Any]:
+        """Build the recipe's ``[logging] loggers`` and register them for this run."""
+        built = []
+        for table in self.recipe.logging.loggers:
+            component = self.registry.get("logger", table["use"])
+            spec = describe(component.factory)
+            values = {k: v for k, v in table.items() if k not in RESERVED_COMPONENT_KEYS}
+            try:
+                logger = component.factory(**spec.arguments_for(values, self.recipe.base_dir))
+            except UserError:
+                raise
+            except Exception as exc:
+                raise StageFailed(
+                    f"starting logger '{table['use']}' failed: {type(exc).__name__}: {exc}"
+                ) from exc
+            self.registry.plugin_manager.register(logger)
+            built.append(logger)
+        return built
+
+    def run_stages(self, results: dict[str, dict], *, force: bool, only: str | None) -> None:
+        stages = self.recipe.stages
         run_ids: dict[str, str] = {}
         finished: set[str] = set()
         total = len(stages) if only is None else 1
@@ -222,7 +270,6 @@ class Runner:
             run_ids[name] = run_id
             results[name] = metrics
             finished.add(name)
-        return results
 
     def run_stage(self, spec: StageSpec, config_hash: str, *, resume: bool) -> tuple[dict, str]:
         out = self.stage_dir(spec.name)
@@ -246,6 +293,7 @@ class Runner:
             logging=self.recipe.logging,
             resume=resume,
             recipe_dir=self.recipe.base_dir,
+            hooks=self.registry.hooks,
         )
         if is_main_process():
             if resume:
@@ -259,6 +307,7 @@ class Runner:
 
         set_seed(seed)
         started = time.monotonic()
+        self.call_hook("rlhf_stage_start", stage=context)
         try:
             component = self.registry.get(spec.kind, spec.component)
             factory_spec = describe(component.factory)
@@ -273,17 +322,17 @@ class Runner:
         except KeyboardInterrupt:
             if is_main_process():
                 write_state(out, {**running, "status": "interrupted", "stopped_at": time.time()})
+            self.stage_ended(context, "interrupted", {}, started)
             raise
         except Exception as exc:
             error = stage_error(spec.name, out, exc)
             if is_main_process():
                 stopped = {"status": "failed", "error": str(error), "stopped_at": time.time()}
                 write_state(out, {**running, **stopped})
+            self.stage_ended(context, "failed", {}, started)
             if error is exc:
                 raise
             raise error from exc
-        finally:
-            context.close()
         wait_for_everyone()
         run_id = uuid.uuid4().hex[:12]
         elapsed = time.monotonic() - started
@@ -300,6 +349,7 @@ class Runner:
                     "stage": spec.table,
                 },
             )
+        self.stage_ended(context, "finished", metrics, started)
         self.echo(
             f"    done in {elapsed:.1f}s" + (f": {_format_metrics(metrics)}" if metrics else "")
         )
@@ -307,6 +357,14 @@ class Runner:
         wait_for_everyone()
         # all ranks must agree on the run id that downstream hashes read
         return metrics, read_state(out).get("run_id", run_id)
+
+    def stage_ended(
+        self, context: StageContext, status: str, metrics: dict, started: float
+    ) -> None:
+        seconds = time.monotonic() - started
+        self.call_hook(
+            "rlhf_stage_end", stage=context, status=status, metrics=metrics, seconds=seconds
+        )
 
     def resolved(self, spec: StageSpec) -> dict[str, Any]:
         """The stage as it runs, for its directory: the recipe's head, launch and logging

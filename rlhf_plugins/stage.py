@@ -1,6 +1,6 @@
 """The running stage, as trainers and evaluators see it.
 
-Imports of torch, accelerate and wandb happen inside methods, never at import time.
+Imports of torch and accelerate happen inside methods, never at import time.
 """
 
 from __future__ import annotations
@@ -48,11 +48,12 @@ class LaunchConfig(Settings):
 
 
 class LoggingConfig(Settings):
-    """``[logging]``: metrics.jsonl is always written; wandb only when asked."""
+    """``[logging]``: ``metrics.jsonl`` is always written; ``loggers`` adds others."""
 
-    wandb: bool = Field(False, description="also log to Weights & Biases")
-    wandb_project: str = Field("rlhf-plugins", description="the wandb project")
-    wandb_entity: str | None = Field(None, description="the wandb entity (team or user)")
+    loggers: list[dict[str, Any]] = Field(
+        [],
+        description='logger components, e.g. [{ use = "tensorboard" }, { use = "wandb" }]',
+    )
 
 
 def process_index() -> int:
@@ -122,7 +123,8 @@ class StageContext:
     resume: bool = False
     components: dict[str, Any] = field(default_factory=dict)
     recipe_dir: Path | None = None
-    _wandb_run: Any = field(default=None, repr=False)
+    hooks: Any = field(default=None, repr=False)
+    """The lifecycle hooks (``Registry.hooks``); None outside a run."""
     _accelerator: Any = field(default=None, repr=False)
     _started: float = field(default_factory=time.monotonic, repr=False)
 
@@ -151,8 +153,8 @@ class StageContext:
         return self.output_dir / "metrics.jsonl"
 
     def log(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
-        """Append one record to ``metrics.jsonl`` (and wandb when enabled); main process only.
-        Non-finite floats are written as null."""
+        """Append one record to ``metrics.jsonl`` and pass it to the ``rlhf_metrics_logged``
+        hook (loggers); main process only. Non-finite floats are written as null."""
         if not self.is_main_process:
             return
         record: dict[str, Any] = {"step": step, "time": round(time.monotonic() - self._started, 3)}
@@ -164,23 +166,14 @@ class StageContext:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         with self.metrics_path.open("a") as f:
             f.write(json.dumps(record) + "\n")
-        if self.logging.wandb:
-            self._wandb().log({k: v for k, v in record.items() if k != "step"}, step=step)
+        if self.hooks is not None:
+            self.hooks.rlhf_metrics_logged(stage=self, step=step, metrics=record)
 
-    def _wandb(self) -> Any:
-        if self._wandb_run is None:
-            import wandb
-
-            self._wandb_run = wandb.init(
-                project=self.logging.wandb_project,
-                entity=self.logging.wandb_entity,
-                name=f"{self.recipe_name}/{self.name}",
-                group=self.recipe_name,
-                config={"stage": self.config, "seed": self.seed},
-                dir=str(self.output_dir),
-                reinit="finish_previous",
-            )
-        return self._wandb_run
+    def evaluation_written(self, path: Path, metrics: Mapping[str, Any]) -> None:
+        """Tell the ``rlhf_evaluation_written`` hook that ``path`` holds this stage's
+        evaluation results (headline ``metrics``); main process only."""
+        if self.is_main_process and self.hooks is not None:
+            self.hooks.rlhf_evaluation_written(stage=self, path=path, metrics=dict(metrics))
 
     def progress(
         self, iterable: Iterable | None = None, *, total: int | None = None, desc: str = ""
@@ -232,6 +225,8 @@ class StageContext:
             "state": dict(state or {}),
         }
         write_json_atomically(path / CHECKPOINT_MARKER, marker)
+        if self.hooks is not None:
+            self.hooks.rlhf_checkpoint_saved(stage=self, path=path, step=marker["step"])
 
     @staticmethod
     def checkpoint_state(path: Path) -> dict[str, Any]:
@@ -323,9 +318,3 @@ class StageContext:
             **kwargs,
         )
         return self._accelerator
-
-    def close(self) -> None:
-        """Finish the wandb run, if any."""
-        if self._wandb_run is not None:
-            self._wandb_run.finish()
-            self._wandb_run = None
