@@ -9,16 +9,11 @@ import pytest
 import torch
 from rlhf_ilql.batches import Episode, collate, normalize, truncate
 from rlhf_ilql.decoding import sampling_overrides
-from rlhf_ilql.losses import (
-    LossWeights,
-    expectile_weights,
-    ilql_loss,
-    polyak_update,
-    q_targets,
-)
+from rlhf_ilql.losses import expectile_weights, ilql_loss, polyak_update, q_targets
+from rlhf_ilql.settings import ILQLSettings
 from rlhf_ilql.training import batch_indices, eval_shard, lr_at, steps_per_epoch
 
-WEIGHTS = LossWeights(tau=0.7, gamma=0.9, cql_scale=0.1, awac_scale=1.0, awac_beta=1.0)
+WEIGHTS = ILQLSettings(tau=0.7, gamma=0.9, cql_scale=0.1, awac_scale=1.0, awac_beta=1.0)
 
 
 def one_episode() -> dict:
@@ -74,7 +69,7 @@ def test_each_loss_term_by_hand():
 def test_awac_beta_zero_is_plain_likelihood_and_two_q_heads_add_up():
     inputs = one_episode()
     inputs["q_logits"] = inputs["q_logits"] * 2
-    weights = LossWeights(tau=0.7, gamma=0.9, cql_scale=0.1, awac_scale=1.0, awac_beta=0.0)
+    weights = ILQLSettings(tau=0.7, gamma=0.9, cql_scale=0.1, awac_scale=1.0, awac_beta=0.0)
     losses = ilql_loss(**inputs, weights=weights)
     assert losses["loss_awac"].item() == pytest.approx(
         (math.log(1 + math.exp(-1)) + math.log(2)) / 2

@@ -166,8 +166,6 @@ def test_policy_user_errors(tmp_path, saved):
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(UserError, match="not the output of an ilql stage"):
         ilql_policy(path=tmp_path)
-    with pytest.raises(UserError, match="temperature"):
-        ilql_policy(path=saved, temperature=-1.0)
 
 
 def trainable(module) -> bool:

@@ -9,28 +9,11 @@ not terminal. Every term is a mean over the real actions of the batch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-
-@dataclass(frozen=True)
-class LossWeights:
-    """The coefficients of the objective (no two share a name: ``awac_beta`` is not the
-    decoding ``decode_beta``)."""
-
-    tau: float
-    """Expectile of the V regression toward min target Q (0.5 = mean, toward 1 = max)."""
-    gamma: float
-    """Discount of the next state's value in the Q target."""
-    cql_scale: float
-    """Weight of the conservative (CQL) cross-entropy of the Q heads."""
-    awac_scale: float
-    """Weight of the advantage-weighted LM loss."""
-    awac_beta: float
-    """Temperature of the AWAC weights ``exp(awac_beta * (Q - V))``; 0 gives plain LM loss."""
+from rlhf_ilql.settings import ILQLSettings
 
 
 def action_mask(terminal: Tensor) -> Tensor:
@@ -102,10 +85,11 @@ def ilql_loss(
     actions: Tensor,
     rewards: Tensor,
     terminal: Tensor,
-    weights: LossWeights,
+    weights: ILQLSettings,
 ) -> dict[str, Tensor]:
     """Every term of the objective and their weighted sum under ``"loss"`` (the only one with
-    a graph worth keeping), plus statistics: mean V, Q, target Q and AWAC weight.
+    a graph worth keeping), plus statistics: mean V, Q, target Q and AWAC weight. ``weights``
+    gives the coefficients ``tau``, ``gamma``, ``cql_scale``, ``awac_scale``, ``awac_beta``.
 
     ``lm_logits`` and each of ``q_logits``: ``[B, A, V]`` at the positions that predict the
     actions; ``target_q [B, A]``: min over the target Q heads at the taken actions;

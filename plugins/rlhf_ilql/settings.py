@@ -1,101 +1,78 @@
-"""The ``ilql`` trainer's settings as one value, checked before anything heavy is imported.
-
-The defaults live in the factory's signature (``rlhf_ilql.ilql_trainer``), the one place a
-recipe reads them from; this module only holds and checks them.
+"""The ``ilql`` trainer's settings, declared once: the shared training settings (spelled like
+``TrainingArguments``) with ILQL's defaults, plus trlX's ILQL names. ``rlhf validate`` checks
+every range and rule here; the trainer reads the validated instance. Imports pydantic only.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from typing import Literal
 
-from rlhf_plugins import UserError
+from pydantic import Field, model_validator
+
+from rlhf_plugins.training import EpochTrainingSettings
+
+ILQLTrainingSettings = EpochTrainingSettings.with_defaults(
+    adam_beta2=0.95, weight_decay=1e-6, max_grad_norm=None
+)
+"""The shared fields at trlX's ILQL optimizer defaults (AdamW betas 0.9/0.95, weight decay
+1e-6, no clipping)."""
 
 
-@dataclass(frozen=True)
-class ILQLSettings:
-    tau: float
-    gamma: float
-    cql_scale: float
-    awac_scale: float
-    awac_beta: float
-    alpha: float
-    target_sync_steps: int
-    two_qs: bool
-    num_layers_unfrozen: int
-    normalize_rewards: bool
-    learning_rate: float
-    min_learning_rate: float
-    lr_scheduler_type: str
-    adam_beta1: float
-    adam_beta2: float
-    adam_epsilon: float
-    weight_decay: float
-    max_grad_norm: float | None
-    num_train_epochs: float
-    max_steps: int
-    per_device_train_batch_size: int
-    per_device_eval_batch_size: int
-    max_length: int | None
-    logging_steps: int
-    eval_steps: int | None
-    save_steps: int
-    save_total_limit: int | None
+class ILQLSettings(ILQLTrainingSettings):
+    """ILQL (trlX's ``ILQLConfig``) on the shared training settings. ``tau``, ``gamma``,
+    ``cql_scale``, ``awac_scale`` and ``awac_beta`` are the coefficients of the objective
+    (``losses.ilql_loss``)."""
 
-    @classmethod
-    def from_values(cls, values: dict) -> ILQLSettings:
-        """The settings among ``values`` (a factory's ``locals()``); raise one ``UserError``
-        listing every out-of-range value."""
-        settings = cls(**{f.name: values[f.name] for f in fields(cls)})
-        problems = settings.problems()
-        if problems:
-            raise UserError("ilql trainer settings:\n" + "\n".join(f"  - {p}" for p in problems))
-        return settings
+    tau: float = Field(
+        0.7, gt=0, lt=1, description="expectile of the V regression toward min target Q"
+    )
+    gamma: float = Field(0.99, ge=0, le=1, description="discount of the next state's value")
+    cql_scale: float = Field(0.1, ge=0, description="weight of the CQL cross-entropy term")
+    awac_scale: float = Field(1.0, ge=0, description="weight of the AWAC-weighted LM term")
+    awac_beta: float = Field(
+        0.0,
+        ge=0,
+        description="temperature of the AWAC weights exp(awac_beta * (Q - V)); 0: plain LM loss",
+    )
+    alpha: float = Field(0.001, gt=0, le=1, description="Polyak rate of the target Q heads")
+    target_sync_steps: int = Field(
+        5, ge=1, description="optimizer steps between Polyak updates of the target heads"
+    )
+    two_qs: bool = Field(True, description="two Q heads (and targets), their minimum used")
+    num_layers_unfrozen: int = Field(
+        -1,
+        ge=-1,
+        description="trained LM blocks: -1 all, k the top k, 0 none (only the heads learn)",
+    )
+    normalize_rewards: bool = Field(True, description="standardise rewards over the dataset")
+    min_learning_rate: float = Field(
+        0.0, ge=0, description="learning rate at the end of the cosine schedule"
+    )
+    lr_scheduler_type: Literal["cosine", "constant"] = Field(
+        "cosine", description="cosine from learning_rate to min_learning_rate, or constant"
+    )
+    max_length: int | None = Field(
+        None,
+        ge=2,
+        description="tokens per episode, prompts cut from the left (unset: the model's context)",
+    )
 
-    def problems(self) -> list[str]:
-        problems = []
-        intervals = (
-            ("tau", "(", ")"),
-            ("alpha", "(", "]"),
-            ("gamma", "[", "]"),
-            ("adam_beta1", "[", ")"),
-            ("adam_beta2", "[", ")"),
-        )
-        for name, left, right in intervals:
-            value = getattr(self, name)
-            above = value >= 0 if left == "[" else value > 0
-            below = value <= 1 if right == "]" else value < 1
-            if not (above and below):
-                problems.append(f"'{name}' must be in {left}0, 1{right}, got {value}")
-        for name in (
-            "target_sync_steps",
-            "per_device_train_batch_size",
-            "per_device_eval_batch_size",
-            "logging_steps",
-            "save_steps",
-        ):
-            if getattr(self, name) < 1:
-                problems.append(f"'{name}' must be at least 1, got {getattr(self, name)}")
-        for name in (
-            "cql_scale",
-            "awac_scale",
-            "learning_rate",
-            "min_learning_rate",
-            "weight_decay",
-            "adam_epsilon",
-            "num_train_epochs",
-        ):
-            if getattr(self, name) < 0:
-                problems.append(f"'{name}' must not be negative, got {getattr(self, name)}")
-        if self.num_layers_unfrozen < -1:
-            problems.append(
-                f"'num_layers_unfrozen' must be -1 (all) or more, got {self.num_layers_unfrozen}"
+    @model_validator(mode="after")
+    def _min_below_peak(self) -> ILQLSettings:
+        if self.min_learning_rate > self.learning_rate:
+            raise ValueError(
+                f"min_learning_rate ({self.min_learning_rate:g}) exceeds learning_rate "
+                f"({self.learning_rate:g})"
             )
-        if self.max_length is not None and self.max_length < 2:
-            problems.append(f"'max_length' must be at least 2, got {self.max_length}")
-        if self.max_steps <= 0 and self.num_train_epochs <= 0:
-            problems.append("set 'max_steps' or a positive 'num_train_epochs'")
-        for name in ("max_grad_norm", "eval_steps", "save_total_limit"):
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                problems.append(f"'{name}' must be positive when set, got {value}")
-        return problems
+        return self
+
+    @model_validator(mode="after")
+    def _implemented(self) -> ILQLSettings:
+        if self.warmup_steps:
+            raise ValueError("ilql has no learning-rate warmup: leave warmup_steps at 0")
+        if self.gradient_accumulation_steps != 1:
+            raise ValueError(
+                "ilql makes one optimizer step per batch: leave gradient_accumulation_steps at 1"
+                " (raise per_device_train_batch_size instead)"
+            )
+        return self

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from rlhf_ilql.batches import Episode, collate, episodes
-from rlhf_ilql.losses import LossWeights, ilql_loss
+from rlhf_ilql.losses import ilql_loss
 from rlhf_ilql.modeling import (
     ILQLHeads,
     ILQLModel,
@@ -91,20 +91,11 @@ def eval_shard(num_examples: int, rank: int, world: int) -> tuple[list[int], lis
     return [r if r < num_examples else 0 for r in rows], [r < num_examples for r in rows]
 
 
-def loss_weights(settings: ILQLSettings) -> LossWeights:
-    return LossWeights(
-        tau=settings.tau,
-        gamma=settings.gamma,
-        cql_scale=settings.cql_scale,
-        awac_scale=settings.awac_scale,
-        awac_beta=settings.awac_beta,
-    )
-
-
 def batch_losses(
-    model: Any, batch: Mapping[str, torch.Tensor], weights: LossWeights
+    model: Any, batch: Mapping[str, torch.Tensor], weights: ILQLSettings
 ) -> dict[str, torch.Tensor]:
-    """Forward ``batch`` through ``model`` (an ``ILQLModel``, possibly wrapped) and score it."""
+    """Forward ``batch`` through ``model`` (an ``ILQLModel``, possibly wrapped) and score it
+    with the objective's coefficients in ``weights``."""
     outputs = model(
         input_ids=batch["input_ids"],
         attention_mask=batch["attention_mask"],
@@ -178,7 +169,6 @@ class ILQLStage:
         self.dataset = dataset
         self.eval_dataset = eval_dataset
         self.settings = settings
-        self.weights = loss_weights(settings)
 
     def __call__(self, stage: StageContext) -> dict[str, Any]:
         s = self.settings
@@ -237,7 +227,7 @@ class ILQLStage:
                     progress.set_postfix(loss=f"{logged['loss']:.4g}")
                 if evals is not None and s.eval_steps and step % s.eval_steps == 0 and step < total:
                     stage.log(self.evaluate(model, accelerator, evals, pad_id, stage), step=step)
-                if step % s.save_steps == 0 and step < total:
+                if s.save_steps and step % s.save_steps == 0 and step < total:
                     self.save_checkpoint(stage, accelerator, step)
         metrics: dict[str, Any] = {**logged, "steps": step}
         metrics["train_seconds"] = round(time.monotonic() - started, 2)
@@ -276,6 +266,8 @@ class ILQLStage:
         s = self.settings
         base, heads = starting_point(self.policy, s.two_qs)
         freeze_bottom(base, s.num_layers_unfrozen)
+        if s.gradient_checkpointing:
+            base.gradient_checkpointing_enable({"use_reentrant": False})
         model = ILQLModel(base, heads)
         model.train()
         optimizer = torch.optim.AdamW(
@@ -307,7 +299,7 @@ class ILQLStage:
                 schedule=s.lr_scheduler_type,
             )
         batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-        losses = batch_losses(model, batch, self.weights)
+        losses = batch_losses(model, batch, self.settings)
         accelerator.backward(losses["loss"])
         if s.max_grad_norm is not None:
             accelerator.clip_grad_norm_(model.parameters(), s.max_grad_norm)
@@ -344,7 +336,7 @@ class ILQLStage:
             chunk = slice(start, start + size)
             batch = collate([evals[i] for i in rows[chunk]], pad_id, included[chunk])
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-            losses = batch_losses(model, batch, self.weights)
+            losses = batch_losses(model, batch, self.settings)
             count = (1 - batch["terminal"][:, :-1]).sum().float()
             sums += torch.stack([*(losses[k].float() * count for k in LOGGED_TERMS), count])
         model.train()
