@@ -57,6 +57,7 @@ def cli() -> None:
       rlhf list-plugins                      what is installed
       rlhf validate recipes/tiny_sft.toml    check a recipe without running it
       rlhf run recipes/tiny_sft.toml         run it; finished stages are skipped
+      rlhf report runs/tiny_sft              report.html of a run (plots, tables)
       rlhf schema -o recipe.schema.json      a JSON Schema of recipes, for editors
     """
 
@@ -132,6 +133,17 @@ def run(
         results = Runner(loaded, registry, echo=click.echo).run(force=force, only=only)
     if is_main_process():
         click.echo(f"finished {loaded.name}: {len(results)} stage(s) in {loaded.run_dir}")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@handle_errors
+def report(run_dir: Path) -> None:
+    """Write RUN_DIR/report.html (plots, evaluation table, samples, resolved recipe; no
+    network needed to view it) and RUN_DIR/report.md. Every run writes it at its end too."""
+    from rlhf_plugins.report import write_report
+
+    click.echo(f"wrote {write_report(run_dir)}")
 
 
 @cli.command()

@@ -113,6 +113,13 @@ def free_space(path: Path) -> str:
         return "free space unknown"
 
 
+def stage_dirs(run_dir: Path) -> list[Path]:
+    """The stage directories of a run (those with a state file), in the order they started."""
+    found = [(p, read_state(p)) for p in run_dir.iterdir() if (p / STATE_FILE).is_file()]
+    found.sort(key=lambda pair: (pair[1].get("started_at") or 0, pair[0].name))
+    return [path for path, _ in found]
+
+
 def run_overview(directory: Path) -> list[tuple[str, str, str, str, str, str]]:
     """One row per stage of every run under ``directory``: run, stage, status (``running
     (pid N)`` for a live run, ``killed, resumes`` for a stage left running by a dead one),
@@ -120,9 +127,8 @@ def run_overview(directory: Path) -> list[tuple[str, str, str, str, str, str]]:
     rows = []
     for run_dir in sorted(p for p in directory.glob("*") if p.is_dir()):
         holder = lock_holder(run_dir)
-        states = [(p, read_state(p)) for p in run_dir.iterdir() if (p / STATE_FILE).is_file()]
-        states.sort(key=lambda pair: (pair[1].get("started_at") or 0, pair[0].name))
-        for stage_dir, state in states:
+        for stage_dir in stage_dirs(run_dir):
+            state = read_state(stage_dir)
             status = state.get("status", "?")
             if status == "running":
                 status = f"running (pid {holder['pid']})" if holder else "killed, resumes"
@@ -201,7 +207,20 @@ class Runner:
             )
             for logger in loggers:
                 self.registry.plugin_manager.unregister(logger)
+            if is_main_process():
+                self.write_report()
         return results
+
+    def write_report(self) -> None:
+        """``report.html`` / ``report.md`` of the run; a failure here is only a warning."""
+        from rlhf_plugins.report import write_report
+
+        try:
+            path = write_report(self.recipe.run_dir)
+        except Exception as exc:
+            self.echo(f"warning: the report was not written ({type(exc).__name__}: {exc})")
+        else:
+            self.echo(f"report: {path}")
 
     def call_hook(self, name: str, **kwargs: Any) -> None:
         """Call a lifecycle hook on the main process."""
@@ -343,6 +362,7 @@ class Runner:
                     "status": "finished",
                     "config_hash": config_hash,
                     "run_id": run_id,
+                    "started_at": running["started_at"],
                     "seconds": round(elapsed, 2),
                     "finished_at": time.time(),
                     "metrics": metrics,
