@@ -38,8 +38,10 @@ class StageCallback(TrainerCallback):
 def training_arguments(stage: StageContext, config_class: type, **settings: Any) -> Any:
     """``config_class`` (``TrainingArguments`` or a TRL config) for this stage: checkpoints
     under the stage directory, the recipe seed, precision and DeepSpeed from ``[launch]``,
-    no third-party reporting (the stage logs itself). ``settings`` override the defaults;
-    ``gradient_checkpointing`` maps to ``activation_checkpointing`` where transformers renamed it.
+    no third-party reporting (the stage logs itself). ``settings`` override the defaults and
+    keep the meanings of ``rlhf_plugins.training.TrainingSettings``: ``save_steps = 0`` saves
+    no checkpoints, ``max_grad_norm = None`` does not clip; ``gradient_checkpointing`` maps to
+    ``activation_checkpointing`` where transformers renamed it.
     With DeepSpeed the Trainer reuses the process state configured here (gloo without CUDA)."""
     precision = stage.launch.mixed_precision
     deepspeed = stage.launch.deepspeed is not None
@@ -66,6 +68,10 @@ def training_arguments(stage: StageContext, config_class: type, **settings: Any)
     if deepspeed:
         defaults["accelerator_config"] = {"use_configured_state": True}
     merged = {**defaults, **settings}
+    if merged["save_steps"] == 0:
+        merged["save_strategy"] = "no"
+    if merged.get("max_grad_norm", 0.0) is None:
+        merged["max_grad_norm"] = 0.0
     fields = inspect.signature(config_class).parameters
     if "gradient_checkpointing" in merged and "activation_checkpointing" in fields:
         merged["activation_checkpointing"] = merged.pop("gradient_checkpointing")

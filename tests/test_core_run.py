@@ -224,3 +224,12 @@ def test_a_plugin_upgrade_that_changes_a_default_reruns_the_stage(
     rerun = run_cli("run", path)
     assert rerun.exit_code == 0 and "skipped" not in rerun.output, rerun.output
     assert (out / "steps.txt").read_text() == "5"
+
+
+def test_save_steps_zero_writes_no_checkpoint_in_a_trainer_stage(run_cli, recipe, tmp_path):
+    """``TrainingSettings.save_steps = 0`` keeps its meaning through ``TrainingArguments``."""
+    result = run_cli(
+        "run", recipe, "--only", "sft", "--set", "stages.sft.trainer_settings.save_steps=0"
+    )
+    assert result.exit_code == 0, result.output
+    assert not list((tmp_path / "runs" / "demo" / "sft").glob("checkpoint-*"))

@@ -14,6 +14,7 @@ from datasets import Dataset
 
 from rlhf_plugins.registry import load_registry
 from rlhf_plugins.stage import StageContext
+from tests.conftest import build_component
 
 WORDS = [
     "i",
@@ -102,10 +103,8 @@ def stage_with(root: Path, name: str, dataset: Dataset) -> StageContext:
 
 def tiny_policy(root: Path, name: str, dataset: Dataset, **shape):
     """The ``tiny-causal-lm`` policy, its tokenizer trained on ``dataset``."""
-    return (
-        load_registry()
-        .get("policy", "tiny-causal-lm")
-        .factory(stage=stage_with(root, name, dataset), **shape)
+    return build_component(
+        "policy", "tiny-causal-lm", stage=stage_with(root, name, dataset), **shape
     )
 
 

@@ -8,10 +8,14 @@ exactly. This hook module imports nothing heavy; the factories import the implem
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
+
+from pydantic import Field, model_validator
 
 from rlhf_plugins import Dataset, Policy, RewardFunction, StageContext, StageFn, UserError, hookimpl
 from rlhf_plugins.context import max_length_setting
+from rlhf_plugins.settings import Settings
+from rlhf_plugins.training import EpochTrainingSettings
 
 LossType = Literal["divergence", "last-token"]
 
@@ -45,28 +49,31 @@ def register_reward_functions(register):
     register("clip", clip, description="base scores clamped to [min, max].")
 
 
+class RewardModelSettings(
+    EpochTrainingSettings.with_defaults(learning_rate=1e-5, lr_scheduler_type="linear")
+):
+    """The shared training settings (passed on to ``TrainingArguments`` under the same names)
+    plus the reward model's own."""
+
+    loss_type: LossType = Field(
+        "divergence",
+        description="pairwise loss over the tokens after the pair diverges (trlX) or at the last token (TRL)",
+    )
+    freeze_fraction: float = Field(
+        0.7, ge=0, le=1, description="bottom fraction of the layers frozen, embeddings too"
+    )
+    max_length: int | None = Field(
+        None, ge=1, description="tokens per row, longer rows cut (unset: the trunk's context)"
+    )
+    group_by_length: bool = Field(True, description="batch rows of similar length (less padding)")
+
+
 def reward_model(
     policy: Policy,
     dataset: Dataset,
     eval_dataset: Dataset | None = None,
-    loss_type: LossType = "divergence",
-    freeze_fraction: float = 0.7,
-    learning_rate: float = 1e-5,
-    adam_beta2: float = 0.999,
-    num_train_epochs: float = 1.0,
-    max_steps: int = -1,
-    per_device_train_batch_size: int = 8,
-    per_device_eval_batch_size: int = 16,
-    gradient_accumulation_steps: int = 1,
-    max_length: int | None = None,
-    lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear",
-    warmup_steps: float = 0,
-    weight_decay: float = 0.0,
-    group_by_length: bool = True,
-    gradient_checkpointing: bool = False,
-    logging_steps: int = 10,
-    save_steps: int = 500,
-    eval_steps: int | None = None,
+    *,
+    settings: RewardModelSettings,
 ) -> StageFn:
     """Train ``policy``'s trunk plus a scalar head on ``dataset`` (view ``comparisons``:
     prompt/chosen/rejected) with ``-log sigmoid(r_chosen - r_rejected)``: over the tokens after
@@ -75,12 +82,11 @@ def reward_model(
     are frozen. ``eval_dataset`` is scored every ``eval_steps`` (when set) and at the end.
     Rows are cut to ``max_length`` tokens (unset: the trunk's context; above it: an error).
     Batches are padded to their longest row; ``group_by_length`` batches rows of similar
-    length. Saves the model and tokenizer into the stage directory."""
-    training = dict(locals())
-    from rlhf_reward.training import STAGE_FIELDS, RewardModelStage
+    length. Saves the model and tokenizer into the stage directory. ``settings`` were
+    validated whole."""
+    from rlhf_reward.training import RewardModelStage
 
-    own = {name: training.pop(name) for name in STAGE_FIELDS}
-    return RewardModelStage(**own, training=training)
+    return RewardModelStage(policy, dataset, eval_dataset, settings)
 
 
 reward_model.sequence_length = max_length_setting
@@ -89,12 +95,24 @@ reward_model.sequence_length = max_length_setting
 def gptj_reward_head(
     stage: StageContext | None = None,
     from_stage: str | None = None,
-    path: str | None = None,
-    base_model: str | None = None,
-    batch_size: int = 16,
-    max_length: int = 550,
-    device: str | None = None,
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32",
+    path: Annotated[
+        str | None,
+        Field(description="a reward model's directory or hub id (or from_stage instead)"),
+    ] = None,
+    base_model: Annotated[
+        str | None,
+        Field(description="with a trlX GPTRewardModel checkpoint at path: its trunk's model"),
+    ] = None,
+    batch_size: Annotated[int, Field(ge=1, description="texts scored per forward pass")] = 16,
+    max_length: Annotated[
+        int, Field(ge=1, description="tokens per scored text, longer ones cut")
+    ] = 550,
+    device: Annotated[
+        str | None, Field(description="torch device of the model (unset: the stage's)")
+    ] = None,
+    dtype: Annotated[
+        Literal["float32", "bfloat16", "float16"], Field(description="weights' dtype")
+    ] = "float32",
 ) -> RewardFunction:
     """The score of prompt + completion at its last token, from the reward model saved by a
     ``reward-model`` stage (``from_stage``) or at ``path`` (a local directory or hub id). With
@@ -120,7 +138,12 @@ def gptj_reward_head(
     )
 
 
-def delta_reward(base: RewardFunction, reference_column: str = "reference") -> RewardFunction:
+def delta_reward(
+    base: RewardFunction,
+    reference_column: Annotated[
+        str, Field(description="dataset column holding the reference summary")
+    ] = "reference",
+) -> RewardFunction:
     """``base(prompt + completion) - base(prompt + reference)``; the reference summary comes
     from the dataset column ``reference_column``."""
     from rlhf_reward.normalizers import DeltaReward
@@ -129,7 +152,13 @@ def delta_reward(base: RewardFunction, reference_column: str = "reference") -> R
 
 
 def running_norm(
-    base: RewardFunction, center: bool = True, epsilon: float = 1e-8
+    base: RewardFunction,
+    center: Annotated[
+        bool, Field(description="subtract the running mean (else only scale)")
+    ] = True,
+    epsilon: Annotated[
+        float, Field(gt=0, description="added to the running std before dividing")
+    ] = 1e-8,
 ) -> RewardFunction:
     """``(score - mean) / std`` (without ``- mean`` when ``center`` is false), mean and std
     running over every score so far, across all processes."""
@@ -138,10 +167,24 @@ def running_norm(
     return RunningNorm(base, center=center, epsilon=epsilon)
 
 
-def clip(
-    base: RewardFunction, min: float | None = None, max: float | None = None
-) -> RewardFunction:
-    """``base`` scores clamped to [``min``, ``max``] (either bound may be left out)."""
+class ClipSettings(Settings):
+    """The bounds of ``clip``: at least one, ``min`` not above ``max``."""
+
+    min: float | None = Field(None, description="lower bound (unset: none)")
+    max: float | None = Field(None, description="upper bound (unset: none)")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ClipSettings:
+        if self.min is None and self.max is None:
+            raise ValueError("clip needs 'min', 'max' or both")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min:g}) is above max ({self.max:g})")
+        return self
+
+
+def clip(base: RewardFunction, *, settings: ClipSettings) -> RewardFunction:
+    """``base`` scores clamped to [``min``, ``max``] (either bound may be left out);
+    ``settings`` were validated whole."""
     from rlhf_reward.normalizers import Clip
 
-    return Clip(base, low=min, high=max)
+    return Clip(base, low=settings.min, high=settings.max)

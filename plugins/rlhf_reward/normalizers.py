@@ -112,15 +112,12 @@ class RunningNorm:
 
 @dataclass
 class Clip:
+    """``base`` scores clamped to [``low``, ``high``]; a bound left None does not clamp
+    (``ClipSettings`` checks them)."""
+
     base: RewardFunction
     low: float | None = None
     high: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.low is None and self.high is None:
-            raise UserError("clip needs 'min', 'max' or both")
-        if self.low is not None and self.high is not None and self.low > self.high:
-            raise UserError(f"clip: min ({self.low}) is above max ({self.high})")
 
     def __call__(self, prompts: list[str], completions: list[str], **columns: Any) -> list[float]:
         low = -math.inf if self.low is None else self.low

@@ -66,8 +66,6 @@ class RewardHead:
         device: Any = None,
         dtype: str = "float32",
     ):
-        if batch_size < 1 or max_length < 1:
-            raise UserError("gptj-reward-head: batch_size and max_length must be positive")
         self.source = source
         self.base_model = base_model
         self.batch_size = batch_size

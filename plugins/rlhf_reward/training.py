@@ -15,10 +15,12 @@ from typing import Any
 import torch
 from transformers import EvalPrediction, Trainer, TrainingArguments
 
-from rlhf_plugins import Policy, StageContext, UserError, require_columns
+from rlhf_plugins import Policy, StageContext, require_columns
 from rlhf_plugins.context import fit_max_length, model_context
 from rlhf_plugins.generation import ensure_pad_token
 from rlhf_plugins.hf import StageCallback, run_trainer, save_final, training_arguments
+from rlhf_plugins.training import EpochTrainingSettings
+from rlhf_reward import RewardModelSettings
 from rlhf_reward.loss import LossType, pair_loss
 from rlhf_reward.model import (
     HeadOutputs,
@@ -29,18 +31,8 @@ from rlhf_reward.model import (
 )
 
 REQUIRED_COLUMNS = ("prompt", "chosen", "rejected")
-STAGE_FIELDS = (
-    "policy",
-    "dataset",
-    "eval_dataset",
-    "loss_type",
-    "freeze_fraction",
-    "max_length",
-    "group_by_length",
-    "eval_steps",
-)
-"""The ``reward-model`` settings that ``RewardModelStage`` takes itself; the others are
-``TrainingArguments``."""
+TRAINING_ARGUMENTS = set(EpochTrainingSettings.model_fields)
+"""The ``reward-model`` settings passed on to ``TrainingArguments``: the shared ones."""
 
 
 def tokenize_comparisons(data: Any, tokenizer: Any, max_length: int) -> Any:
@@ -156,47 +148,38 @@ class PairwiseRewardTrainer(Trainer):
 @dataclass
 class RewardModelStage:
     """Train ``policy``'s trunk with a scalar head on comparisons; save it with the tokenizer.
-    ``training`` holds the remaining settings, passed on to ``TrainingArguments``."""
+    The shared training settings go to ``TrainingArguments`` under their own names."""
 
     policy: Policy
     dataset: Any
     eval_dataset: Any | None
-    loss_type: LossType
-    freeze_fraction: float
-    max_length: int | None
-    group_by_length: bool
-    eval_steps: int | None
-    training: dict[str, Any]
+    settings: RewardModelSettings
 
     def __post_init__(self) -> None:
         for slot, data in (("dataset", self.dataset), ("eval_dataset", self.eval_dataset)):
             require_columns(
                 data, REQUIRED_COLUMNS, component="reward-model", slot=slot, view="comparisons"
             )
-        if not 0.0 <= self.freeze_fraction <= 1.0:
-            raise UserError(
-                f"reward-model: freeze_fraction must be between 0 and 1, got {self.freeze_fraction}"
-            )
 
     def __call__(self, stage: StageContext) -> dict[str, float]:
+        s = self.settings
         tokenizer = ensure_pad_token(self.policy.load_tokenizer())
         model = load_reward_model(self.policy, tokenizer)
         max_length = fit_max_length(
-            self.max_length,
+            s.max_length,
             model_context(model),
             policy=self.policy.name,
             component="reward-model",
         )
-        frozen = freeze_bottom(model, self.freeze_fraction)
+        frozen = freeze_bottom(model, s.freeze_fraction)
         has_eval = self.eval_dataset is not None
         args = training_arguments(
             stage,
             TrainingArguments,
-            **self.training,
-            eval_strategy="steps" if has_eval and self.eval_steps else "no",
-            eval_steps=self.eval_steps,
+            **s.model_dump(include=TRAINING_ARGUMENTS),
+            eval_strategy="steps" if has_eval and s.eval_steps else "no",
             remove_unused_columns=False,
-            train_sampling_strategy="group_by_length" if self.group_by_length else "random",
+            train_sampling_strategy="group_by_length" if s.group_by_length else "random",
             ddp_find_unused_parameters=False,
         )
         with args.main_process_first(desc="tokenizing comparisons"):
@@ -213,7 +196,7 @@ class RewardModelStage:
             processing_class=tokenizer,
             compute_metrics=eval_metrics,
             callbacks=[StageCallback(stage)],
-            loss_type=self.loss_type,
+            loss_type=s.loss_type,
         )
         metrics = run_trainer(stage, trainer)
         save_final(stage, trainer, tokenizer)

@@ -11,34 +11,36 @@ from trl import SFTConfig, SFTTrainer
 from rlhf_plugins import Policy, StageContext, require_columns
 from rlhf_plugins.context import fit_max_length, model_context
 from rlhf_plugins.hf import StageCallback, run_trainer, save_final, training_arguments
+from rlhf_sft import SFTSettings
 
 REQUIRED_COLUMNS = ("prompt", "completion")
 
 
 @dataclass
 class SFTStage:
+    """Train ``policy`` on ``dataset`` with ``SFTTrainer``; every setting goes to ``SFTConfig``
+    under its own name, ``max_length`` fitted to the model's context first."""
+
     policy: Policy
     dataset: Any
     eval_dataset: Any
-    settings: dict[str, Any]
+    settings: SFTSettings
 
     def __call__(self, stage: StageContext) -> dict[str, float]:
         for slot, data in (("dataset", self.dataset), ("eval_dataset", self.eval_dataset)):
             require_columns(data, REQUIRED_COLUMNS, component="sft", slot=slot, view="sft")
         tokenizer = self.policy.load_tokenizer()
         model = self.policy.load_model()
-        settings = dict(self.settings)
+        settings = self.settings.model_dump()
         settings["max_length"] = fit_max_length(
             settings["max_length"], model_context(model), policy=self.policy.name, component="sft"
         )
-        eval_steps = settings.pop("eval_steps")
         has_eval = self.eval_dataset is not None
         args = training_arguments(
             stage,
             SFTConfig,
             **settings,
-            eval_strategy="steps" if has_eval else "no",
-            eval_steps=eval_steps or settings["logging_steps"],
+            eval_strategy="steps" if has_eval and settings["eval_steps"] else "no",
             packing=False,
             dataset_num_proc=None,
         )
