@@ -8,10 +8,11 @@ This hook module imports nothing heavy; the evaluator lives in ``rlhf_rouge.eval
 
 from __future__ import annotations
 
-from typing import Any
+from pydantic import Field, model_validator
 
 from rlhf_plugins import Dataset, Policy, RewardFunction, StageFn, UserError, hookimpl
 from rlhf_plugins.context import generation_settings
+from rlhf_plugins.settings import Settings
 
 RESERVED_LABELS = ("reference",)
 """Policy labels the evaluator uses for itself (``reference/reward`` is the references' row)."""
@@ -26,88 +27,87 @@ def register_evaluators(register):
     )
 
 
+class RougeSettings(Settings):
+    """What to evaluate and how to generate (greedy unless ``do_sample``)."""
+
+    limit: int | None = Field(
+        None, ge=1, description="evaluate the first limit rows of the dataset (unset: all)"
+    )
+    batch_size: int = Field(16, ge=1, description="prompts generated and scored together")
+    max_prompt_length: int | None = Field(
+        None,
+        ge=1,
+        description="prompt tokens kept, cut from the left (unset: the context minus max_new_tokens)",
+    )
+    max_new_tokens: int = Field(50, ge=1, description="most tokens generated per summary")
+    do_sample: bool = Field(False, description="sample (temperature, top_k, top_p); else greedy")
+    top_k: int = Field(0, ge=0, description="top-k when sampling (0: off)")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus probability when sampling")
+    temperature: float = Field(1.0, ge=0, description="sampling temperature (> 0 when sampling)")
+    num_samples_shown: int = Field(3, ge=0, description="sample summaries shown in eval.md")
+
+    @model_validator(mode="after")
+    def _temperature_samples(self) -> RougeSettings:
+        if self.do_sample and self.temperature == 0:
+            raise ValueError("do_sample needs a temperature above 0 (temperature = 0 is greedy)")
+        return self
+
+
 def rouge(
     policies: dict[str, Policy],
     dataset: Dataset,
     reward: RewardFunction | None = None,
-    limit: int | None = None,
-    batch_size: int = 16,
-    max_prompt_length: int | None = None,
-    max_new_tokens: int = 50,
-    do_sample: bool = False,
-    top_k: int = 0,
-    top_p: float = 1.0,
-    temperature: float = 1.0,
-    num_samples_shown: int = 3,
+    *,
+    settings: RougeSettings,
 ) -> StageFn:
-    """Evaluate every policy in ``policies`` (label -> policy) on the first ``limit`` rows of
-    ``dataset`` (the ``prompts`` view: ``prompt`` and ``reference`` columns; every other column
-    is passed to ``reward`` as a keyword list). A policy with a ``variants()`` method is
-    evaluated once per variant, labelled ``<label>[<variant>]``.
+    """Evaluate every policy in ``policies`` (label -> policy; at least one, none labelled
+    ``reference``) on the first ``limit`` rows of ``dataset`` (the ``prompts`` view:
+    ``prompt`` and ``reference`` columns; every other column is passed to ``reward`` as a
+    keyword list). A policy with a ``variants()`` method is evaluated once per variant,
+    labelled ``<label>[<variant>]``.
 
-    Generation: ``batch_size`` prompts at a time, greedy unless ``do_sample`` (then
-    ``temperature``, ``top_k`` (0 = off), ``top_p``), at most ``max_new_tokens``, prompts
+    Generation: ``batch_size`` prompts at a time, at most ``max_new_tokens``, prompts
     left-truncated to ``max_prompt_length`` tokens (unset: to the model's context minus
-    ``max_new_tokens``). Writes ``eval.json`` and
-    ``eval.md`` (showing ``num_samples_shown`` sample summaries) into the stage directory and
-    returns flat metrics such as ``sft/rouge1`` and ``sft/reward``.
+    ``max_new_tokens``). Writes ``eval.json`` and ``eval.md`` (showing ``num_samples_shown``
+    sample summaries) into the stage directory and returns flat metrics such as
+    ``sft/rouge1`` and ``sft/reward``. ``settings`` were validated whole.
     """
+    _check_policies(policies)
     from rlhf_plugins.generation import SamplingSettings
     from rlhf_rouge.evaluator import RougeEvaluator
 
     sampling = SamplingSettings(
-        max_new_tokens=max_new_tokens,
-        do_sample=do_sample,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
+        max_new_tokens=settings.max_new_tokens,
+        do_sample=settings.do_sample,
+        temperature=settings.temperature,
+        top_k=settings.top_k,
+        top_p=settings.top_p,
     )
-    evaluator = RougeEvaluator(
+    return RougeEvaluator(
         policies,
         dataset,
         reward,
         sampling=sampling,
-        limit=limit,
-        batch_size=batch_size,
-        max_prompt_length=max_prompt_length,
-        num_samples_shown=num_samples_shown,
+        limit=settings.limit,
+        batch_size=settings.batch_size,
+        max_prompt_length=settings.max_prompt_length,
+        num_samples_shown=settings.num_samples_shown,
     )
-    _check_settings(evaluator)
-    return evaluator
 
 
 rouge.sequence_length = generation_settings
 
 
-def _check_settings(evaluator: Any) -> None:
-    """Raise one ``UserError`` listing every out-of-range setting of ``evaluator``."""
+def _check_policies(policies: dict[str, Policy]) -> None:
+    """Raise one ``UserError`` when ``policies`` is empty or uses a reserved label (a rule on
+    the slot, which no settings declaration sees)."""
     problems = []
-    if not evaluator.policies:
+    if not policies:
         problems.append("'policies' is empty; give at least one, e.g. { sft = { use = ... } }")
     problems += [
         f"a policy cannot be labelled '{label}' (reserved for the reference summaries)"
-        for label in evaluator.policies
+        for label in policies
         if label in RESERVED_LABELS
     ]
-    sampling = evaluator.sampling
-    positive = dict(
-        batch_size=evaluator.batch_size,
-        max_new_tokens=sampling.max_new_tokens,
-        limit=evaluator.limit,
-        max_prompt_length=evaluator.max_prompt_length,
-    )
-    problems += [
-        f"'{name}' must be at least 1, got {value}"
-        for name, value in positive.items()
-        if value is not None and value < 1
-    ]
-    if sampling.top_k < 0:
-        problems.append(f"'top_k' must be 0 (off) or more, got {sampling.top_k}")
-    if evaluator.num_samples_shown < 0:
-        problems.append(f"'num_samples_shown' must be 0 or more, got {evaluator.num_samples_shown}")
-    if sampling.do_sample and sampling.temperature <= 0:
-        problems.append(f"'temperature' must be above 0 when sampling, got {sampling.temperature}")
-    if not 0 < sampling.top_p <= 1:
-        problems.append(f"'top_p' must be in (0, 1], got {sampling.top_p}")
     if problems:
         raise UserError("rouge evaluator: " + "; ".join(problems))
