@@ -42,16 +42,16 @@ KL_COEF, VF_COEF, LEARNING_RATE = 0.05, 0.1, 3e-6
 OUR_SETTINGS = {
     "num_rollouts": BATCH,
     "chunk_size": BATCH,
-    "batch_size": BATCH,
+    "per_device_train_batch_size": BATCH,
     "ppo_epochs": EPOCHS,
     "kl_controller": "fixed",
     "init_kl_coef": KL_COEF,
     "vf_coef": VF_COEF,
-    "cliprange_reward": None,
+    "cliprange_reward": 0.0,
     "max_new_tokens": RESPONSE_TOKENS,
     "do_sample": True,
     "learning_rate": LEARNING_RATE,
-    "lr_scheduler": "linear",
+    "lr_scheduler_type": "linear",
     "max_grad_norm": None,
 }  # the same work as TRL's PPOConfig below: no reward clipping, no gradient clipping
 OURS_VARIANTS = {"ours (all layers)": -1, "ours (hydra, top 2)": 2}
@@ -352,10 +352,8 @@ class BenchPolicy:
 
 def our_trainer(size: str, work: Path, unfrozen: int, prompts: int | None, out: str):
     """Our ``ppo`` trainer for the bench's work, with ``updates`` = prompts / 16."""
-    from types import SimpleNamespace
-
     from datasets import Dataset
-    from rlhf_ppo import ppo
+    from rlhf_ppo.settings import PPOSettings
     from rlhf_ppo.trainer import PPOTrainer
 
     from rlhf_plugins import StageContext
@@ -365,15 +363,10 @@ def our_trainer(size: str, work: Path, unfrozen: int, prompts: int | None, out: 
     reward = ModelReward(make_model("score", policy.config, 1), tokenizer)
     dataset = Dataset.from_dict({"prompt": [r["prompt"] for r in rows]})
     stage = StageContext(recipe_name="bench", name="ppo", output_dir=Path(out), seed=0, config={})
-    stage_fn = ppo(
-        policy=policy,
-        reward=reward,
-        dataset=dataset,
-        num_layers_unfrozen=unfrozen,
-        total_steps=len(rows) // BATCH * EPOCHS,
-        **OUR_SETTINGS,
+    settings = PPOSettings(
+        num_layers_unfrozen=unfrozen, max_steps=len(rows) // BATCH * EPOCHS, **OUR_SETTINGS
     )
-    trainer = PPOTrainer(stage, policy, reward, dataset, None, SimpleNamespace(**stage_fn.settings))
+    trainer = PPOTrainer(stage, policy, reward, dataset, None, settings)
     trainer.save_final = lambda: None  # the bench measures training, not writing files
     return trainer, len(rows)
 

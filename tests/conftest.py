@@ -156,15 +156,15 @@ reward = {{ use = "ppo-toy-reward", fault = "{fault}", fault_calls = {fault_call
 {extra}
 
 [stages.ppo.trainer_settings]
-total_steps = 8
+max_steps = 8
 num_rollouts = 8
 chunk_size = 4
-batch_size = 4
+per_device_train_batch_size = 4
 ppo_epochs = 2
 num_layers_unfrozen = 1
 max_new_tokens = 6
 learning_rate = 1e-3
-checkpoint_interval = 4
+save_steps = 4
 """
 
 

@@ -112,7 +112,7 @@ policy = {{ {policy}, max_positions = 64 }}
 dataset = {{ use = "jsonl", path = "long.jsonl" }}
 reward = {{ use = "ppo-toy-reward" }}
 eval_dataset = {{ use = "jsonl", path = "long.jsonl", limit = 4 }}
-trainer_settings = {{ total_steps = 1, num_rollouts = 4, chunk_size = 4, batch_size = 4, ppo_epochs = 1, num_layers_unfrozen = 1, max_new_tokens = 6{settings} }}
+trainer_settings = {{ max_steps = 1, num_rollouts = 4, chunk_size = 4, per_device_train_batch_size = 4, ppo_epochs = 1, num_layers_unfrozen = 1, max_new_tokens = 6{settings} }}
 
 [stages.eval]
 evaluator = "rouge"

@@ -91,7 +91,7 @@ def logged(run_dir: Path) -> list[dict]:
 
 # the toy recipe: 8 rollouts, batch 4, 2 PPO epochs; 16 steps = 4 updates; horizon 10 makes
 # each update visible (the toy's KL is far below the target, so every error is -0.2)
-TOY_SETTINGS = ("total_steps=16", "horizon=10", "init_kl_coef=0.5")
+TOY_SETTINGS = ("max_steps=16", "horizon=10", "init_kl_coef=0.5")
 
 
 def run_toy(run_cli, recipe: Path, kl_update: str):

@@ -1,16 +1,11 @@
 """PPO maths against hand-computed values: GAE, whitening, KL estimators and controllers,
-per-token rewards, clipped losses, reward statistics, learning-rate schedule, settings."""
+per-token rewards, clipped losses (the settings: tests/test_ppo_settings.py)."""
 
 from __future__ import annotations
 
 import math
-from types import SimpleNamespace
 
-import pytest
 import torch
-
-from rlhf_plugins import UserError
-from rlhf_plugins.registry import load_registry
 
 torch.set_num_threads(1)
 
@@ -161,67 +156,3 @@ def test_fixed_kl_controller_never_moves():
 
     controller = make_kl_controller("fixed", 0.2, target=None, horizon=10000)
     assert controller.update(100.0, n_steps=10**6) == 0.2
-
-
-def test_running_moments_merge_batches():
-    from rlhf_ppo.maths import RunningMoments
-
-    moments = RunningMoments()
-    close(moments.update(torch.tensor([1.0, 2.0, 3.0])), (2.0, 1.0))
-    moments.update(torch.tensor([4.0, 5.0]))
-    close(moments.mean, 3.0)
-    close(moments.std, math.sqrt(2.5))
-
-
-def test_learning_rate_schedules():
-    from rlhf_ppo.trainer import learning_rate_factor
-
-    s = SimpleNamespace(
-        warmup_steps=0,
-        min_learning_rate=0.0,
-        learning_rate=1.0,
-        total_steps=10,
-        lr_scheduler="cosine",
-    )
-    close([learning_rate_factor(t, s) for t in (0, 5, 10)], [1.0, 0.5, 0.0])
-    s.lr_scheduler, s.min_learning_rate = "linear", 0.2
-    close(learning_rate_factor(5, s), 0.6)
-    s.lr_scheduler, s.warmup_steps = "constant", 2
-    close([learning_rate_factor(t, s) for t in (0, 1, 7)], [0.5, 1.0, 1.0])
-
-
-def ppo_factory():
-    return load_registry().get("trainer", "ppo").factory
-
-
-def test_settings_report_every_batch_size_problem_at_once():
-    with pytest.raises(UserError) as excinfo:
-        ppo_factory()(
-            policy=None,
-            reward=None,
-            dataset=None,
-            num_rollouts=20,
-            chunk_size=8,
-            batch_size=6,
-            gradient_accumulation_steps=4,
-            num_layers_unfrozen=0,
-        )
-    message = str(excinfo.value)
-    assert "multiple of chunk_size" in message
-    assert "multiple of batch_size" in message
-    assert "gradient_accumulation_steps" in message
-    assert "num_layers_unfrozen" in message
-
-
-@pytest.mark.parametrize(
-    "settings, fragment",
-    [
-        (dict(kl_controller="adaptive", target=None), "positive target"),
-        (dict(gamma=1.5), "gamma must lie in [0, 1]"),
-        (dict(lora_r=8, num_layers_unfrozen=2), "LoRA"),
-        (dict(cliprange=0.0), "cliprange must be positive"),
-    ],
-)
-def test_settings_checks(settings, fragment):
-    with pytest.raises(UserError, match=fragment.replace("[", r"\[").replace("]", r"\]")):
-        ppo_factory()(policy=None, reward=None, dataset=None, **settings)

@@ -1,5 +1,6 @@
 """Models: the hydra reference gives the logits of a full frozen copy after the policy has
-moved, for GPT-2, GPT-J and GPT-NeoX; freezing; response-only logits and values."""
+moved, for GPT-2, GPT-J and GPT-NeoX; freezing (-1, k and 0 unfrozen layers); response-only
+logits and values."""
 
 from __future__ import annotations
 
@@ -125,6 +126,25 @@ def test_hydra_shares_a_head_tied_to_frozen_embeddings():
     model, reference = build_models(tiny_lm("gpt2"), num_layers_unfrozen=2, separate_critic=False)
     assert not model.policy.lm_head.weight.requires_grad
     assert reference.head is model.policy.lm_head
+
+
+def test_zero_unfrozen_layers_trains_only_the_value_head_against_the_policy_itself():
+    from rlhf_ppo.models import SharedReference, build_models
+
+    model, reference = build_models(tiny_lm("gpt2"), num_layers_unfrozen=0, separate_critic=False)
+    assert isinstance(reference, SharedReference) and not list(reference.parameters())
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {
+        "value_head.0.weight",
+        "value_head.0.bias",
+        "value_head.2.weight",
+        "value_head.2.bias",
+    }
+    inputs, start = left_padded_batch()
+    logits, values, ref_logits = reference.run(model, inputs, start)
+    assert ref_logits is logits and not logits.requires_grad
+    values.sum().backward()
+    assert model.value_head[0].weight.grad is not None
 
 
 def test_separate_critic_has_its_own_trunk():

@@ -68,9 +68,9 @@ def assert_same_weights(a: Path, b: Path) -> None:
         assert second[name].equal(tensor), name
 
 
-def ppo_recipe(toy, name: str, total_steps: int = 16, extra: str = "") -> Path:
+def ppo_recipe(toy, name: str, max_steps: int = 16, extra: str = "") -> Path:
     path = toy(name=name, extra=extra)
-    path.write_text(path.read_text().replace("total_steps = 8", f"total_steps = {total_steps}"))
+    path.write_text(path.read_text().replace("max_steps = 8", f"max_steps = {max_steps}"))
     return path
 
 
@@ -146,7 +146,7 @@ def test_a_failed_final_evaluation_keeps_the_policy_and_a_rerun_only_evaluates(
     toy, run_cli, tmp_path, monkeypatch
 ):
     extra = 'eval_dataset = { use = "ppo-toy-prompts", rows = 6, offset = 500 }'
-    recipe = ppo_recipe(toy, "evalfail", total_steps=8, extra=extra)
+    recipe = ppo_recipe(toy, "evalfail", max_steps=8, extra=extra)
     monkeypatch.setenv("PPO_TOY_FAIL_AT_CALL", "5")  # 2 updates x 2 chunks, then the evaluation
     result = run_cli("run", recipe)
     assert result.exit_code == 1 and "interrupted at reward call 5" in result.output
@@ -192,7 +192,7 @@ def test_kill_9_then_the_same_command_matches_an_uninterrupted_run(toy, run_cli,
 def test_a_second_run_is_refused_and_a_signal_stops_the_first_cleanly(
     toy, tmp_path, signum, code, said
 ):
-    recipe = ppo_recipe(toy, "busy", total_steps=400)
+    recipe = ppo_recipe(toy, "busy", max_steps=400)
     out = tmp_path / "runs" / "busy" / "ppo"
     first = rlhf(tmp_path, "run", recipe)
     wait_for(lambda: (out / "metrics.jsonl").is_file(), first)

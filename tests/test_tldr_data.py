@@ -369,7 +369,6 @@ def test_token_truncation_keeps_suffix(tmp_path):
         ("posts.jsonl", {"view": "comparisons"}, "view 'comparisons' needs a comparisons source"),
         ("pairs.jsonl", {"view": "sft"}, "view 'sft' needs a source with reference summaries"),
         ("posts.jsonl", {"split": "train"}, "has no splits; leave out 'split'"),
-        ("posts.jsonl", {"limit": 0}, "limit must be a positive"),
         ("posts.jsonl", {"max_prompt_tokens": 1}, "leaves no room"),
         (".", {"view": "comparisons"}, "holds summaries but no comparisons"),
         ("bad.jsonl", {}, "bad.jsonl: line 3 is not JSON (Expecting property name"),

@@ -5,10 +5,13 @@ trained on the stage's datasets, for offline runs)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, model_validator
 
 from rlhf_plugins import Policy, StageContext, UserError, hookimpl
 from rlhf_plugins.context import Length, saved_model_context
+from rlhf_plugins.settings import Settings
 
 
 @hookimpl
@@ -27,10 +30,16 @@ def register_policies(register):
 
 def hf_causal_lm(
     stage: StageContext | None = None,
-    model: str | None = None,
+    model: Annotated[
+        str | None, Field(description="hub id or local directory (or from_stage instead)")
+    ] = None,
     from_stage: str | None = None,
-    revision: str | None = None,
-    trust_remote_code: bool = False,
+    revision: Annotated[
+        str | None, Field(description="hub branch, tag or commit (unset: the default branch)")
+    ] = None,
+    trust_remote_code: Annotated[
+        bool, Field(description="run the model's own code from the hub (off unless set)")
+    ] = False,
 ) -> Policy:
     """A causal LM from a hub id or local directory (``model``), or from the output directory
     of an earlier stage (``from_stage``). A relative local ``model`` directory is relative to
@@ -55,31 +64,36 @@ def pretrained_context(settings: dict[str, Any], base_dir: Path) -> Length | Non
 hf_causal_lm.context_length = pretrained_context
 
 
-def tiny_causal_lm(
-    stage: StageContext,
-    architecture: Literal["gptj", "gpt2", "gpt_neox"] = "gptj",
-    n_layer: int = 2,
-    n_embd: int = 64,
-    n_head: int = 4,
-    vocab_size: int = 1024,
-    max_positions: int = 512,
-    tokenizer_samples: int = 5000,
-) -> Policy:
+class TinyModelSettings(Settings):
+    """The shape of a ``tiny-causal-lm`` model and its tokenizer."""
+
+    architecture: Literal["gptj", "gpt2", "gpt_neox"] = Field(
+        "gptj", description="the transformers architecture built from a config"
+    )
+    n_layer: int = Field(2, ge=1, description="transformer blocks")
+    n_embd: int = Field(64, ge=1, description="hidden size, a multiple of n_head")
+    n_head: int = Field(4, ge=1, description="attention heads")
+    vocab_size: int = Field(1024, ge=1, description="size of the BPE vocabulary trained")
+    max_positions: int = Field(512, ge=1, description="context length in tokens")
+    tokenizer_samples: int = Field(
+        5000, ge=1, description="rows of the stage's datasets the tokenizer is trained on"
+    )
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> TinyModelSettings:
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
+        return self
+
+
+def tiny_causal_lm(stage: StageContext, *, settings: TinyModelSettings) -> Policy:
     """A randomly initialised model of ``architecture`` with a byte-level BPE tokenizer trained
     on up to ``tokenizer_samples`` rows of the stage's datasets (every string column). The
-    tokenizer is saved under the stage output so later stages reuse it."""
+    tokenizer is saved under the stage output so later stages reuse it. ``settings`` were
+    validated whole."""
     from rlhf_hf_policies.policies import TinyPolicy
 
-    return TinyPolicy(
-        stage,
-        architecture=architecture,
-        n_layer=n_layer,
-        n_embd=n_embd,
-        n_head=n_head,
-        vocab_size=vocab_size,
-        max_positions=max_positions,
-        tokenizer_samples=tokenizer_samples,
-    )
+    return TinyPolicy(stage, **settings.model_dump())
 
 
 def tiny_context(settings: dict[str, Any], base_dir: Path) -> Length:

@@ -132,10 +132,6 @@ class TinyPolicy:
         max_positions: int,
         tokenizer_samples: int,
     ):
-        if n_embd % n_head:
-            raise UserError(
-                f"tiny-causal-lm: n_embd ({n_embd}) must be divisible by n_head ({n_head})"
-            )
         self.stage = stage
         self.name = f"tiny-{architecture}-{n_layer}x{n_embd}"
         self.architecture = architecture

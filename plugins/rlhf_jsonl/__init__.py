@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field
 
 from rlhf_plugins import Dataset, StageContext, hookimpl
+from rlhf_plugins.settings import LocalPath
 
 
 @hookimpl
@@ -15,10 +18,17 @@ def register_datasets(register):
 
 def jsonl(
     stage: StageContext,
-    path: Path,
-    columns: dict[str, str] | None = None,
-    limit: int | None = None,
-    shuffle: bool = False,
+    path: Annotated[
+        LocalPath, Field(description="a data file or a directory of them, relative to the recipe")
+    ],
+    columns: Annotated[
+        dict[str, str] | None,
+        Field(description='view column -> source column, e.g. { prompt = "question" }'),
+    ] = None,
+    limit: Annotated[int | None, Field(ge=1, description="rows kept (unset: all)")] = None,
+    shuffle: Annotated[
+        bool, Field(description="shuffle with the recipe seed before limit")
+    ] = False,
 ) -> Dataset:
     """Rows of ``path`` (relative to the recipe). ``columns`` maps each view column to the source
     column it comes from; other columns are kept. ``shuffle`` uses the recipe seed and happens

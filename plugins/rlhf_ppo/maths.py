@@ -9,7 +9,6 @@ processes (identity on one process).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import torch
 
@@ -162,47 +161,3 @@ def response_mask(responses: torch.Tensor, eos_token_id: int | None) -> torch.Te
     is_eos = (responses == eos_token_id).long()
     eos_before = torch.cumsum(is_eos, dim=1) - is_eos
     return (eos_before == 0).long()
-
-
-class RunningMoments:
-    """Running mean and standard deviation of every value seen (trlX's reward statistics),
-    merged across processes with ``reduce``."""
-
-    def __init__(self) -> None:
-        self.mean, self.var, self.count = 0.0, 1.0, 1e-24
-
-    @property
-    def std(self) -> float:
-        """Sample standard deviation of every value seen (1.0 before any)."""
-        return (self.var * self.count / max(self.count - 1, 1e-24)) ** 0.5
-
-    def update(self, xs: torch.Tensor, reduce: Reduce = _local) -> tuple[float, float]:
-        """Add ``xs``; return the batch's (mean, sample std) over every process."""
-        x64 = xs.detach().to(torch.float64).flatten()
-        totals = reduce(
-            torch.stack(
-                [
-                    x64.sum(),
-                    (x64 * x64).sum(),
-                    torch.tensor(float(x64.numel()), dtype=torch.float64, device=x64.device),
-                ]
-            )
-        )
-        n = float(totals[2])
-        batch_mean = float(totals[0]) / n
-        batch_var = max(float(totals[1]) / n - batch_mean**2, 0.0)
-        delta = batch_mean - self.mean
-        total = self.count + n
-        self.var = (
-            self.var * self.count + batch_var * n + delta**2 * self.count * n / total
-        ) / total
-        self.mean += delta * n / total
-        self.count = total
-        return batch_mean, (batch_var * n / max(n - 1, 1)) ** 0.5
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"mean": self.mean, "var": self.var, "count": self.count}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.mean, self.var = float(state["mean"]), float(state["var"])
-        self.count = float(state["count"])

@@ -6,11 +6,14 @@ the positions that predict response tokens (no vocabulary projection over the pr
 
 References (all frozen; ``run`` returns policy logits, values and reference logits):
 
-- ``HydraReference`` (``num_layers_unfrozen = k``): the policy trains only its top ``k`` blocks,
-  final norm and (untied) LM head; everything below is frozen, embeddings included. The
-  reference holds frozen copies of exactly the trainable part. In one policy forward the
-  input of block ``n - k`` is captured and replayed through the copies, so reference logits
-  equal a full frozen copy's and cost ``k / n`` of a forward.
+- ``HydraReference`` (``num_layers_unfrozen = k >= 1``): the policy trains only its top ``k``
+  blocks, final norm and (untied) LM head; everything below is frozen, embeddings included
+  (``rlhf_plugins.modules.freeze_bottom``). The reference holds frozen copies of exactly the
+  trainable part. In one policy forward the input of block ``n - k`` is captured and replayed
+  through the copies, so reference logits equal a full frozen copy's and cost ``k / n`` of a
+  forward.
+- ``SharedReference`` (``k = 0``): the whole LM is frozen and only the value head trains, so
+  the policy is its own reference (a hydra with nothing copied).
 - ``FrozenCopyReference`` (``k = -1``): a full frozen copy of the initial policy.
 - ``AdapterOffReference`` (LoRA policy): the same model with its adapter switched off.
 """
@@ -27,34 +30,7 @@ from torch import nn
 
 from rlhf_plugins import UserError
 from rlhf_plugins.hf import decoder_blocks
-
-FINAL_NORM_NAMES = ("ln_f", "final_layer_norm", "norm", "final_norm")
-
-
-def disable_dropout(model: nn.Module) -> None:
-    """Set every dropout probability to 0 (rollout and training logprobs must agree)."""
-    for module in model.modules():
-        if isinstance(module, nn.Dropout):
-            module.p = 0.0
-
-
-def final_norm(trunk: nn.Module) -> nn.Module:
-    """The trunk's final normalisation layer."""
-    for name in FINAL_NORM_NAMES:
-        module = getattr(trunk, name, None)
-        if isinstance(module, nn.Module):
-            return module
-    raise UserError(
-        f"{type(trunk).__name__}: no final norm ({', '.join(FINAL_NORM_NAMES)}) "
-        "found; use num_layers_unfrozen = -1 (a full reference copy) for this model"
-    )
-
-
-def make_value_head(hidden_size: int) -> nn.Sequential:
-    """trlX's value head: ``Linear(h, 2h) -> ReLU -> Linear(2h, 1)``."""
-    return nn.Sequential(
-        nn.Linear(hidden_size, 2 * hidden_size), nn.ReLU(), nn.Linear(2 * hidden_size, 1)
-    )
+from rlhf_plugins.modules import MLPHead, disable_dropout, final_norm, freeze_bottom
 
 
 def response_logits(lm: nn.Module, hidden: torch.Tensor, response_start: int) -> torch.Tensor:
@@ -122,19 +98,6 @@ class HydraReference(nn.Module):
     def head(self) -> nn.Module:
         return self.shared_head[0] if self.shared_head else self.own_head
 
-    @staticmethod
-    def freeze_bottom(lm: nn.Module, k: int) -> None:
-        """Leave only the top ``k`` blocks, the final norm and an untied LM head trainable."""
-        layers = decoder_blocks(lm)
-        if k > len(layers):
-            raise UserError(f"num_layers_unfrozen ({k}) exceeds the model's {len(layers)} layers")
-        lm.requires_grad_(False)
-        layers[len(layers) - k :].requires_grad_(True)
-        final_norm(lm.base_model).requires_grad_(True)
-        head, embeddings = lm.get_output_embeddings(), lm.get_input_embeddings()
-        if head.weight is not embeddings.weight:
-            head.requires_grad_(True)
-
     @contextmanager
     def capture(self) -> Iterator[dict[str, Any]]:
         """While active, records the positional and keyword inputs of the policy's block
@@ -172,6 +135,17 @@ class HydraReference(nn.Module):
         return logits, values, self.replay(captured, response_start)
 
 
+class SharedReference(nn.Module):
+    """The policy itself, for a policy whose LM is frozen whole (``num_layers_unfrozen = 0``):
+    its logits are the reference logits (holds no weights)."""
+
+    def run(
+        self, model: PolicyValueModel, inputs: dict[str, torch.Tensor], response_start: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        logits, values = model(**inputs, response_start=response_start)
+        return logits, values, logits
+
+
 class FrozenCopyReference(nn.Module):
     """A full frozen copy of the initial policy."""
 
@@ -204,7 +178,7 @@ class AdapterOffReference(nn.Module):
         return logits, values, ref_logits
 
 
-Reference = HydraReference | FrozenCopyReference | AdapterOffReference
+Reference = HydraReference | SharedReference | FrozenCopyReference | AdapterOffReference
 
 
 def apply_lora(
@@ -233,7 +207,8 @@ def build_models(
     lora: dict[str, Any] | None = None,
 ) -> tuple[PolicyValueModel, Reference]:
     """The trained module and its reference for a freshly loaded causal LM ``lm``
-    (``lora``: keyword arguments of ``apply_lora`` when the policy trains a LoRA adapter)."""
+    (``lora``: keyword arguments of ``apply_lora`` when the policy trains a LoRA adapter), with
+    ``num_layers_unfrozen`` as ``rlhf_plugins.modules.freeze_bottom`` reads it."""
     disable_dropout(lm)
     hidden_size = lm.config.hidden_size
     if lora:
@@ -243,8 +218,10 @@ def build_models(
     elif num_layers_unfrozen == -1:
         reference = FrozenCopyReference(lm)
     else:
-        HydraReference.freeze_bottom(lm, num_layers_unfrozen)
-        reference = HydraReference(lm, num_layers_unfrozen)
+        freeze_bottom(lm, num_layers_unfrozen)
+        reference = (
+            HydraReference(lm, num_layers_unfrozen) if num_layers_unfrozen else SharedReference()
+        )
     critic = copy.deepcopy(lm.base_model).requires_grad_(True) if separate_critic else None
-    head = make_value_head(hidden_size).to(next(lm.parameters()).dtype)
+    head = MLPHead(hidden_size, 1).to(next(lm.parameters()).dtype)
     return PolicyValueModel(lm, head, critic), reference

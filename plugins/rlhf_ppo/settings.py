@@ -1,87 +1,180 @@
-"""Checks of the ``ppo`` settings that need no model (pure Python, no torch).
+"""The ``ppo`` trainer's settings, declared once: the shared training settings (spelled like
+``TrainingArguments``) at PPO's defaults, plus trlX's PPO names. ``rlhf validate`` checks
+every range and rule here; the trainer reads the validated instance. Imports pydantic only.
 
 Batch semantics, per process:
 
 - ``chunk_size``: prompts generated and scored together (one ``generate`` call, one reward
   call).
 - ``num_rollouts``: experiences collected before each PPO update; a multiple of ``chunk_size``.
-- ``batch_size``: experiences per optimizer step; ``num_rollouts`` is a multiple of it, so an
-  update makes ``num_rollouts / batch_size`` optimizer steps per PPO epoch.
-- ``gradient_accumulation_steps``: ``batch_size`` is split into that many micro-batches.
+- a minibatch (trlX's ``train.batch_size``) of ``per_device_train_batch_size x
+  gradient_accumulation_steps`` experiences per optimizer step, in
+  ``gradient_accumulation_steps`` forward passes of ``per_device_train_batch_size`` (trlX's
+  ``minibatch_size``); ``num_rollouts`` is a multiple of it, so an update makes
+  ``num_rollouts / minibatch`` optimizer steps per PPO epoch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from typing import Literal
 
-from rlhf_plugins import UserError
+from pydantic import Field, model_validator
 
-POSITIVE_INTS = (
-    "total_steps",
-    "num_rollouts",
-    "chunk_size",
-    "batch_size",
-    "ppo_epochs",
-    "gradient_accumulation_steps",
-    "max_new_tokens",
-    "horizon",
-    "keep_checkpoints",
-    "max_skipped_chunks",
+from rlhf_plugins.training import TrainingSettings
+
+PPOTrainingSettings = TrainingSettings.with_defaults(
+    learning_rate=1e-5, weight_decay=1e-6, logging_steps=1, save_steps=0
 )
-NON_NEGATIVE_FLOATS = ("init_kl_coef", "vf_coef", "weight_decay", "min_learning_rate", "top_k")
-POSITIVE_FLOATS = ("learning_rate", "cliprange", "cliprange_value", "temperature")
-UNIT_INTERVAL = ("gamma", "lam")
+"""The shared fields at PPO's defaults: AdamW at 1e-5 with weight decay 1e-6, every update
+logged, no intermediate checkpoints."""
 
 
-def settings_problems(s: Mapping[str, Any]) -> list[str]:
-    """Every problem with the settings ``s`` (the ``ppo`` factory's keyword arguments)."""
-    problems = [
-        f"{k} must be positive, got {s[k]}" for k in POSITIVE_INTS + POSITIVE_FLOATS if s[k] <= 0
-    ]
-    problems += [f"{k} must be >= 0, got {s[k]}" for k in NON_NEGATIVE_FLOATS if s[k] < 0]
-    problems += [f"{k} must lie in [0, 1], got {s[k]}" for k in UNIT_INTERVAL if not 0 <= s[k] <= 1]
-    if problems:
-        return problems
-    if s["num_rollouts"] % s["chunk_size"]:
-        problems.append(
-            f"num_rollouts ({s['num_rollouts']}) must be a multiple of chunk_size "
-            f"({s['chunk_size']}): every update collects whole generation chunks"
-        )
-    if s["num_rollouts"] % s["batch_size"]:
-        problems.append(
-            f"num_rollouts ({s['num_rollouts']}) must be a multiple of batch_size "
-            f"({s['batch_size']}): every PPO epoch uses each experience once"
-        )
-    if s["batch_size"] % s["gradient_accumulation_steps"]:
-        problems.append(
-            f"batch_size ({s['batch_size']}) must be a multiple of "
-            f"gradient_accumulation_steps ({s['gradient_accumulation_steps']})"
-        )
-    if s["num_layers_unfrozen"] == 0 or s["num_layers_unfrozen"] < -1:
-        problems.append(
-            "num_layers_unfrozen must be -1 (train every layer, full reference "
-            f"copy) or a positive number of top layers, got {s['num_layers_unfrozen']}"
-        )
-    if s["kl_controller"] == "adaptive" and (s["target"] is None or s["target"] <= 0):
-        problems.append("kl_controller 'adaptive' needs a positive target KL")
-    if s["scale_reward"] == "ref" and s["ref_std"] is not None and s["ref_std"] <= 0:
-        problems.append(f"ref_std must be positive, got {s['ref_std']}")
-    if not 0 < s["top_p"] <= 1:
-        problems.append(f"top_p must lie in (0, 1], got {s['top_p']}")
-    if s["lora_r"] < 0:
-        problems.append(f"lora_r must be >= 0 (0: no LoRA), got {s['lora_r']}")
-    if s["lora_r"] and s["num_layers_unfrozen"] != -1:
-        problems.append(
-            "a LoRA policy trains adapters on every layer: leave num_layers_unfrozen "
-            "at -1 (the reference is the policy with its adapter switched off)"
-        )
-    if s["lora_r"] and s["separate_critic"]:
-        problems.append("separate_critic is not available with a LoRA policy")
-    return problems
+class PPOSettings(PPOTrainingSettings):
+    """PPO (trlX's ``PPOConfig``) on the shared training settings."""
 
+    max_steps: int = Field(
+        1000, ge=1, description="optimizer steps to train (the last update may stop early)"
+    )
+    num_rollouts: int = Field(
+        128,
+        ge=1,
+        description="experiences collected per update, per process; a multiple of chunk_size "
+        "and of the minibatch (per_device_train_batch_size x gradient_accumulation_steps)",
+    )
+    chunk_size: int = Field(
+        16, ge=1, description="prompts per generate call and per reward call, per process"
+    )
+    ppo_epochs: int = Field(4, ge=1, description="passes over each rollout")
+    num_layers_unfrozen: int = Field(
+        2,
+        ge=-1,
+        description="trained LM blocks: -1 all (full frozen reference copy), k the top k "
+        "(hydra reference: copies of those blocks), 0 none (only the value head learns; the "
+        "frozen policy is its own reference)",
+    )
+    separate_critic: bool = Field(
+        False, description="value head on its own trunk copy (trained fully)"
+    )
+    kl_controller: Literal["adaptive", "fixed"] = Field(
+        "adaptive", description="KL coefficient: adaptive (Ziegler et al.) or fixed"
+    )
+    init_kl_coef: float = Field(0.05, ge=0, description="initial (or fixed) KL coefficient")
+    kl_update: Literal["samples", "trlx"] = Field(
+        "samples",
+        description="adaptive controller cadence: one update of num_rollouts per rollout, or "
+        "trlX's ppo_epochs updates of the minibatch (docs/ppo.md, step 7)",
+    )
+    target: float = Field(
+        6.0, gt=0, description="adaptive controller's target KL (per sample, summed over tokens)"
+    )
+    horizon: int = Field(10000, ge=1, description="adaptive controller's horizon")
+    kl_estimator: Literal["k1", "k3"] = Field(
+        "k1", description="per-token KL estimate: k1 (log p - log q) or k3 (non-negative)"
+    )
+    gamma: float = Field(1.0, ge=0, le=1, description="GAE discount")
+    lam: float = Field(0.95, ge=0, le=1, description="GAE lambda")
+    cliprange: float = Field(0.2, gt=0, description="policy ratio clip (1 +- cliprange)")
+    cliprange_value: float = Field(0.2, gt=0, description="value clip around the old values")
+    vf_coef: float = Field(1.0, ge=0, description="value-loss weight")
+    scale_reward: Literal["running", "ref", "none"] = Field(
+        "none",
+        description="divide scores by their running sample std over all processes (running), "
+        "by ref_std or the first chunk's std (ref), or not at all (none)",
+    )
+    ref_std: float | None = Field(
+        None, gt=0, description="std for scale_reward = 'ref' (unset: the first chunk's)"
+    )
+    cliprange_reward: float = Field(
+        10.0, ge=0, description="clip the (scaled) scores to +-this (0: no clipping)"
+    )
+    whiten_advantages: bool = Field(True, description="whiten advantages across processes")
+    max_new_tokens: int = Field(40, ge=1, description="response length limit (tokens)")
+    do_sample: bool = Field(True, description="sample rollouts (false: greedy)")
+    temperature: float = Field(
+        1.0, gt=0, description="rollout sampling temperature; log-probabilities use it too"
+    )
+    top_k: int = Field(0, ge=0, description="rollout top-k sampling (0: off)")
+    top_p: float = Field(1.0, gt=0, le=1, description="rollout nucleus sampling (1: off)")
+    max_prompt_length: int | None = Field(
+        None,
+        ge=1,
+        description="prompts cut from the left to this many tokens (unset: the policy's "
+        "context minus max_new_tokens)",
+    )
+    min_learning_rate: float = Field(
+        0.0, ge=0, description="learning rate at max_steps of the linear or cosine schedule"
+    )
+    lora_r: int = Field(0, ge=0, description="rank of a peft LoRA adapter to train (0: no LoRA)")
+    lora_alpha: float = Field(16.0, gt=0, description="LoRA scaling alpha")
+    lora_dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout")
+    lora_target_modules: list[str] | None = Field(
+        None, description="modules given adapters (unset: peft's default for the model)"
+    )
+    eval_samples: int = Field(
+        64, ge=1, description="held-out prompts per evaluation (all processes together)"
+    )
+    max_skipped_chunks: int = Field(
+        8, ge=1, description="chunks with unusable rewards in a row before the stage fails"
+    )
 
-def check_settings(s: Mapping[str, Any]) -> None:
-    """Raise one ``UserError`` listing every problem, or return."""
-    if problems := settings_problems(s):
-        raise UserError("ppo settings: " + "; ".join(problems))
+    @property
+    def minibatch_size(self) -> int:
+        """Experiences per optimizer step, per process (trlX's ``train.batch_size``)."""
+        return self.per_device_train_batch_size * self.gradient_accumulation_steps
+
+    @model_validator(mode="after")
+    def _batches_divide(self) -> PPOSettings:
+        if self.num_rollouts % self.chunk_size:
+            raise ValueError(
+                f"num_rollouts ({self.num_rollouts}) must be a multiple of chunk_size "
+                f"({self.chunk_size}): every update collects whole generation chunks"
+            )
+        if self.num_rollouts % self.minibatch_size:
+            raise ValueError(
+                f"num_rollouts ({self.num_rollouts}) must be a multiple of the minibatch, "
+                f"per_device_train_batch_size x gradient_accumulation_steps "
+                f"({self.per_device_train_batch_size} x {self.gradient_accumulation_steps} = "
+                f"{self.minibatch_size}): every PPO epoch uses each experience once"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _reward_scaling(self) -> PPOSettings:
+        if self.ref_std is not None and self.scale_reward != "ref":
+            raise ValueError(
+                f"ref_std ({self.ref_std:g}) is used only with scale_reward = 'ref', "
+                f"not {self.scale_reward!r}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _schedule(self) -> PPOSettings:
+        if self.min_learning_rate > self.learning_rate:
+            raise ValueError(
+                f"min_learning_rate ({self.min_learning_rate:g}) exceeds learning_rate "
+                f"({self.learning_rate:g})"
+            )
+        if self.lr_scheduler_type == "constant" and self.warmup_steps > 0:
+            raise ValueError(
+                f"lr_scheduler_type 'constant' has no warmup (warmup_steps = "
+                f"{self.warmup_steps:g}); use 'constant_with_warmup'"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _lora(self) -> PPOSettings:
+        if not self.lora_r:
+            unused = sorted(
+                {"lora_alpha", "lora_dropout", "lora_target_modules"} & self.model_fields_set
+            )
+            if unused:
+                raise ValueError(f"{', '.join(unused)} set but lora_r is 0 (no LoRA adapter)")
+            return self
+        if self.num_layers_unfrozen != -1:
+            raise ValueError(
+                "a LoRA policy trains adapters on every layer: leave num_layers_unfrozen "
+                "at -1 (the reference is the policy with its adapter switched off)"
+            )
+        if self.separate_critic:
+            raise ValueError("separate_critic is not available with a LoRA policy")
+        return self

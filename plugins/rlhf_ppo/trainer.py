@@ -4,19 +4,18 @@ One update: every process generates ``num_rollouts`` responses in chunks of ``ch
 (KV cache, left padding, stop at EOS), scores its own chunks with the reward function, computes
 log-probabilities, values and reference log-probabilities in one pass, turns scores and the KL
 penalty into per-token rewards, estimates advantages (GAE, whitened across processes) and runs
-``ppo_epochs`` passes of clipped policy and value losses over minibatches of ``batch_size``.
+``ppo_epochs`` passes of clipped policy and value losses over minibatches of
+``per_device_train_batch_size x gradient_accumulation_steps`` experiences.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -32,10 +31,18 @@ from rlhf_plugins.generation import (
     ensure_pad_token,
     generate_texts,
 )
+from rlhf_plugins.loop import (
+    RunningMoments,
+    eval_shard,
+    fill_deepspeed_config,
+    learning_rate_factor,
+    warmup_count,
+)
 from rlhf_ppo import maths
 from rlhf_ppo.kl_control import make_kl_controller, update_steps
 from rlhf_ppo.models import build_models
 from rlhf_ppo.rollout import Chunk, PromptSampler, Rollout, model_inputs
+from rlhf_ppo.settings import PPOSettings
 
 logger = logging.getLogger("rlhf_ppo")
 
@@ -50,7 +57,7 @@ class PPOStage:
     reward: RewardFunction
     dataset: Any
     eval_dataset: Any
-    settings: dict[str, Any]
+    settings: PPOSettings
 
     def __call__(self, stage: StageContext) -> dict[str, float]:
         for slot, data in (("dataset", self.dataset), ("eval_dataset", self.eval_dataset)):
@@ -61,23 +68,9 @@ class PPOStage:
             self.reward,
             self.dataset,
             self.eval_dataset,
-            SimpleNamespace(**self.settings),
+            self.settings,
         )
         return trainer.train()
-
-
-def learning_rate_factor(step: int, s: SimpleNamespace) -> float:
-    """Multiplier of ``learning_rate`` at optimizer step ``step``: linear warmup, then cosine,
-    linear or constant decay to ``min_learning_rate`` at ``total_steps``."""
-    if step < s.warmup_steps:
-        return (step + 1) / s.warmup_steps
-    floor = s.min_learning_rate / s.learning_rate
-    progress = min(1.0, (step - s.warmup_steps) / max(1, s.total_steps - s.warmup_steps))
-    if s.lr_scheduler == "constant":
-        return 1.0
-    if s.lr_scheduler == "linear":
-        return floor + (1 - floor) * (1 - progress)
-    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 class PPOTrainer:
@@ -90,7 +83,7 @@ class PPOTrainer:
         reward: RewardFunction,
         dataset: Any,
         eval_dataset: Any,
-        settings: SimpleNamespace,
+        settings: PPOSettings,
     ):
         self.stage, self.reward, self.eval_dataset, self.s = stage, reward, eval_dataset, settings
         s = settings
@@ -136,8 +129,17 @@ class PPOTrainer:
             betas=(s.adam_beta1, s.adam_beta2),
             weight_decay=s.weight_decay,
         )
+        warmup = warmup_count(s.warmup_steps, s.max_steps)
+        min_ratio = s.min_learning_rate / s.learning_rate
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: learning_rate_factor(step, s)
+            optimizer,
+            lambda step: learning_rate_factor(
+                step,
+                schedule=s.lr_scheduler_type,
+                warmup=warmup,
+                max_steps=s.max_steps,
+                min_ratio=min_ratio,
+            ),
         )
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         # DeepSpeed may have cast the policy (bf16/fp16): the reference computes like it
@@ -154,7 +156,7 @@ class PPOTrainer:
         self.kl_controller = make_kl_controller(
             s.kl_controller, s.init_kl_coef, s.target, s.horizon
         )
-        self.moments = maths.RunningMoments()
+        self.moments = RunningMoments()
         self.ref_std = s.ref_std
         self.step = 0
         self.skipped_chunks = 0
@@ -171,15 +173,13 @@ class PPOTrainer:
                 "generation need whole weights on every rank); use a ZeRO-2 config "
                 "such as recipes/deepspeed/zero2.json"
             )
-        micro = self.s.batch_size // self.s.gradient_accumulation_steps
-        config = plugin.deepspeed_config
-        config["train_micro_batch_size_per_gpu"] = micro
-        config["gradient_accumulation_steps"] = self.s.gradient_accumulation_steps
-        config["train_batch_size"] = (
-            micro * self.s.gradient_accumulation_steps * self.stage.num_processes
+        fill_deepspeed_config(
+            self.accelerator,
+            micro_batch_size=self.s.per_device_train_batch_size,
+            gradient_accumulation_steps=self.s.gradient_accumulation_steps,
+            num_processes=self.stage.num_processes,
+            max_grad_norm=self.s.max_grad_norm,
         )
-        config.setdefault("zero_allow_untested_optimizer", True)
-        config["gradient_clipping"] = self.s.max_grad_norm or 0.0
 
     def reduce(self, tensor: torch.Tensor) -> torch.Tensor:
         """Sum over processes (the identity on one process)."""
@@ -252,14 +252,23 @@ class PPOTrainer:
             )
             return False
         raw = torch.tensor(scores, dtype=torch.float32, device=self.device)
-        if self.s.scale_reward == "ref" and self.ref_std is None:
-            self.ref_std = self.moments.update(raw, self.reduce)[1] or 1.0
-        elif self.s.scale_reward == "running":
-            self.moments.update(raw, self.reduce)
+        if self.s.scale_reward == "running" or (
+            self.s.scale_reward == "ref" and self.ref_std is None
+        ):
+            self.add_to_moments(raw)
+            if self.s.scale_reward == "ref":
+                self.ref_std = self.moments.std or 1.0
         divisor = {"running": self.moments.std, "ref": self.ref_std}.get(self.s.scale_reward)
         scaled = maths.scale_scores(raw, divisor, self.s.cliprange_reward)
         chunk.scores, chunk.scaled_scores = raw, scaled
         return True
+
+    def add_to_moments(self, scores: torch.Tensor) -> None:
+        """Merge ``scores`` of every process into the running reward moments."""
+        x64 = scores.detach().to(torch.float64)
+        count = torch.tensor(float(x64.numel()), dtype=torch.float64, device=x64.device)
+        totals = self.reduce(torch.stack([count, x64.sum(), (x64 * x64).sum()]))
+        self.moments.add(*totals.tolist())
 
     def collect_rollout(self) -> tuple[Rollout, dict[str, float]]:
         """``num_rollouts`` scored experiences with advantages and returns, plus statistics."""
@@ -346,16 +355,18 @@ class PPOTrainer:
 
     def optimise(self, rollout: Rollout, progress: Any) -> dict[str, float]:
         """``ppo_epochs`` passes over ``rollout`` in shuffled minibatches; stops early at
-        ``total_steps``. Returns the mean of each loss statistic."""
+        ``max_steps``: minibatches of ``minibatch_size`` experiences per optimizer step, in
+        ``gradient_accumulation_steps`` forward passes of ``per_device_train_batch_size``.
+        Returns the mean of each loss statistic."""
         s, sums, counted = self.s, {}, 0
-        micro = s.batch_size // s.gradient_accumulation_steps
+        micro = s.per_device_train_batch_size
         pad_id = self.tokenizer.pad_token_id
         started = time.perf_counter()
         self.model.train()
         for _ in range(s.ppo_epochs):
             order = torch.randperm(len(rollout)).tolist()
-            for first in range(0, len(order), s.batch_size):
-                minibatch = order[first : first + s.batch_size]
+            for first in range(0, len(order), s.minibatch_size):
+                minibatch = order[first : first + s.minibatch_size]
                 for start in range(0, len(minibatch), micro):
                     with self.accelerator.accumulate(self.model):
                         loss, stats = self.loss(
@@ -372,9 +383,9 @@ class PPOTrainer:
                 self.scheduler.step()
                 self.step += 1
                 progress.update(1)
-                if self.step >= s.total_steps:
+                if self.step >= s.max_steps:
                     break
-            if self.step >= s.total_steps:
+            if self.step >= s.max_steps:
                 break
         keys = sorted(sums)
         means = self.reduce(torch.stack([sums[k] for k in keys]).double() / counted)
@@ -386,13 +397,13 @@ class PPOTrainer:
     # -- evaluation ----------------------------------------------------------------------
 
     def evaluate(self) -> dict[str, float]:
-        """Greedy completions for up to ``eval_samples`` held-out prompts (an equal share per
-        process), scored by the reward function: ``eval/reward_mean``."""
-        world = self.stage.num_processes
-        count = min(len(self.eval_dataset), self.s.eval_samples) // world * world
+        """Greedy completions for the first ``eval_samples`` held-out prompts (each process
+        its ``eval_shard``), scored by the reward function: ``eval/reward_mean``."""
+        count = min(len(self.eval_dataset), self.s.eval_samples)
         if count == 0:
             return {}
-        rows = self.eval_dataset.select(range(self.stage.process_index, count, world))[:]
+        indices, included = eval_shard(count, self.stage.process_index, self.stage.num_processes)
+        rows = self.eval_dataset.select(indices)[:]
         greedy = SamplingSettings(max_new_tokens=self.s.max_new_tokens)
         with self.full_model() as model, self.accelerator.autocast():
             completions = generate_texts(
@@ -400,7 +411,7 @@ class PPOTrainer:
                 self.tokenizer,
                 rows["prompt"],
                 greedy,
-                batch_size=self.s.chunk_size,
+                batch_size=self.s.per_device_eval_batch_size,
                 max_prompt_length=self.max_prompt_length,
             )
         extra = {c: rows[c] for c in self.eval_dataset.column_names if c != "prompt"}
@@ -408,11 +419,9 @@ class PPOTrainer:
             self.reward(rows["prompt"], completions, **extra), len(completions)
         )
         ok = scores is not None
+        kept = [x for x, keep in zip(scores, included, strict=True) if keep] if ok else []
         totals = self.reduce(
-            torch.tensor(
-                [sum(scores) if ok else 0.0, len(completions), 0.0 if ok else 1.0],
-                dtype=torch.float64,
-            )
+            torch.tensor([sum(kept), sum(included), 0.0 if ok else 1.0], dtype=torch.float64)
         )
         if float(totals[2]) > 0:
             logger.warning("ppo: evaluation skipped (%s)", problem or "on another process")
@@ -434,9 +443,9 @@ class PPOTrainer:
 
     def save_checkpoint(self) -> Path:
         """Model, optimizer and RNG states (Accelerate) plus the counters of ``state_dict`` in
-        ``checkpoint-<step>/``; keeps the newest ``keep_checkpoints``."""
+        ``checkpoint-<step>/``; keeps the newest ``save_total_limit``."""
         return self.stage.save_checkpoint(
-            self.accelerator, self.step, self.state_dict(), self.s.keep_checkpoints
+            self.accelerator, self.step, self.state_dict(), self.s.save_total_limit
         )
 
     def load_checkpoint(self) -> bool:
@@ -497,10 +506,10 @@ class PPOTrainer:
         if self.load_checkpoint():
             resumed_from = self.step
             stage.log({"resumed_from_step": self.step}, step=self.step)
-        progress = stage.progress(total=s.total_steps, desc="ppo steps")
+        progress = stage.progress(total=s.max_steps, desc="ppo steps")
         progress.update(self.step)
         last: dict[str, float] = {}
-        while self.step < s.total_steps:
+        while self.step < s.max_steps:
             before = self.step
             started = time.perf_counter()
             rollout, stats = self.collect_rollout()
@@ -508,21 +517,22 @@ class PPOTrainer:
             for n_steps in update_steps(
                 s.kl_update,
                 num_rollouts=s.num_rollouts,
-                batch_size=s.batch_size,
+                batch_size=s.minibatch_size,
                 ppo_epochs=s.ppo_epochs,
             ):
                 self.kl_controller.update(stats["kl"], n_steps=n_steps)
             elapsed = time.perf_counter() - started
             stats["samples_per_s"] = stats["rollout/samples"] / elapsed
             stats["tokens_per_s"] = stats["rollout/tokens"] / elapsed
-            stage.log(stats, step=self.step)
+            if self._crossed(before, s.logging_steps) or self.step >= s.max_steps:
+                stage.log(stats, step=self.step)
             progress.set_postfix(reward=f"{stats['reward/mean']:.3f}", kl=f"{stats['kl']:.3f}")
             last = stats
-            if self.step >= s.total_steps:
+            if self.step >= s.max_steps:
                 break
-            if self.eval_dataset is not None and self._crossed(before, s.eval_interval):
+            if self.eval_dataset is not None and self._crossed(before, s.eval_steps):
                 stage.log(self.evaluate(), step=self.step)
-            if self._crossed(before, s.checkpoint_interval):
+            if self._crossed(before, s.save_steps):
                 self.save_checkpoint()
         progress.close()
         final = {
@@ -553,6 +563,6 @@ class PPOTrainer:
         sums = self.accelerator.gather(checksum.reshape(1).to(self.device))
         return float(sums.max() - sums.min())
 
-    def _crossed(self, before: int, interval: int) -> bool:
-        """True when the last update passed a multiple of ``interval`` (0: never)."""
-        return interval > 0 and self.step // interval > before // interval
+    def _crossed(self, before: int, interval: int | None) -> bool:
+        """True when the last update passed a multiple of ``interval`` (0 or None: never)."""
+        return bool(interval) and self.step // interval > before // interval

@@ -8,9 +8,11 @@ See docs/datasets.md. This hook module imports nothing heavy.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from rlhf_plugins import Dataset, StageContext, UserError, hookimpl
+from pydantic import Field
+
+from rlhf_plugins import Dataset, StageContext, hookimpl
 
 View = Literal["sft", "prompts", "comparisons", "offline"]
 
@@ -31,14 +33,33 @@ def register_datasets(register):
 
 def tldr(
     stage: StageContext | None = None,
-    source: str | None = None,
-    view: View = "sft",
-    split: str | None = None,
-    limit: int | None = None,
-    shuffle: bool = False,
-    max_prompt_tokens: int | None = None,
-    tokenizer: str | None = None,
-    min_summary_words: int = 5,
+    source: Annotated[
+        str | None,
+        Field(description="hub id, local directory or .jsonl/.json file (unset: CarperAI's sets)"),
+    ] = None,
+    view: Annotated[
+        View, Field(description="columns to give: sft, prompts, comparisons, offline")
+    ] = "sft",
+    split: Annotated[str | None, Field(description="split to read (hub: train when unset)")] = None,
+    limit: Annotated[
+        int | None, Field(ge=1, description="posts or pairs kept (unset: all)")
+    ] = None,
+    shuffle: Annotated[
+        bool, Field(description="shuffle with the recipe seed before limit")
+    ] = False,
+    max_prompt_tokens: Annotated[
+        int | None,
+        Field(
+            ge=1, description="prompt tokens of tokenizer kept, TL;DR: suffix included (unset: all)"
+        ),
+    ] = None,
+    tokenizer: Annotated[
+        str | None,
+        Field(description="tokenizer counting max_prompt_tokens (unset: whitespace words)"),
+    ] = None,
+    min_summary_words: Annotated[
+        int, Field(ge=0, description="comparison pairs with a shorter summary are dropped")
+    ] = 5,
 ) -> Dataset:
     """The TL;DR data from ``source``: a hub id (default: CarperAI's summarize_tldr for the
     sft/prompts views, summarize_comparisons for comparisons/offline), a local directory or a
@@ -67,16 +88,18 @@ def tldr(
 
 
 def tldr_synthetic(
-    view: View = "sft",
-    split: Literal["train", "valid", "test"] = "train",
-    num_examples: int = 2000,
-    seed: int = 0,
+    view: Annotated[
+        View, Field(description="columns to give: sft, prompts, comparisons, offline")
+    ] = "sft",
+    split: Annotated[
+        Literal["train", "valid", "test"], Field(description="held-out splits never share a post")
+    ] = "train",
+    num_examples: Annotated[int, Field(ge=1, description="posts generated")] = 2000,
+    seed: Annotated[int, Field(description="seed of the corpus (not the recipe's)")] = 0,
 ) -> Dataset:
     """``num_examples`` generated posts of ``split`` (one row each; two rows in the offline
     view). The corpus depends only on ``seed``, never on the recipe seed, so every stage and
     recipe sees the same data; train, valid and test never share a post."""
-    if num_examples < 1:
-        raise UserError(f"tldr-synthetic: num_examples must be positive, got {num_examples}")
     from rlhf_tldr.synthetic import synthetic_dataset
 
     return synthetic_dataset(view, split, num_examples, seed)

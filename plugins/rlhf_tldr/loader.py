@@ -364,8 +364,6 @@ def load_tldr(
     min_summary_words: int,
 ) -> Any:
     """The ``tldr`` dataset (see the factory's docstring in ``rlhf_tldr``)."""
-    if limit is not None and limit < 1:
-        raise UserError(f"limit must be a positive number of examples, got {limit}")
     wants = "comparisons" if view in COMPARISON_VIEWS else "summaries"
     source = source or HUB_DEFAULTS[wants]
     renderer = PromptRenderer(max_prompt_tokens, load_tokenizer(tokenizer))
