@@ -88,6 +88,9 @@ def validate(recipe: Path, overrides: tuple[str, ...]) -> None:
 @click.argument("recipe", type=click.Path(path_type=Path))
 @set_option
 @click.option("--force", is_flag=True, help="Rerun stages even when finished and unchanged.")
+@click.option(
+    "-v", "--verbose", is_flag=True, help="Show library progress bars, logs and warnings."
+)
 @click.option("--only", metavar="STAGE", help="Run one stage (its inputs must exist).")
 @click.option(
     "--num-processes",
@@ -101,8 +104,14 @@ def run(
     force: bool,
     only: str | None,
     num_processes: int | None,
+    verbose: bool,
 ) -> None:
     """Run RECIPE: every stage in order, outputs under runs/<recipe>/<stage>/."""
+    from rlhf_plugins.console import VERBOSE_ENV, cpu_only_deepspeed, quiet_libraries
+
+    if verbose:
+        os.environ[VERBOSE_ENV] = "1"
+    quiet_libraries()
 
     from rlhf_plugins.launcher import LAUNCHED_ENV, needs_launcher, relaunch
     from rlhf_plugins.recipe import load_recipe
@@ -124,12 +133,14 @@ def run(
             args = ["run", str(recipe), *(f"--set={o}" for o in overrides)]
             args += ["--force"] * force + (["--only", only] if only else [])
             args += ["--debug"] * click.get_current_context().params["debug"]
+            args += ["--verbose"] * verbose
             click.echo(f"launching {loaded.launch.num_processes} processes with Accelerate")
             code = relaunch(loaded.launch, args)
             if code != 0:
                 click.echo(f"error: the launched run exited with code {code}", err=True)
                 sys.exit(code if code in PASSED_ON_EXIT_CODES else 1)
             return
+        cpu_only_deepspeed()
         results = Runner(loaded, registry, echo=click.echo).run(force=force, only=only)
     if is_main_process():
         click.echo(f"finished {loaded.name}: {len(results)} stage(s) in {loaded.run_dir}")

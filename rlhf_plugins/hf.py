@@ -10,7 +10,7 @@ import inspect
 from typing import Any
 
 import torch
-from transformers import TrainerCallback, TrainerState
+from transformers import PrinterCallback, TrainerCallback, TrainerState
 from transformers.trainer import TRAINER_STATE_NAME
 
 from rlhf_plugins.errors import UserError
@@ -19,15 +19,32 @@ from rlhf_plugins.stage import StageContext, checkpoint_step, process_state, wai
 
 class StageCallback(TrainerCallback):
     """Connects a ``Trainer`` to its stage: every log record goes to ``stage.log``
-    (metrics.jsonl and wandb) and every checkpoint is marked complete once all ranks saved it,
-    so a resume never picks a half-written one."""
+    (metrics.jsonl and the loggers), the stage's progress bar follows the steps (the
+    Trainer's own bar and printed dicts are off), and every checkpoint is marked complete
+    once all ranks saved it, so a resume never picks a half-written one."""
 
     def __init__(self, stage: StageContext):
         self.stage = stage
+        self.bar: Any = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.bar = self.stage.progress(total=state.max_steps, desc="steps")
+        self.bar.update(state.global_step)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.update(1)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs:
             self.stage.log(logs, step=state.global_step)
+            if self.bar is not None and "loss" in logs:
+                self.bar.set_postfix(loss=f"{logs['loss']:.4g}")
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
     def on_save(self, args, state, control, **kwargs):
         wait_for_everyone()
@@ -60,7 +77,7 @@ def training_arguments(stage: StageContext, config_class: type, **settings: Any)
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         use_cpu=not torch.cuda.is_available() and not deepspeed,
-        disable_tqdm=not stage.is_main_process,
+        disable_tqdm=True,
         deepspeed=str(stage.launch.deepspeed) if deepspeed else None,
         dataloader_num_workers=0,
         ddp_find_unused_parameters=False,
@@ -84,6 +101,7 @@ def run_trainer(stage: StageContext, trainer: Any) -> dict[str, float]:
 
     A checkpoint already at ``max_steps`` is loaded instead of trained on (the Trainer would
     take one step past ``max_steps``), and ``train_loss`` is then absent."""
+    trainer.remove_callback(PrinterCallback)
     checkpoint = stage.latest_checkpoint() if stage.resume else None
     if checkpoint is not None and 0 < trainer.args.max_steps <= checkpoint_step(checkpoint):
         trainer._load_from_checkpoint(str(checkpoint))

@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from rlhf_plugins.console import summary_table
 from rlhf_plugins.errors import StageFailed, UserError
 from rlhf_plugins.recipe import Recipe, StageSpec
 from rlhf_plugins.registry import Registry
@@ -171,6 +172,8 @@ class Runner:
         self.recipe = recipe
         self.registry = registry
         self._echo = echo
+        self.summary: list[tuple[str, str, str, str]] = []
+        """One row per stage this run reached: name, status, wall time, key figures."""
 
     def echo(self, line: str) -> None:
         if is_main_process():
@@ -208,6 +211,8 @@ class Runner:
             for logger in loggers:
                 self.registry.plugin_manager.unregister(logger)
             if is_main_process():
+                for line in summary_table(self.summary) if self.summary else ():
+                    self.echo(line)
                 self.write_report()
         return results
 
@@ -269,6 +274,8 @@ class Runner:
                 and state.get("config_hash") == config_hash
             ):
                 self.echo(f"{label}: finished and unchanged, skipped (--force reruns it)")
+                old = state.get("metrics") or {}
+                self.summary.append((name, "skipped", "-", _format_metrics(old, 4)))
                 run_ids[name] = state["run_id"]
                 results[name] = state.get("metrics") or {}
                 finished.add(name)
@@ -370,10 +377,8 @@ class Runner:
                 },
             )
         self.stage_ended(context, "finished", metrics, started)
-        self.echo(
-            f"    done in {elapsed:.1f}s" + (f": {_format_metrics(metrics)}" if metrics else "")
-        )
-        self.echo(f"    output: {out}")
+        figures = f": {_format_metrics(metrics, 5)}" if metrics else ""
+        self.echo(f"    done in {elapsed:.1f}s{figures} -> {out}")
         wait_for_everyone()
         # all ranks must agree on the run id that downstream hashes read
         return metrics, read_state(out).get("run_id", run_id)
@@ -382,6 +387,7 @@ class Runner:
         self, context: StageContext, status: str, metrics: dict, started: float
     ) -> None:
         seconds = time.monotonic() - started
+        self.summary.append((context.name, status, f"{seconds:.0f}s", _format_metrics(metrics, 4)))
         self.call_hook(
             "rlhf_stage_end", stage=context, status=status, metrics=metrics, seconds=seconds
         )

@@ -178,15 +178,15 @@ class StageContext:
     def progress(
         self, iterable: Iterable | None = None, *, total: int | None = None, desc: str = ""
     ) -> Any:
-        """A tqdm progress bar shown on the main process only."""
-        from tqdm.auto import tqdm
+        """The stage's progress bar, shown on the main process only: tqdm on a terminal, a
+        line every half minute in a log (``rlhf_plugins.console``)."""
+        from rlhf_plugins.console import progress_bar
 
-        return tqdm(
+        return progress_bar(
             iterable,
             total=total,
             desc=f"{self.name}: {desc}".rstrip(": "),
-            disable=not self.is_main_process,
-            dynamic_ncols=True,
+            enabled=self.is_main_process,
         )
 
     def checkpoint_dir(self, step: int) -> Path:

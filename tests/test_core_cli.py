@@ -26,8 +26,7 @@ RECIPE = """
 name = "count"
 
 [logging]
-wandb = {wandb}
-wandb_project = "rlhf-tests"
+loggers = {loggers}
 
 [stages.count]
 trainer = "counter"
@@ -49,13 +48,15 @@ def test_verbose_listing_shows_settings(run_cli):
     output = run_cli("list-plugins", "-v").output
     assert "trainer 'sft' (plugin 'sft' (rlhf-plugins 0.1.0))" in output
     assert "    policy: policy component, required" in output
-    assert "    learning_rate: float, default 5e-05" in output
+    sft = output.split("trainer 'sft'", 1)[1].split("\n\n", 1)[0]
+    (learning_rate,) = [line for line in sft.splitlines() if "  learning_rate: float" in line]
+    assert "> 0, default" in learning_rate and " -- " in learning_rate, "constraint and help"
     assert "    architecture: 'gptj' | 'gpt2' | 'gpt_neox', default 'gptj'" in output
 
 
 def test_log_writes_metrics_jsonl_and_skips_rerun(run_cli, plugin_dist, write_recipe, tmp_path):
     plugin_dist("rlhf-counter", "rlhf_counter", LOGGING_TRAINER)
-    path = write_recipe(RECIPE.format(wandb="false"))
+    path = write_recipe(RECIPE.format(loggers="[]"))
     result = run_cli("run", path)
     assert result.exit_code == 0, result.output
     assert "done in" in result.output and "steps=3" in result.output
@@ -71,7 +72,9 @@ def test_wandb_offline_run_is_recorded(run_cli, plugin_dist, write_recipe, tmp_p
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     plugin_dist("rlhf-counter", "rlhf_counter", LOGGING_TRAINER)
-    result = run_cli("run", write_recipe(RECIPE.format(wandb="true")))
+    result = run_cli(
+        "run", write_recipe(RECIPE.format(loggers='[{ use = "wandb", project = "rlhf-tests" }]'))
+    )
     assert result.exit_code == 0, result.output
     runs = list((tmp_path / "runs" / "count" / "count" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
