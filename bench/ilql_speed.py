@@ -23,8 +23,8 @@ import torch
 from rlhf_hf_policies.policies import _config, train_tokenizer
 from rlhf_ilql.batches import collate, episodes
 from rlhf_ilql.decoding import attach_q_guidance
-from rlhf_ilql.losses import LossWeights
 from rlhf_ilql.modeling import ILQLModel, heads_for
+from rlhf_ilql.settings import ILQLSettings
 from rlhf_ilql.training import batch_losses
 from rlhf_tldr.synthetic import synthetic_dataset
 from transformers import AutoModelForCausalLM
@@ -32,7 +32,7 @@ from transformers import AutoModelForCausalLM
 from rlhf_plugins.generation import encode_prompts
 
 SHAPES = {"2x128, V=1024": (2, 128, 1024), "4x256, V=4096": (4, 256, 4096)}
-WEIGHTS = LossWeights(tau=0.7, gamma=0.99, cql_scale=0.1, awac_scale=1.0, awac_beta=0.0)
+WEIGHTS = ILQLSettings(tau=0.7, gamma=0.99, cql_scale=0.1, awac_scale=1.0, awac_beta=0.0)
 
 
 def median_seconds(fn, steps: int, warmup: int = 2) -> float:
