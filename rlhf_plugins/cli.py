@@ -55,6 +55,7 @@ def cli() -> None:
 
     \b
       rlhf list-plugins                      what is installed
+      rlhf recipes                           the recipes that ship (rlhf run tiny_ppo)
       rlhf validate recipes/tiny_sft.toml    check a recipe without running it
       rlhf run recipes/tiny_sft.toml         run it; finished stages are skipped
       rlhf report runs/tiny_sft              report.html of a run (plots, tables)
@@ -76,9 +77,12 @@ set_option = click.option(
 @set_option
 @handle_errors
 def validate(recipe: Path, overrides: tuple[str, ...]) -> None:
-    """Check RECIPE and report every problem at once (exit 2), or print ok."""
+    """Check RECIPE (a file, or the name of a shipped recipe) and report every problem at
+    once (exit 2), or print ok."""
     from rlhf_plugins.recipe import load_recipe
+    from rlhf_plugins.shipped import find_recipe
 
+    recipe = find_recipe(str(recipe))
     loaded = load_recipe(recipe, load_registry(), overrides)
     chain = " -> ".join(loaded.stages)
     click.echo(f"ok: {recipe} ({len(loaded.stages)} stages: {chain})")
@@ -106,7 +110,8 @@ def run(
     num_processes: int | None,
     verbose: bool,
 ) -> None:
-    """Run RECIPE: every stage in order, outputs under runs/<recipe>/<stage>/."""
+    """Run RECIPE (a file, or the name of a shipped recipe: rlhf recipes): every stage in
+    order, outputs under runs/<recipe>/<stage>/."""
     from rlhf_plugins.console import VERBOSE_ENV, cpu_only_deepspeed, quiet_libraries
 
     if verbose:
@@ -116,8 +121,10 @@ def run(
     from rlhf_plugins.launcher import LAUNCHED_ENV, needs_launcher, relaunch
     from rlhf_plugins.recipe import load_recipe
     from rlhf_plugins.runner import Runner
+    from rlhf_plugins.shipped import find_recipe
     from rlhf_plugins.stage import is_main_process
 
+    recipe = find_recipe(str(recipe))
     registry = load_registry()
     loaded = load_recipe(recipe, registry, overrides)
     if num_processes is not None:
@@ -144,6 +151,38 @@ def run(
         results = Runner(loaded, registry, echo=click.echo).run(force=force, only=only)
     if is_main_process():
         click.echo(f"finished {loaded.name}: {len(results)} stage(s) in {loaded.run_dir}")
+
+
+@cli.command()
+def recipes() -> None:
+    """The recipes shipped with installed packages: name, stages, what each needs. Run one
+    by name (rlhf run tiny_sft) or copy it to edit (rlhf cp tiny_sft my.toml)."""
+    from rlhf_plugins.shipped import shipped_recipes
+
+    found = shipped_recipes()
+    if not found:
+        click.echo("no shipped recipes installed")
+        return
+    rows = [(r.name, " -> ".join(r.stages), r.requires or "-") for r in found.values()]
+    header = ("recipe", "stages", "needs")
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(2)]
+    for row in [header, *rows]:
+        click.echo(
+            "  ".join(c.ljust(w) for c, w in zip(row[:2], widths, strict=True)) + "  " + row[2]
+        )
+
+
+@cli.command()
+@click.argument("name")
+@click.argument("destination", type=click.Path(path_type=Path))
+@handle_errors
+def cp(name: str, destination: Path) -> None:
+    """Copy the shipped recipe NAME to DESTINATION (a file or a directory) to edit it; a
+    DeepSpeed config it names is copied beside it."""
+    from rlhf_plugins.shipped import copy_recipe
+
+    for path in copy_recipe(name, destination):
+        click.echo(f"wrote {path}")
 
 
 @cli.command()

@@ -55,6 +55,9 @@ class RecipeHead(Settings):
     seed: int = Field(42, description="the random seed every stage starts from")
     output_dir: str = Field("runs", description="where runs/<name>/<stage>/ go")
     description: str = Field("", description="one line about the recipe")
+    requires: str = Field(
+        "", description="what it takes to run, for rlhf recipes (e.g. '2 CPU cores, 1 min')"
+    )
 
     @field_validator("name")
     @classmethod
