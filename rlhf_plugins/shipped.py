@@ -23,6 +23,8 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 RECIPES_GROUP = "rlhf_plugins.recipes"
+SCHEMA_DIRECTIVE = "#:schema "
+"""Taplo's first-line directive naming a recipe's JSON Schema."""
 
 
 @dataclass(frozen=True)
@@ -81,8 +83,9 @@ def find_recipe(argument: str) -> Path:
 
 
 def copy_recipe(name: str, destination: Path) -> list[Path]:
-    """Copy the shipped recipe ``name`` to ``destination``, with the DeepSpeed config it
-    names beside it (same relative path); returns the files written. Never overwrites."""
+    """Copy the shipped recipe ``name`` to ``destination``, with the DeepSpeed config and
+    the ``#:schema`` file it names beside it (same relative paths); returns the files
+    written. Never overwrites a different file."""
     recipes = shipped_recipes()
     if name not in recipes:
         hint = did_you_mean(name, recipes) or " (rlhf recipes lists them)"
@@ -92,8 +95,15 @@ def copy_recipe(name: str, destination: Path) -> list[Path]:
         destination = destination / recipe.path.name
     files = [(recipe.path, destination)]
     deepspeed = recipe.head().get("launch", {}).get("deepspeed")
-    if isinstance(deepspeed, str) and not Path(deepspeed).is_absolute():
-        files.append((recipe.path.parent / deepspeed, destination.parent / deepspeed))
+    first_line = recipe.path.read_text(encoding="utf-8").partition("\n")[0]
+    schema = (
+        first_line.removeprefix(SCHEMA_DIRECTIVE).strip()
+        if first_line.startswith(SCHEMA_DIRECTIVE)
+        else None
+    )
+    for relative in (deepspeed, schema):
+        if isinstance(relative, str) and relative and not Path(relative).is_absolute():
+            files.append((recipe.path.parent / relative, destination.parent / relative))
     for source, target in files:
         if target.exists() and target.read_bytes() != source.read_bytes():
             raise UserError(f"{target} exists; rlhf cp does not overwrite files")
