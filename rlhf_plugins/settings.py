@@ -93,21 +93,26 @@ LocalPath = Annotated[Path, BeforeValidator(_local_path)]
 @dataclass(frozen=True)
 class FromDataclass:
     """``Annotated[Base, FromDataclass("module:Class")]``: a settings model with ``Base``'s
-    fields plus every field of the dataclass ``Class`` that ``Base`` does not declare (type,
-    default and ``metadata["help"]`` taken from the dataclass), minus ``exclude``. Fields
-    whose type cannot be validated (callables, objects) are left out. The module is imported
-    only when the model is first needed (``rlhf validate``, ``rlhf run``)."""
+    fields plus the fields of the dataclass ``Class`` that ``Base`` does not declare (type,
+    default and ``metadata["help"]`` taken from the dataclass), minus ``exclude`` and minus
+    every field of the dataclass ``exclude_fields_of`` (e.g. ``"transformers:TrainingArguments"``
+    to keep only a TRL config's own fields). Fields whose type cannot be validated (callables,
+    objects) are left out. The modules are imported only when the model is first needed
+    (``rlhf validate``, ``rlhf run``), never by ``rlhf --help`` or ``rlhf list-plugins``."""
 
     source: str
     exclude: tuple[str, ...] = ()
+    exclude_fields_of: str | None = None
 
     def build(self, base: type[Settings]) -> type[Settings]:
-        module, _, name = self.source.partition(":")
-        cls = getattr(importlib.import_module(module), name)
+        cls = _import(self.source)
+        skipped = set(self.exclude) | set(base.model_fields)
+        if self.exclude_fields_of:
+            skipped |= {f.name for f in dataclasses.fields(_import(self.exclude_fields_of))}
         hints = typing.get_type_hints(cls)
         fields: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
-            if f.name in base.model_fields or f.name in self.exclude or not f.init:
+            if f.name in skipped or not f.init:
                 continue
             annotation = hints.get(f.name, Any)
             if not _validatable(annotation):
@@ -123,7 +128,14 @@ class FromDataclass:
                 annotation,
                 Field(default, description=help_text or None, validate_default=False),
             )
-        return create_model(f"{name}Settings", __base__=base, __module__=module, **fields)
+        return create_model(
+            f"{cls.__name__}Settings", __base__=base, __module__=cls.__module__, **fields
+        )
+
+
+def _import(source: str) -> Any:
+    module, _, name = source.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def _validatable(annotation: Any) -> bool:
