@@ -57,6 +57,7 @@ def rouge(
     policies: dict[str, Policy],
     dataset: Dataset,
     reward: RewardFunction | None = None,
+    reference: Policy | None = None,
     *,
     settings: RougeSettings,
 ) -> StageFn:
@@ -64,7 +65,10 @@ def rouge(
     ``reference``) on the first ``limit`` rows of ``dataset`` (the ``prompts`` view:
     ``prompt`` and ``reference`` columns; every other column is passed to ``reward`` as a
     keyword list). A policy with a ``variants()`` method is evaluated once per variant,
-    labelled ``<label>[<variant>]``.
+    labelled ``<label>[<variant>]``. With a ``reference`` policy (e.g. the SFT policy) each
+    policy's KL to it is reported too (``kl`` per sample, ``kl_per_token``; exact per-token
+    KL along the policy's own completions, ``rlhf_rouge.kl``), so that algorithms can be
+    compared by reward at a given KL.
 
     Generation: ``batch_size`` prompts at a time, at most ``max_new_tokens``, prompts
     left-truncated to ``max_prompt_length`` tokens (unset: to the model's context minus
@@ -87,6 +91,7 @@ def rouge(
         policies,
         dataset,
         reward,
+        reference=reference,
         sampling=sampling,
         limit=settings.limit,
         batch_size=settings.batch_size,

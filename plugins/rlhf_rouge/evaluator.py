@@ -17,8 +17,10 @@ import torch
 
 from rlhf_plugins import Dataset, Policy, RewardFunction, StageContext, UserError, require_columns
 from rlhf_plugins.components import checked_scores
+from rlhf_plugins.context import model_context, prompt_budget
 from rlhf_plugins.errors import StageFailed
 from rlhf_plugins.generation import SamplingSettings, ensure_pad_token, generate_texts
+from rlhf_rouge.kl import check_vocabularies, completion_kl
 from rlhf_rouge.report import Evaluation, write_reports
 from rlhf_rouge.scoring import mean, rouge_fmeasures, summary_metrics
 
@@ -109,6 +111,7 @@ class RougeEvaluator:
         dataset: Dataset,
         reward: RewardFunction | None,
         *,
+        reference: Policy | None = None,
         sampling: SamplingSettings,
         limit: int | None,
         batch_size: int,
@@ -118,6 +121,8 @@ class RougeEvaluator:
         self.policies = policies
         self.dataset = dataset
         self.reward = reward
+        self.reference = reference
+        self._reference_model: Any = None
         self.sampling = sampling
         self.limit = limit
         self.batch_size = batch_size
@@ -138,8 +143,10 @@ class RougeEvaluator:
         results: dict[str, dict[str, Any]] = {}
         flat: dict[str, float] = {"num_prompts": total}
         for label, policy in expand_variants(self.policies).items():
-            generated = self.generate(label, policy, shard[PROMPT], stage)
+            generated, kls = self.generate(label, policy, shard[PROMPT], stage)
             samples = self.samples(indices, shard, extra, generated, reference_rewards)
+            for sample, (kl, tokens) in zip(samples, kls or (), strict=False):
+                sample.update(kl=kl, kl_tokens=tokens)
             samples = gather_samples(samples, stage)
             metrics = summary_metrics(samples)
             results[label] = {"policy": policy.name, "metrics": metrics, "samples": samples}
@@ -175,13 +182,20 @@ class RougeEvaluator:
 
     def generate(
         self, label: str, policy: Policy, prompts: list[str], stage: StageContext
-    ) -> list[str]:
-        """``policy``'s completions for ``prompts``, sampled with the same seed for every policy."""
+    ) -> tuple[list[str], list[tuple[float, int]] | None]:
+        """``policy``'s completions for ``prompts``, sampled with the same seed for every
+        policy, and with a reference policy each completion's ``(KL, tokens)`` to it."""
         from accelerate.utils import set_seed
 
         tokenizer = ensure_pad_token(policy.load_tokenizer())
-        dtype = PRECISION_DTYPES.get(stage.launch.mixed_precision)
-        model = policy.load_model(**({"dtype": dtype} if dtype else {})).to(stage.device)
+        model = self.load(policy, stage)
+        budget = prompt_budget(
+            self.max_prompt_length,
+            self.sampling.max_new_tokens,
+            model_context(model),
+            policy=label,
+            component="rouge evaluator",
+        )
         set_seed(stage.seed + stage.process_index)
         with stage.progress(total=len(prompts), desc=f"generating with {label}") as progress:
             generated = generate_texts(
@@ -190,14 +204,35 @@ class RougeEvaluator:
                 prompts,
                 self.sampling,
                 batch_size=self.batch_size,
-                max_prompt_length=self.max_prompt_length,
+                max_prompt_length=budget,
                 progress=progress,
                 policy=label,
+            )
+        kls = None
+        if self.reference is not None:
+            if self._reference_model is None:
+                check_vocabularies(tokenizer, self.reference.load_tokenizer(), label)
+                self._reference_model = self.load(self.reference, stage)
+            kls = completion_kl(
+                model,
+                self._reference_model,
+                tokenizer,
+                prompts,
+                generated,
+                batch_size=self.batch_size,
+                max_prompt_length=budget,
             )
         del model
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        return generated
+        return generated, kls
+
+    @staticmethod
+    def load(policy: Policy, stage: StageContext) -> Any:
+        """``policy``'s model on this rank's device, in eval mode, in the recipe's precision."""
+        dtype = PRECISION_DTYPES.get(stage.launch.mixed_precision)
+        model = policy.load_model(**({"dtype": dtype} if dtype else {})).to(stage.device)
+        return model.eval()
 
     def samples(
         self,

@@ -18,11 +18,12 @@ HEADERS = {
     "words": "Words",
     "reward": "Mean reward",
     "reward_delta": "Reward Δ",
+    "kl": "KL",
+    "kl_per_token": "KL/token",
 }
 """Table columns: metric key -> header."""
-FORMATS = {"words": "{:.1f}", "reward_delta": "{:+.3f}"}
+FORMATS = {"words": "{:.1f}", "reward_delta": "{:+.3f}", "kl_per_token": "{:.4f}"}
 """Number formats that differ from three decimals."""
-REWARD_KEYS = ("reward", "reward_delta")
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ def write_reports(output_dir: Path, evaluation: Evaluation) -> None:
 def markdown(evaluation: Evaluation) -> str:
     """The ``eval.md`` text."""
     results, reference, settings = evaluation.results, evaluation.reference, evaluation.settings
-    keys = [k for k in HEADERS if reference is not None or k not in REWARD_KEYS]
+    keys = [k for k in HEADERS if any(k in r["metrics"] for r in results.values())]
     samples = next(iter(results.values()))["samples"] if results else []
     decoding = "greedy"
     if settings["do_sample"]:

@@ -34,11 +34,17 @@ def summary_metrics(samples: Sequence[dict[str, Any]]) -> dict[str, float]:
     """Means over ``samples`` (records with ``generated`` and the ROUGE keys, plus ``reward``
     and ``reference_reward`` when a reward function was given): ``rouge1``, ``rouge2``,
     ``rougeL``, ``rouge_avg`` (mean of the three), ``words`` (generated length in words) and,
-    with rewards, ``reward`` and ``reward_delta`` (mean of reward - reference reward)."""
+    with rewards, ``reward`` and ``reward_delta`` (mean of reward - reference reward), and
+    with a reference policy, ``kl`` (mean KL per sample) and ``kl_per_token`` (all the
+    samples' KL over all their tokens)."""
     metrics = {name: mean([s[name] for s in samples]) for name in ROUGE_TYPES}
     metrics["rouge_avg"] = mean([metrics[name] for name in ROUGE_TYPES])
     metrics["words"] = mean([len(s["generated"].split()) for s in samples])
     if samples and "reward" in samples[0]:
         metrics["reward"] = mean([s["reward"] for s in samples])
         metrics["reward_delta"] = mean([s["reward"] - s["reference_reward"] for s in samples])
+    if samples and "kl" in samples[0]:
+        metrics["kl"] = mean([s["kl"] for s in samples])
+        tokens = sum(s["kl_tokens"] for s in samples)
+        metrics["kl_per_token"] = math.fsum(s["kl"] for s in samples) / tokens if tokens else 0.0
     return metrics
