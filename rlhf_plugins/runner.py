@@ -7,6 +7,7 @@ same hash is skipped; an interrupted one with the same hash resumes; ``force`` r
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -55,6 +56,13 @@ def read_state(stage_dir: Path) -> dict[str, Any]:
 def write_state(stage_dir: Path, state: dict[str, Any]) -> None:
     stage_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomically(stage_dir / STATE_FILE, state)
+
+
+def record_stop(stage_dir: Path, state: dict[str, Any]) -> None:
+    """Record how a stage stopped, if the disk lets us: on a full disk the state stays
+    ``running``, which resumes the same way."""
+    with contextlib.suppress(OSError):
+        write_state(stage_dir, state)
 
 
 def clear_stage_dir(out: Path) -> None:
@@ -347,14 +355,14 @@ class Runner:
             metrics = dict(stage_fn(context) or {})
         except KeyboardInterrupt:
             if is_main_process():
-                write_state(out, {**running, "status": "interrupted", "stopped_at": time.time()})
+                record_stop(out, {**running, "status": "interrupted", "stopped_at": time.time()})
             self.stage_ended(context, "interrupted", {}, started)
             raise
         except Exception as exc:
             error = stage_error(spec.name, out, exc)
             if is_main_process():
                 stopped = {"status": "failed", "error": str(error), "stopped_at": time.time()}
-                write_state(out, {**running, **stopped})
+                record_stop(out, {**running, **stopped})
             self.stage_ended(context, "failed", {}, started)
             if error is exc:
                 raise

@@ -182,9 +182,15 @@ MALFORMED = [
     ),
     (
         "logging-type",
-        ("[stages.sft]", '[logging]\nwandb = "yes"\n\n[stages.sft]'),
-        "logging.wandb",
-        "expected bool",
+        ("[stages.sft]", '[logging]\nloggers = "wandb"\n\n[stages.sft]'),
+        "logging.loggers",
+        "expected list",
+    ),
+    (
+        "logging-unknown-logger",
+        ("[stages.sft]", '[logging]\nloggers = [{ use = "wandbb" }]\n\n[stages.sft]'),
+        "logging.loggers[0].use",
+        "unknown logger 'wandbb'; did you mean 'wandb'?",
     ),
     ("stage-name", ("[stages.again]", '[stages."a b"]'), "stages.a b", "stage names use"),
 ]
