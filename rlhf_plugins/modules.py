@@ -44,23 +44,27 @@ class MLPHead(nn.Sequential):
         return self[0].weight.dtype
 
 
-def disable_dropout(model: nn.Module) -> nn.Module:
-    """Turn every dropout of ``model`` off and return it: each ``nn.Dropout``'s ``p``, each
-    float module attribute named ``*dropout*`` (attention dropout applied functionally, e.g.
-    Llama's ``attention_dropout``) and each ``*dropout*`` / ``*pdrop*`` probability of its
-    config (nested configs included, so a saved config reloads without dropout) become 0.
-    Used where rollouts and training must compute the same log-probabilities, and where
-    trlX trains without dropout (reward models)."""
-    for module in model.modules():
+def disable_dropout(target: Any) -> Any:
+    """Turn every dropout off and return ``target``, a model or (before a model is built from
+    it) a transformers config. In a config, every ``*dropout*`` / ``*pdrop*`` probability
+    becomes 0, nested configs included, so a model built from it, or reloaded from its saved
+    config, has no dropout. In a model, also each ``nn.Dropout``'s ``p`` and each float module
+    attribute named ``*dropout*`` (attention dropout applied functionally, e.g. GPT-J's
+    ``attention_dropout``). Used where rollouts and training must compute the same
+    log-probabilities (``ppo``) and where trlX trains without dropout (reward models)."""
+    if not isinstance(target, nn.Module):
+        _zero_config_dropout(target)
+        return target
+    for module in target.modules():
         if isinstance(module, nn.Dropout):
             module.p = 0.0
         for name, value in list(vars(module).items()):
             if isinstance(value, float) and "dropout" in name:
                 setattr(module, name, 0.0)
-    config = getattr(model, "config", None)
+    config = getattr(target, "config", None)
     if config is not None:
         _zero_config_dropout(config)
-    return model
+    return target
 
 
 def _zero_config_dropout(config: Any) -> None:

@@ -72,3 +72,23 @@ class EpochTrainingSettings(TrainingSettings):
     num_train_epochs: float = Field(
         1.0, gt=0, description="passes over the dataset when max_steps is -1"
     )
+
+
+class LearningRateFloor(TrainingSettings):
+    """``TrainingSettings`` plus the floor of the linear and cosine schedules, for trainers that
+    run their own loop (``rlhf_plugins.loop.learning_rate_factor``); ``TrainingArguments``
+    has no such field, so the Hugging Face trainers do not take it. Combine it with another
+    ``TrainingSettings`` class by inheriting from both."""
+
+    min_learning_rate: float = Field(
+        0.0, ge=0, description="learning rate at max_steps of the linear or cosine schedule"
+    )
+
+    @model_validator(mode="after")
+    def _floor_below_peak(self) -> LearningRateFloor:
+        if self.min_learning_rate > self.learning_rate:
+            raise ValueError(
+                f"min_learning_rate ({self.min_learning_rate:g}) exceeds learning_rate "
+                f"({self.learning_rate:g})"
+            )
+        return self

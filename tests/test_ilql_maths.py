@@ -1,5 +1,6 @@
 """ILQL maths against hand-computed values: every loss term, expectile weights, Polyak
-averaging, the learning-rate curve, batch index construction and data order."""
+averaging, batch index construction and data order (the learning-rate curve and evaluation
+shards are shared: tests/test_shared_pieces.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from rlhf_ilql.batches import Episode, collate, normalize, truncate
 from rlhf_ilql.decoding import sampling_overrides
 from rlhf_ilql.losses import expectile_weights, ilql_loss, polyak_update, q_targets
 from rlhf_ilql.settings import ILQLSettings
-from rlhf_ilql.training import batch_indices, eval_shard, lr_at, steps_per_epoch
+from rlhf_ilql.training import batch_indices, steps_per_epoch
 
 WEIGHTS = ILQLSettings(tau=0.7, gamma=0.9, cql_scale=0.1, awac_scale=1.0, awac_beta=1.0)
 
@@ -113,13 +114,6 @@ def test_polyak_update():
     assert target.tolist() == pytest.approx([1.5, 3.0])
 
 
-def test_learning_rate_curve():
-    assert lr_at(0, lr=1.0, min_lr=0.1, total_steps=10, schedule="cosine") == pytest.approx(1.0)
-    assert lr_at(5, lr=1.0, min_lr=0.1, total_steps=10, schedule="cosine") == pytest.approx(0.55)
-    assert lr_at(10, lr=1.0, min_lr=0.1, total_steps=10, schedule="cosine") == pytest.approx(0.1)
-    assert lr_at(7, lr=1.0, min_lr=0.1, total_steps=10, schedule="constant") == 1.0
-
-
 def test_index_construction_on_a_padded_batch():
     short = Episode(tokens=[10, 11, 12, 13, 14], prompt_length=3, reward=2.0)
     long = Episode(tokens=[20, 21, 22, 23, 24, 25], prompt_length=2, reward=-1.0)
@@ -174,12 +168,6 @@ def test_data_order_splits_each_global_batch_between_ranks():
     assert len(set(epoch)) == 8
     assert batch_indices(2, rank=0, **kwargs) != batch_indices(0, rank=0, **kwargs)
     assert batch_indices(3, rank=1, **kwargs) == batch_indices(3, rank=1, **kwargs)
-
-
-def test_eval_shards_have_equal_length_and_cover_every_row_once():
-    shards = [eval_shard(5, rank, 2) for rank in range(2)]
-    assert shards[0] == ([0, 1, 2], [True, True, True])
-    assert shards[1] == ([3, 4, 0], [True, True, False])
 
 
 def test_sampling_overrides():

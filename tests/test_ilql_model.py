@@ -9,7 +9,7 @@ import torch
 from rlhf_hf_policies.policies import PretrainedPolicy, _config, train_tokenizer
 from rlhf_ilql import ilql_policy
 from rlhf_ilql.batches import Episode, collate
-from rlhf_ilql.modeling import GatheredLinear, ILQLModel, heads_for, save_ilql_model
+from rlhf_ilql.modeling import ILQLModel, heads_for, save_ilql_model
 from rlhf_ilql.policy import ILQLPolicy
 
 from rlhf_plugins import UserError
@@ -51,7 +51,7 @@ def saved(tokenizer, tmp_path_factory) -> Path:
     directory = tmp_path_factory.mktemp("ilql")
     model = ILQLModel(tiny_lm(tokenizer), heads_for(tiny_lm(tokenizer), two_qs=True))
     for head in model.heads.target_q_heads:
-        torch.nn.init.normal_(head.out.weight, std=0.5)
+        torch.nn.init.normal_(head[2].weight, std=0.5)
     save_ilql_model(directory, model)
     tokenizer.save_pretrained(directory)
     return directory
@@ -67,14 +67,6 @@ def padded_batch(tokenizer) -> dict[str, torch.Tensor]:
         c = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         rows.append(Episode(tokens=p + c, prompt_length=len(p), reward=1.0))
     return collate(rows, tokenizer.pad_token_id)
-
-
-def test_gathered_linear_matches_the_full_layer():
-    torch.manual_seed(0)
-    layer = GatheredLinear(4, 7)
-    x, index = torch.randn(2, 3, 4), torch.randint(0, 7, (2, 3))
-    expected = layer(x).gather(-1, index.unsqueeze(-1)).squeeze(-1)
-    assert torch.allclose(layer(x, index), expected, atol=1e-6)
 
 
 @pytest.mark.parametrize("architecture", ["gptj", "gpt2", "gpt_neox"])
@@ -139,9 +131,9 @@ def test_positive_decode_beta_follows_the_advantage(tokenizer, saved):
     model = ILQLPolicy(saved, decode_beta=1.0, top_k=None, temperature=0.0).load_model()
     with torch.no_grad():
         for head in model.ilql_heads.target_q_heads:
-            head.out.weight.zero_()
-            head.out.bias.zero_()
-            head.out.bias[favourite] = 1000.0
+            head[2].weight.zero_()
+            head[2].bias.zero_()
+            head[2].bias[favourite] = 1000.0
     # the policy's temperature 0 (argmax) wins over the caller's sampling settings
     batch = tokenizer(PROMPTS[:1], return_tensors="pt", add_special_tokens=False)
     out = model.generate(
@@ -173,9 +165,8 @@ def trainable(module) -> bool:
 
 
 def test_num_layers_unfrozen_follows_trlx(tokenizer):
-    from rlhf_ilql.modeling import freeze_bottom
-
     from rlhf_plugins.hf import decoder_blocks
+    from rlhf_plugins.modules import freeze_bottom
 
     two_layers = tiny_lm(tokenizer, n_layer=2)
     freeze_bottom(two_layers, 1)

@@ -64,15 +64,15 @@ def test_delta_reward_without_the_column_is_a_user_error(factories):
 def test_running_norm_uses_the_moments_of_all_scores_so_far(factories):
     norm = factories["running-norm"](base=completion_length)
     first = norm(["p"] * 3, ["a", "ab", "abc"])
-    std = math.sqrt(2 / 3)  # population std of 1, 2, 3
-    assert first == pytest.approx([-1 / std, 0.0, 1 / std])
+    assert first == pytest.approx([-1.0, 0.0, 1.0])  # sample std of 1, 2, 3 is 1
     second = norm(["p"], ["abcd"])
-    assert second == pytest.approx([(4 - 2.5) / math.sqrt(1.25)])  # moments of 1, 2, 3, 4
+    assert second == pytest.approx([(4 - 2.5) / math.sqrt(5 / 3)])  # moments of 1, 2, 3, 4
 
 
 def test_running_norm_without_centering_only_scales(factories):
     norm = factories["running-norm"](base=completion_length, center=False)
-    assert norm(["p"] * 2, ["a", "abc"]) == pytest.approx([1.0, 3.0])  # std of 1, 3 is 1
+    scale = math.sqrt(2)  # sample std of 1, 3
+    assert norm(["p"] * 2, ["a", "abc"]) == pytest.approx([1 / scale, 3 / scale])
 
 
 def test_clip_bounds_scores(factories):
@@ -86,7 +86,7 @@ def test_normalizers_compose(factories):
     delta = factories["delta-reward"](base=completion_length)
     clipped = factories["clip"](base=factories["running-norm"](base=delta), min=-1.0, max=1.0)
     scores = clipped(["p"] * 3, ["aaaaaaa", "a", "aaaa"], reference=["a", "a", "a"])
-    # deltas 6, 0, 3: mean 3, std sqrt(6), normalised +-1.22 and 0, clipped to +-1
+    # deltas 6, 0, 3: mean 3, sample std 3, normalised +-1 and 0 (within epsilon), clipped
     assert scores == pytest.approx([1.0, -1.0, 0.0])
 
 
@@ -112,6 +112,6 @@ def test_running_norm_syncs_moments_across_processes():
         port = s.getsockname()[1]
     results = mp.Manager().dict()
     mp.spawn(_rank_scores, args=(port, results), nprocs=2)
-    std = math.sqrt(3.5)  # lengths 1, 3, 2, 6: mean 3, population variance 3.5
+    std = math.sqrt(14 / 3)  # lengths 1, 3, 2, 6: mean 3, sample variance 14 / 3
     assert results[0] == pytest.approx([(1 - 3) / std, 0.0])
     assert results[1] == pytest.approx([(2 - 3) / std, (6 - 3) / std])

@@ -29,7 +29,7 @@ def attach_q_guidance(model: Any, heads: ILQLHeads, decode_beta: float) -> Any:
     model.decode_beta = decode_beta
 
     def shift(module: Any, args: tuple, logits: Any) -> Any:
-        advantage = heads.advantage(args[0].to(heads.v_head.out.weight.dtype))
+        advantage = heads.advantage(args[0].to(heads.v_head.dtype))
         return logits + decode_beta * advantage.to(logits.dtype)
 
     lm_head.register_forward_hook(shift)

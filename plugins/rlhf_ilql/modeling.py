@@ -2,7 +2,7 @@
 
 ``ILQLHeads``: a V head, one or two Q heads over the vocabulary and their target copies
 (no gradients; Polyak-averaged toward the Q heads). Each head is trlX's MLP
-(hidden -> 2*hidden -> out). ``ILQLModel`` runs the trunk once and applies the LM head and the
+(``rlhf_plugins.modules.MLPHead``: hidden -> 2*hidden -> out, trlX's state-dict keys). ``ILQLModel`` runs the trunk once and applies the LM head and the
 ILQL heads only at the state positions of a batch.
 
 Saved layout of a stage directory: the causal LM via ``save_pretrained`` (so ``hf-causal-lm``
@@ -19,37 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rlhf_ilql.losses import polyak_update
-from rlhf_plugins.hf import decoder_blocks
+from rlhf_plugins.modules import MLPHead
 
 HEADS_WEIGHTS = "ilql_heads.safetensors"
 HEADS_CONFIG = "ilql_heads.json"
-
-
-class GatheredLinear(nn.Linear):
-    """A linear layer that can evaluate only some output units: with ``index`` (a long
-    tensor shaped like ``x`` minus its last dimension) it returns ``x . W[index] + b[index]``,
-    one number per position, without computing the other outputs."""
-
-    def forward(self, x: Tensor, index: Tensor | None = None) -> Tensor:
-        if index is None:
-            return super().forward(x)
-        return (x * self.weight[index]).sum(-1) + self.bias[index]
-
-
-class MLPHead(nn.Module):
-    """``hidden -> 2 * hidden -> ReLU -> out`` (trlX's ``make_head``)."""
-
-    def __init__(self, hidden_size: int, out_size: int):
-        super().__init__()
-        self.hidden = nn.Linear(hidden_size, 2 * hidden_size)
-        self.out = GatheredLinear(2 * hidden_size, out_size)
-
-    def forward(self, x: Tensor, index: Tensor | None = None) -> Tensor:
-        return self.out(F.relu(self.hidden(x)), index)
 
 
 @dataclass(frozen=True)
@@ -106,22 +82,6 @@ def heads_for(model: Any, two_qs: bool) -> ILQLHeads:
     return ILQLHeads(config).to(device=lm_head.weight.device, dtype=lm_head.weight.dtype)
 
 
-def freeze_bottom(model: Any, num_layers_unfrozen: int) -> None:
-    """trlX's ``num_layers_unfrozen``: -1 trains the whole LM; ``k > 0`` freezes the embeddings
-    and all but the top ``k`` blocks (and the LM head when tied to the embeddings); 0 freezes
-    the whole LM, so only the ILQL heads learn and the LM stays the starting model."""
-    if num_layers_unfrozen < 0:
-        return
-    if num_layers_unfrozen == 0:
-        model.requires_grad_(False)
-        return
-    frozen = [*decoder_blocks(model)[:-num_layers_unfrozen], model.get_input_embeddings()]
-    if getattr(model.config.get_text_config(), "tie_word_embeddings", False):
-        frozen.append(model.get_output_embeddings())
-    for module in frozen:
-        module.requires_grad_(False)
-
-
 def gather_positions(hidden: Tensor, indices: Tensor) -> Tensor:
     """``hidden[b, indices[b, i]]`` for every row: ``[B, L, H]``, ``[B, S]`` -> ``[B, S, H]``."""
     return hidden.gather(1, indices.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
@@ -153,9 +113,7 @@ class ILQLModel(nn.Module):
         )
         states = gather_positions(trunk.last_hidden_state, state_indices)
         lm_logits = self.base.get_output_embeddings()(states[:, :-1])
-        values, q_logits, target_q = self.heads(
-            states.to(self.heads.v_head.out.weight.dtype), actions
-        )
+        values, q_logits, target_q = self.heads(states.to(self.heads.v_head.dtype), actions)
         return ILQLOutputs(lm_logits=lm_logits, q_logits=q_logits, target_q=target_q, values=values)
 
 

@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from rlhf_plugins.training import EpochTrainingSettings
+from rlhf_plugins.training import EpochTrainingSettings, LearningRateFloor
 
 ILQLTrainingSettings = EpochTrainingSettings.with_defaults(
     adam_beta2=0.95, weight_decay=1e-6, max_grad_norm=None
@@ -18,7 +18,7 @@ ILQLTrainingSettings = EpochTrainingSettings.with_defaults(
 1e-6, no clipping)."""
 
 
-class ILQLSettings(ILQLTrainingSettings):
+class ILQLSettings(ILQLTrainingSettings, LearningRateFloor):
     """ILQL (trlX's ``ILQLConfig``) on the shared training settings. ``tau``, ``gamma``,
     ``cql_scale``, ``awac_scale`` and ``awac_beta`` are the coefficients of the objective
     (``losses.ilql_loss``)."""
@@ -45,9 +45,6 @@ class ILQLSettings(ILQLTrainingSettings):
         description="trained LM blocks: -1 all, k the top k, 0 none (only the heads learn)",
     )
     normalize_rewards: bool = Field(True, description="standardise rewards over the dataset")
-    min_learning_rate: float = Field(
-        0.0, ge=0, description="learning rate at the end of the cosine schedule"
-    )
     lr_scheduler_type: Literal["cosine", "constant"] = Field(
         "cosine", description="cosine from learning_rate to min_learning_rate, or constant"
     )
@@ -56,15 +53,6 @@ class ILQLSettings(ILQLTrainingSettings):
         ge=2,
         description="tokens per episode, prompts cut from the left (unset: the model's context)",
     )
-
-    @model_validator(mode="after")
-    def _min_below_peak(self) -> ILQLSettings:
-        if self.min_learning_rate > self.learning_rate:
-            raise ValueError(
-                f"min_learning_rate ({self.min_learning_rate:g}) exceeds learning_rate "
-                f"({self.learning_rate:g})"
-            )
-        return self
 
     @model_validator(mode="after")
     def _implemented(self) -> ILQLSettings:

@@ -23,13 +23,14 @@ from rlhf_ilql.losses import ilql_loss
 from rlhf_ilql.modeling import (
     ILQLHeads,
     ILQLModel,
-    freeze_bottom,
     heads_for,
     save_ilql_model,
 )
 from rlhf_ilql.settings import ILQLSettings
 from rlhf_plugins import Dataset, Policy, StageContext, UserError
 from rlhf_plugins.context import fit_max_length, model_context
+from rlhf_plugins.loop import eval_shard, fill_deepspeed_config, learning_rate_factor, warmup_count
+from rlhf_plugins.modules import freeze_bottom
 
 LOGGED_TERMS = (
     "loss",
@@ -42,15 +43,6 @@ LOGGED_TERMS = (
     "target_q_mean",
     "awac_weight_mean",
 )
-
-
-def lr_at(step: int, *, lr: float, min_lr: float, total_steps: int, schedule: str) -> float:
-    """Learning rate of optimizer step ``step`` (0-based): constant, or cosine annealing from
-    ``lr`` to ``min_lr`` over ``total_steps`` (the curve of torch's ``CosineAnnealingLR``)."""
-    if schedule == "constant" or total_steps <= 0:
-        return lr
-    progress = min(step, total_steps) / total_steps
-    return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def steps_per_epoch(num_examples: int, batch_size: int, world: int) -> int:
@@ -81,14 +73,6 @@ def epoch_order(num_examples: int, seed: int) -> tuple[int, ...]:
     return tuple(
         torch.randperm(num_examples, generator=torch.Generator().manual_seed(seed)).tolist()
     )
-
-
-def eval_shard(num_examples: int, rank: int, world: int) -> tuple[list[int], list[bool]]:
-    """Rank ``rank``'s evaluation rows: a contiguous block of ``ceil(n / world)`` rows, short
-    blocks filled with row 0 marked not included, so every rank runs as many batches."""
-    size = math.ceil(num_examples / world)
-    rows = [rank * size + i for i in range(size)]
-    return [r if r < num_examples else 0 for r in rows], [r < num_examples for r in rows]
 
 
 def batch_losses(
@@ -127,21 +111,6 @@ def starting_point(policy: Policy, two_qs: bool) -> tuple[Any, ILQLHeads]:
         return model, heads.to(dtype=model.get_output_embeddings().weight.dtype)
     model = policy.load_model()
     return model, heads_for(model, two_qs)
-
-
-def fill_deepspeed_config(accelerator: Any, settings: ILQLSettings, world: int) -> None:
-    """Resolve the batch and clipping entries a DeepSpeed config may leave ``"auto"`` (no
-    dataloader goes through ``accelerator.prepare`` to fill them)."""
-    plugin = accelerator.state.deepspeed_plugin
-    if plugin is None:
-        return
-    micro = settings.per_device_train_batch_size
-    plugin.deepspeed_config.update(
-        train_micro_batch_size_per_gpu=micro,
-        gradient_accumulation_steps=1,
-        train_batch_size=micro * world,
-        gradient_clipping=settings.max_grad_norm or 0.0,
-    )
 
 
 def sync_target_heads(model: Any, accelerator: Any, alpha: float) -> None:
@@ -277,7 +246,13 @@ class ILQLStage:
             eps=s.adam_epsilon,
             weight_decay=s.weight_decay,
         )
-        fill_deepspeed_config(accelerator, s, world)
+        fill_deepspeed_config(
+            accelerator,
+            micro_batch_size=s.per_device_train_batch_size,
+            gradient_accumulation_steps=1,
+            num_processes=world,
+            max_grad_norm=s.max_grad_norm,
+        )
         return accelerator.prepare(model, optimizer)
 
     def train_step(
@@ -290,14 +265,15 @@ class ILQLStage:
         batch: dict[str, torch.Tensor],
     ) -> dict[str, torch.Tensor]:
         s = self.settings
+        factor = learning_rate_factor(
+            step,
+            schedule=s.lr_scheduler_type,
+            warmup=warmup_count(s.warmup_steps, total),
+            max_steps=total,
+            min_ratio=s.min_learning_rate / s.learning_rate,
+        )
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(
-                step,
-                lr=s.learning_rate,
-                min_lr=s.min_learning_rate,
-                total_steps=total,
-                schedule=s.lr_scheduler_type,
-            )
+            group["lr"] = s.learning_rate * factor
         batch = {k: v.to(accelerator.device) for k, v in batch.items()}
         losses = batch_losses(model, batch, self.settings)
         accelerator.backward(losses["loss"])

@@ -20,13 +20,13 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from rlhf_plugins.training import TrainingSettings
+from rlhf_plugins.training import LearningRateFloor
 
-PPOTrainingSettings = TrainingSettings.with_defaults(
+PPOTrainingSettings = LearningRateFloor.with_defaults(
     learning_rate=1e-5, weight_decay=1e-6, logging_steps=1, save_steps=0
 )
-"""The shared fields at PPO's defaults: AdamW at 1e-5 with weight decay 1e-6, every update
-logged, no intermediate checkpoints."""
+"""The shared fields (with the schedule's floor, ``min_learning_rate``) at PPO's defaults:
+AdamW at 1e-5 with weight decay 1e-6, every update logged, no intermediate checkpoints."""
 
 
 class PPOSettings(PPOTrainingSettings):
@@ -101,9 +101,6 @@ class PPOSettings(PPOTrainingSettings):
         description="prompts cut from the left to this many tokens (unset: the policy's "
         "context minus max_new_tokens)",
     )
-    min_learning_rate: float = Field(
-        0.0, ge=0, description="learning rate at max_steps of the linear or cosine schedule"
-    )
     lora_r: int = Field(0, ge=0, description="rank of a peft LoRA adapter to train (0: no LoRA)")
     lora_alpha: float = Field(16.0, gt=0, description="LoRA scaling alpha")
     lora_dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout")
@@ -149,11 +146,6 @@ class PPOSettings(PPOTrainingSettings):
 
     @model_validator(mode="after")
     def _schedule(self) -> PPOSettings:
-        if self.min_learning_rate > self.learning_rate:
-            raise ValueError(
-                f"min_learning_rate ({self.min_learning_rate:g}) exceeds learning_rate "
-                f"({self.learning_rate:g})"
-            )
         if self.lr_scheduler_type == "constant" and self.warmup_steps > 0:
             raise ValueError(
                 f"lr_scheduler_type 'constant' has no warmup (warmup_steps = "

@@ -31,18 +31,10 @@ from transformers.utils import logging as transformers_logging
 
 from rlhf_plugins import Policy, UserError
 from rlhf_plugins.hf import decoder_blocks
+from rlhf_plugins.modules import disable_dropout, freeze_bottom
 
 HEAD_NAME = "score"
 HUB_KWARGS = ("revision", "trust_remote_code", "token", "cache_dir", "local_files_only")
-
-
-def disable_dropout(config: Any) -> None:
-    """Set every dropout probability of ``config`` (and of its nested configs) to 0."""
-    for key, value in list(vars(config).items()):
-        if isinstance(value, float) and ("dropout" in key or "pdrop" in key):
-            setattr(config, key, 0.0)
-        elif hasattr(value, "to_dict") and hasattr(value, "model_type"):
-            disable_dropout(value)
 
 
 def reward_config(config: Any, pad_token_id: int | None) -> Any:
@@ -131,20 +123,15 @@ def init_head(model: Any) -> None:
             head.bias.zero_()
 
 
-def freeze_bottom(model: Any, fraction: float) -> int:
-    """Freeze the embeddings and the bottom ``round(fraction * layers)`` blocks; the top blocks,
-    the final norm and the head stay trainable. ``fraction`` is in [0, 1]. Returns the number
-    of frozen blocks."""
-    layers = decoder_blocks(model)
-    frozen = round(fraction * len(layers))
-    if frozen == 0:
-        return 0
-    for module in model.base_model.children():
-        if module is layers:
-            break
-        module.requires_grad_(False)
-    for layer in layers[:frozen]:
-        layer.requires_grad_(False)
+def freeze_fraction(model: Any, fraction: float) -> int:
+    """Freeze the bottom ``round(fraction * layers)`` blocks (``fraction`` in [0, 1]) and the
+    embeddings below them: ``num_layers_unfrozen = layers - frozen`` in the one rule of
+    ``rlhf_plugins.modules.freeze_bottom`` (the top blocks, the final norm and the head stay
+    trainable; with every block frozen only the head trains), nothing frozen when no block is.
+    Returns the number of frozen blocks."""
+    layers = len(decoder_blocks(model))
+    frozen = round(fraction * layers)
+    freeze_bottom(model, layers - frozen if frozen else -1)
     return frozen
 
 

@@ -2,7 +2,8 @@
 
 - ``DeltaReward``: base(prompt + completion) - base(prompt + reference), one call to ``base``
   with both halves so batching stays full (trlX summarize_rlhf's "Gotcha 1").
-- ``RunningNorm``: (score - running mean) / running std over every score seen so far, the
+- ``RunningNorm``: (score - running mean) / running std over every score seen so far
+  (``rlhf_plugins.loop.RunningMoments``: the sample std, as ``ppo``'s ``scale_reward``), the
   moments summed over all processes when running distributed (every rank must call it the
   same number of times, as a training loop does).
 - ``Clip``: scores clamped to [min, max].
@@ -17,6 +18,7 @@ from typing import Any
 from rlhf_plugins import RewardFunction, UserError
 from rlhf_plugins.components import checked_scores
 from rlhf_plugins.errors import StageFailed
+from rlhf_plugins.loop import RunningMoments
 
 
 def base_scores(
@@ -33,49 +35,44 @@ def base_scores(
     return scores
 
 
+OF_THE_COMPLETIONS = ("completion_ids",)
+"""Keyword arguments that describe the completions themselves (TRL passes their token ids):
+the reference half of ``DeltaReward``'s call has none, so ``base`` does not get them."""
+
+
 @dataclass
 class DeltaReward:
+    """One call to ``base`` with the completions, then the references, after them. A keyword
+    argument with one entry per completion (a dataset column) is doubled to match; any other
+    (TRL's ``trainer_state``, ``log_extra``, ``log_metric``) goes to ``base`` unchanged, and
+    ``OF_THE_COMPLETIONS`` are left out."""
+
     base: RewardFunction
     reference_column: str = "reference"
 
-    def __call__(self, prompts: list[str], completions: list[str], **columns: list) -> list[float]:
+    def __call__(self, prompts: list[str], completions: list[str], **columns: Any) -> list[float]:
         if self.reference_column not in columns:
             raise UserError(
                 f"delta-reward needs the reference summary in a column "
                 f"'{self.reference_column}'; columns given: "
                 f"{', '.join(columns) or 'none'} (use a 'prompts' view)"
             )
+        count = len(completions)
         references = list(columns[self.reference_column])
-        doubled = {name: list(values) * 2 for name, values in columns.items()}
+        doubled = {
+            name: list(values) * 2 if is_column(values, count) else values
+            for name, values in columns.items()
+            if name not in OF_THE_COMPLETIONS
+        }
         scores = base_scores(
             self.base, list(prompts) * 2, list(completions) + references, **doubled
         )
-        count = len(completions)
         return [s - r for s, r in zip(scores[:count], scores[count:], strict=True)]
 
 
-@dataclass
-class RunningMoments:
-    """Mean and (population) variance of every value added, merged batch by batch (Chan)."""
-
-    count: float = 0.0
-    mean: float = 0.0
-    m2: float = 0.0
-
-    def add(self, count: float, total: float, total_squares: float) -> None:
-        if count <= 0:
-            return
-        batch_mean = total / count
-        batch_m2 = max(0.0, total_squares - total * total / count)
-        merged = self.count + count
-        delta = batch_mean - self.mean
-        self.mean += delta * count / merged
-        self.m2 += batch_m2 + delta * delta * self.count * count / merged
-        self.count = merged
-
-    @property
-    def std(self) -> float:
-        return math.sqrt(self.m2 / self.count) if self.count else 1.0
+def is_column(values: Any, count: int) -> bool:
+    """True for a keyword argument holding one entry per completion (a list or tuple)."""
+    return isinstance(values, (list, tuple)) and len(values) == count
 
 
 def global_sums(values: list[float]) -> tuple[float, float, float]:

@@ -25,7 +25,7 @@ from rlhf_reward.loss import LossType, pair_loss
 from rlhf_reward.model import (
     HeadOutputs,
     encode_groups,
-    freeze_bottom,
+    freeze_fraction,
     load_reward_model,
     pad_right,
 )
@@ -171,7 +171,7 @@ class RewardModelStage:
             policy=self.policy.name,
             component="reward-model",
         )
-        frozen = freeze_bottom(model, s.freeze_fraction)
+        frozen = freeze_fraction(model, s.freeze_fraction)
         has_eval = self.eval_dataset is not None
         args = training_arguments(
             stage,
