@@ -35,44 +35,25 @@ def base_scores(
     return scores
 
 
-OF_THE_COMPLETIONS = ("completion_ids",)
-"""Keyword arguments that describe the completions themselves (TRL passes their token ids):
-the reference half of ``DeltaReward``'s call has none, so ``base`` does not get them."""
-
-
 @dataclass
 class DeltaReward:
-    """One call to ``base`` with the completions, then the references, after them. A keyword
-    argument with one entry per completion (a dataset column) is doubled to match; any other
-    (TRL's ``trainer_state``, ``log_extra``, ``log_metric``) goes to ``base`` unchanged, and
-    ``OF_THE_COMPLETIONS`` are left out."""
-
     base: RewardFunction
     reference_column: str = "reference"
 
-    def __call__(self, prompts: list[str], completions: list[str], **columns: Any) -> list[float]:
+    def __call__(self, prompts: list[str], completions: list[str], **columns: list) -> list[float]:
         if self.reference_column not in columns:
             raise UserError(
                 f"delta-reward needs the reference summary in a column "
                 f"'{self.reference_column}'; columns given: "
                 f"{', '.join(columns) or 'none'} (use a 'prompts' view)"
             )
-        count = len(completions)
         references = list(columns[self.reference_column])
-        doubled = {
-            name: list(values) * 2 if is_column(values, count) else values
-            for name, values in columns.items()
-            if name not in OF_THE_COMPLETIONS
-        }
+        doubled = {name: list(values) * 2 for name, values in columns.items()}
         scores = base_scores(
             self.base, list(prompts) * 2, list(completions) + references, **doubled
         )
+        count = len(completions)
         return [s - r for s, r in zip(scores[:count], scores[count:], strict=True)]
-
-
-def is_column(values: Any, count: int) -> bool:
-    """True for a keyword argument holding one entry per completion (a list or tuple)."""
-    return isinstance(values, (list, tuple)) and len(values) == count
 
 
 def global_sums(values: list[float]) -> tuple[float, float, float]:
