@@ -20,15 +20,15 @@ import statistics
 import time
 
 import torch
-from rlhf_hf_policies.policies import _config, train_tokenizer
-from rlhf_ilql.batches import collate, episodes
-from rlhf_ilql.decoding import attach_q_guidance
-from rlhf_ilql.modeling import ILQLModel, heads_for
-from rlhf_ilql.settings import ILQLSettings
-from rlhf_ilql.training import batch_losses
-from rlhf_tldr.synthetic import synthetic_dataset
 from transformers import AutoModelForCausalLM
 
+from rlhf_builtins.hf_policies.policies import _config, train_tokenizer
+from rlhf_builtins.ilql.batches import collate, episodes
+from rlhf_builtins.ilql.decoding import attach_q_guidance
+from rlhf_builtins.ilql.modeling import ILQLModel, heads_for
+from rlhf_builtins.ilql.settings import ILQLSettings
+from rlhf_builtins.ilql.training import batch_losses
+from rlhf_builtins.tldr.synthetic import synthetic_dataset
 from rlhf_plugins.generation import encode_prompts
 
 SHAPES = {"2x128, V=1024": (2, 128, 1024), "4x256, V=4096": (4, 256, 4096)}

@@ -101,7 +101,7 @@ def prepare(work: Path, prompts: int) -> None:
     """A tokenizer (vocab 4096) and ``prompts`` prompts of exactly 48 tokens in ``work``."""
     import random
 
-    from rlhf_hf_policies.policies import train_tokenizer
+    from rlhf_builtins.hf_policies.policies import train_tokenizer
 
     rng = random.Random(0)
     syllables = ["ka", "lo", "mi", "ne", "su", "ta", "ri", "po", "ve", "do", "ga", "ze", "bu"]
@@ -353,9 +353,9 @@ class BenchPolicy:
 def our_trainer(size: str, work: Path, unfrozen: int, prompts: int | None, out: str):
     """Our ``ppo`` trainer for the bench's work, with ``updates`` = prompts / 16."""
     from datasets import Dataset
-    from rlhf_ppo.settings import PPOSettings
-    from rlhf_ppo.trainer import PPOTrainer
 
+    from rlhf_builtins.ppo.settings import PPOSettings
+    from rlhf_builtins.ppo.trainer import PPOTrainer
     from rlhf_plugins import StageContext
 
     tokenizer, rows = load_work(work, prompts)

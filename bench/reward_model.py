@@ -86,7 +86,7 @@ def ours(registry, root: Path, trunk: Path, data, args, freeze: float) -> float:
 
 
 def trl(root: Path, trunk: Path, data, args, freeze: float, checkpointing: bool) -> float:
-    from rlhf_reward.model import freeze_bottom
+    from rlhf_builtins.reward.model import freeze_bottom
 
     model = AutoModelForSequenceClassification.from_pretrained(trunk, num_labels=1)
     freeze_bottom(model, freeze)

@@ -23,8 +23,8 @@ import time
 from pathlib import Path
 
 import torch
-from rlhf_rouge.scoring import ROUGE_TYPES, mean, rouge_fmeasures
 
+from rlhf_builtins.rouge.scoring import ROUGE_TYPES, mean, rouge_fmeasures
 from rlhf_plugins import StageContext
 from rlhf_plugins.registry import load_registry
 
@@ -75,8 +75,9 @@ class TinyGPTJ:
     """A random tiny GPT-J with a tokenizer trained on the prompts (a ``Policy``)."""
 
     def __init__(self, texts: list[str]):
-        from rlhf_hf_policies.policies import train_tokenizer
         from transformers import GPTJConfig, GPTJForCausalLM
+
+        from rlhf_builtins.hf_policies.policies import train_tokenizer
 
         self.name = "tiny-gptj-2x128"
         self.tokenizer = train_tokenizer(texts, vocab_size=1024)
@@ -111,7 +112,7 @@ def overlap_reward(
 
 
 def evaluator_throughput(prompts: int, max_new_tokens: int, batch_sizes: list[int]) -> None:
-    from rlhf_tldr import tldr_synthetic
+    from rlhf_builtins.tldr import tldr_synthetic
 
     data = tldr_synthetic(view="prompts", split="test", num_examples=prompts)
     policy = TinyGPTJ([*data["prompt"], *data["reference"]])

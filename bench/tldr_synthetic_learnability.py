@@ -12,11 +12,12 @@ import argparse
 import time
 
 import torch
-from rlhf_hf_policies.policies import _config as tiny_config
-from rlhf_hf_policies.policies import train_tokenizer
-from rlhf_tldr.synthetic import DEFECTS, generate
-from rlhf_tldr.views import SUFFIX, as_completion
 from transformers import GPTJForSequenceClassification
+
+from rlhf_builtins.hf_policies.policies import _config as tiny_config
+from rlhf_builtins.hf_policies.policies import train_tokenizer
+from rlhf_builtins.tldr.synthetic import DEFECTS, generate
+from rlhf_builtins.tldr.views import SUFFIX, as_completion
 
 
 def texts(item, which: str) -> str:

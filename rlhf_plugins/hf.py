@@ -7,11 +7,13 @@ plugin's hook module: it imports transformers.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from transformers import PrinterCallback, TrainerCallback, TrainerState
 from transformers.trainer import TRAINER_STATE_NAME
+from transformers.utils import is_peft_available
 
 from rlhf_plugins.errors import UserError
 from rlhf_plugins.stage import StageContext, checkpoint_step, process_state, wait_for_everyone
@@ -21,10 +23,15 @@ class StageCallback(TrainerCallback):
     """Connects a ``Trainer`` to its stage: every log record goes to ``stage.log``
     (metrics.jsonl and the loggers), the stage's progress bar follows the steps (the
     Trainer's own bar and printed dicts are off), and every checkpoint is marked complete
-    once all ranks saved it, so a resume never picks a half-written one."""
+    once all ranks saved it, so a resume never picks a half-written one. ``rename`` maps a
+    Trainer's log record to the names the stage logs (e.g. TRL's ``reward`` to
+    ``reward/mean``); unset, records are logged as they come."""
 
-    def __init__(self, stage: StageContext):
+    def __init__(
+        self, stage: StageContext, rename: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    ):
         self.stage = stage
+        self.rename = rename
         self.bar: Any = None
 
     def on_train_begin(self, args, state, control, **kwargs):
@@ -37,7 +44,7 @@ class StageCallback(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs:
-            self.stage.log(logs, step=state.global_step)
+            self.stage.log(self.rename(logs) if self.rename else logs, step=state.global_step)
             if self.bar is not None and "loss" in logs:
                 self.bar.set_postfix(loss=f"{logs['loss']:.4g}")
 
@@ -59,7 +66,9 @@ def training_arguments(stage: StageContext, config_class: type, **settings: Any)
     keep the meanings of ``rlhf_plugins.training.TrainingSettings``: ``save_steps = 0`` saves
     no checkpoints, ``max_grad_norm = None`` does not clip; ``gradient_checkpointing`` maps to
     ``activation_checkpointing`` where transformers renamed it.
-    With DeepSpeed the Trainer reuses the process state configured here (gloo without CUDA)."""
+    With DeepSpeed the Trainer reuses the process state configured here (gloo without CUDA).
+    A rule of ``config_class`` that the settings break (TRL checks some in ``__post_init__``,
+    e.g. with the number of processes) raises ``UserError`` with its message."""
     precision = stage.launch.mixed_precision
     deepspeed = stage.launch.deepspeed is not None
     if deepspeed:
@@ -92,7 +101,10 @@ def training_arguments(stage: StageContext, config_class: type, **settings: Any)
     fields = inspect.signature(config_class).parameters
     if "gradient_checkpointing" in merged and "activation_checkpointing" in fields:
         merged["activation_checkpointing"] = merged.pop("gradient_checkpointing")
-    return config_class(**merged)
+    try:
+        return config_class(**merged)
+    except ValueError as exc:
+        raise UserError(f"{config_class.__name__}: {exc}") from exc
 
 
 def run_trainer(stage: StageContext, trainer: Any) -> dict[str, float]:
@@ -113,10 +125,43 @@ def run_trainer(stage: StageContext, trainer: Any) -> dict[str, float]:
 
 def save_final(stage: StageContext, trainer: Any, tokenizer: Any) -> None:
     """Save the trained model and its tokenizer into the stage directory (main process writes;
-    every rank must call it, DeepSpeed gathers shards)."""
-    trainer.save_model(str(stage.output_dir))
+    every rank must call it, DeepSpeed gathers shards). A peft model is saved with its
+    adapters merged (a plain ``from_pretrained`` model); merging changes it in place, so this
+    is the trainer's last use."""
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if is_peft_model(model):
+        if stage.is_main_process:
+            model.merge_and_unload().save_pretrained(str(stage.output_dir))
+        wait_for_everyone()
+    else:
+        trainer.save_model(str(stage.output_dir))
     if stage.is_main_process:
         tokenizer.save_pretrained(str(stage.output_dir))
+
+
+def is_peft_model(model: Any) -> bool:
+    """True for a peft ``PeftModel`` (False when peft is not installed)."""
+    if not is_peft_available():
+        return False
+    from peft import PeftModel
+
+    return isinstance(model, PeftModel)
+
+
+def peft_config(settings: Mapping[str, Any]) -> Any:
+    """A peft ``LoraConfig`` for a causal LM from ``rlhf_plugins.lora.LoraSettings`` fields
+    (dumped), or None when ``use_peft`` is off."""
+    if not settings["use_peft"]:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=settings["lora_r"],
+        lora_alpha=settings["lora_alpha"],
+        lora_dropout=settings["lora_dropout"],
+        target_modules=settings["lora_target_modules"],
+        task_type="CAUSAL_LM",
+    )
 
 
 def decoder_blocks(model: Any) -> torch.nn.ModuleList:

@@ -16,6 +16,7 @@ from pydantic import Field, field_validator
 from rlhf_plugins.context import policy_context, stage_needs, too_long
 from rlhf_plugins.errors import UserError
 from rlhf_plugins.registry import Registry
+from rlhf_plugins.rules import stage_problems
 from rlhf_plugins.settings import (
     RESERVED_COMPONENT_KEYS,
     FactorySpec,
@@ -292,6 +293,11 @@ class _Checker:
                 self.check_context(
                     component.factory, spec, slots, settings, prefix, f"{prefix}.{settings_key}"
                 )
+                stage_slots = {key: resolved[key] for key in slots}
+                for key, message in stage_problems(
+                    component.factory, stage_slots, resolved[settings_key]
+                ):
+                    self.problem(f"{prefix}.{key}" if key else prefix, message)
         resolved["needs"] = needs
         return StageSpec(
             name=name,

@@ -98,7 +98,10 @@ class Registry:
     def failed_plugin_for(self, name: str) -> PluginInfo | None:
         """A plugin that failed to load, guessed as the home of an unknown component name."""
         for info in self.plugins.values():
-            if info.error and name in (info.name, info.module.split(".")[0].removeprefix("rlhf_")):
+            if info.error and name in (
+                info.name,
+                info.module.rsplit(".", 1)[-1].removeprefix("rlhf_"),
+            ):
                 return info
         failed = [i for i in self.plugins.values() if i.error]
         return failed[0] if len(failed) == 1 else None

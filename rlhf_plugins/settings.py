@@ -94,15 +94,18 @@ LocalPath = Annotated[Path, BeforeValidator(_local_path)]
 class FromDataclass:
     """``Annotated[Base, FromDataclass("module:Class")]``: a settings model with ``Base``'s
     fields plus the fields of the dataclass ``Class`` that ``Base`` does not declare (type,
-    default and ``metadata["help"]`` taken from the dataclass), minus ``exclude`` and minus
-    every field of the dataclass ``exclude_fields_of`` (e.g. ``"transformers:TrainingArguments"``
-    to keep only a TRL config's own fields). Fields whose type cannot be validated (callables,
-    objects) are left out. The modules are imported only when the model is first needed
-    (``rlhf validate``, ``rlhf run``), never by ``rlhf --help`` or ``rlhf list-plugins``."""
+    default and ``metadata["help"]`` taken from the dataclass; a ``str`` field with
+    ``metadata["choices"]`` takes only those), minus ``exclude`` and minus every field of the
+    dataclass ``exclude_fields_of`` (e.g. ``"transformers:TrainingArguments"`` to keep only a
+    TRL config's own fields). ``constraints`` adds bounds the dataclass does not state
+    (``{"beta": Field(gt=0)}``). Fields whose type cannot be validated (callables, objects) are
+    left out. The modules are imported only when the model is first needed (``rlhf validate``,
+    ``rlhf run``), never by ``rlhf --help`` or ``rlhf list-plugins``."""
 
     source: str
     exclude: tuple[str, ...] = ()
     exclude_fields_of: str | None = None
+    constraints: Mapping[str, FieldInfo] = dataclasses.field(default_factory=dict)
 
     def build(self, base: type[Settings]) -> type[Settings]:
         cls = _import(self.source)
@@ -124,13 +127,22 @@ class FromDataclass:
             else:
                 continue
             help_text = " ".join(str(f.metadata.get("help", "")).split())
-            fields[f.name] = (
-                annotation,
-                Field(default, description=help_text or None, validate_default=False),
-            )
+            info = Field(default, description=help_text or None, validate_default=False)
+            if f.name in self.constraints:
+                info = FieldInfo.merge_field_infos(info, self.constraints[f.name])
+            fields[f.name] = (_with_choices(annotation, f.metadata.get("choices")), info)
         return create_model(
             f"{cls.__name__}Settings", __base__=base, __module__=cls.__module__, **fields
         )
+
+
+def _with_choices(annotation: Any, choices: Any) -> Any:
+    """``annotation`` narrowed to ``Literal[*choices]`` when it is ``str`` (or ``str | None``)
+    and the dataclass lists choices; unchanged otherwise."""
+    if not choices or _strip_optional(annotation) is not str:
+        return annotation
+    narrowed = Literal[tuple(choices)]
+    return narrowed | None if annotation is not str else narrowed
 
 
 def _import(source: str) -> Any:

@@ -119,8 +119,9 @@ evaluator_settings = { max_new_tokens = 2 }
 
 def test_a_legacy_bin_that_pickles_code_is_refused(run_cli, write_recipe, tmp_path, capfd):
     import torch
-    from rlhf_hf_policies.policies import train_tokenizer
     from transformers import GPT2Config, GPT2LMHeadModel
+
+    from rlhf_builtins.hf_policies.policies import train_tokenizer
 
     tokenizer = train_tokenizer(["the cat sat on the mat"] * 20, vocab_size=280)
     config = GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=len(tokenizer), n_positions=32)

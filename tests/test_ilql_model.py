@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from rlhf_hf_policies.policies import PretrainedPolicy, _config, train_tokenizer
-from rlhf_ilql import ilql_policy
-from rlhf_ilql.batches import Episode, collate
-from rlhf_ilql.modeling import ILQLModel, heads_for, save_ilql_model
-from rlhf_ilql.policy import ILQLPolicy
 
+from rlhf_builtins.hf_policies.policies import PretrainedPolicy, _config, train_tokenizer
+from rlhf_builtins.ilql import ilql_policy
+from rlhf_builtins.ilql.batches import Episode, collate
+from rlhf_builtins.ilql.modeling import ILQLModel, heads_for, save_ilql_model
+from rlhf_builtins.ilql.policy import ILQLPolicy
 from rlhf_plugins import UserError
 from rlhf_plugins.generation import SamplingSettings, generate_texts
 

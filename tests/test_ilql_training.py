@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from rlhf_ilql.modeling import HEADS_WEIGHTS
 from safetensors.torch import load_file
+
+from rlhf_builtins.ilql.modeling import HEADS_WEIGHTS
 
 NAMES = ["ann", "bob", "cy", "dee", "eli", "fay"]
 THINGS = ["cat", "dog", "key", "car"]

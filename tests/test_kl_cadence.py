@@ -11,7 +11,8 @@ import math
 from pathlib import Path
 
 import pytest
-from rlhf_ppo.kl_control import make_kl_controller, update_steps
+
+from rlhf_builtins.ppo.kl_control import make_kl_controller, update_steps
 
 KLS = [9.0, 3.0, 6.6, 12.0, 5.4]
 """The KL of five rollouts against target 6: proportional errors 0.2 (clipped from 0.5),

@@ -20,7 +20,7 @@ def close(actual, expected, tol=1e-6):
 
 
 def test_gae_and_returns_match_a_hand_computed_example():
-    from rlhf_ppo.maths import gae
+    from rlhf_builtins.ppo.maths import gae
 
     rewards = torch.tensor([[0.0, 0.0, 1.0], [0.0, 2.0, 9.0]])
     values = torch.tensor([[0.5, 0.6, 0.7], [1.0, 1.0, 5.0]])
@@ -34,7 +34,7 @@ def test_gae_and_returns_match_a_hand_computed_example():
 
 
 def test_gae_with_lambda_one_gives_discounted_returns():
-    from rlhf_ppo.maths import gae
+    from rlhf_builtins.ppo.maths import gae
 
     rewards = torch.tensor([[1.0, 1.0, 1.0]])
     values = torch.zeros(1, 3)
@@ -43,7 +43,7 @@ def test_gae_with_lambda_one_gives_discounted_returns():
 
 
 def test_masked_whiten_ignores_padding_and_can_keep_the_mean():
-    from rlhf_ppo.maths import masked_whiten
+    from rlhf_builtins.ppo.maths import masked_whiten
 
     x = torch.tensor([[1.0, 2.0, 3.0, 100.0]])
     mask = torch.tensor([[1, 1, 1, 0]])
@@ -53,7 +53,7 @@ def test_masked_whiten_ignores_padding_and_can_keep_the_mean():
 
 
 def test_whitening_across_processes_uses_the_statistics_of_all_of_them():
-    from rlhf_ppo.maths import masked_whiten
+    from rlhf_builtins.ppo.maths import masked_whiten
 
     a, b = torch.tensor([[1.0, 5.0, 0.0]]), torch.tensor([[2.0, 7.0, 4.0]])
     mask_a, mask_b = torch.tensor([[1, 1, 0]]), torch.tensor([[1, 1, 1]])
@@ -70,7 +70,7 @@ def test_whitening_across_processes_uses_the_statistics_of_all_of_them():
 
 
 def test_kl_estimators():
-    from rlhf_ppo.maths import kl_penalty
+    from rlhf_builtins.ppo.maths import kl_penalty
 
     logprobs, ref = torch.tensor([-1.0, -2.0]), torch.tensor([-2.0, -2.0])
     close(kl_penalty(logprobs, ref, "k1"), [1.0, 0.0])
@@ -78,7 +78,7 @@ def test_kl_estimators():
 
 
 def test_token_rewards_put_the_score_on_the_last_real_token():
-    from rlhf_ppo.maths import token_rewards
+    from rlhf_builtins.ppo.maths import token_rewards
 
     kl = torch.tensor([[0.1, 0.2, 0.3], [0.5, 0.5, 9.0]])
     mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
@@ -87,7 +87,7 @@ def test_token_rewards_put_the_score_on_the_last_real_token():
 
 
 def test_reward_scaling_and_clipping():
-    from rlhf_ppo.maths import scale_scores
+    from rlhf_builtins.ppo.maths import scale_scores
 
     scores = torch.tensor([-30.0, 2.0, 8.0])
     close(scale_scores(scores, 2.0, 10.0), [-10.0, 1.0, 4.0])
@@ -96,14 +96,14 @@ def test_reward_scaling_and_clipping():
 
 
 def test_response_mask_stops_after_the_first_eos():
-    from rlhf_ppo.maths import response_mask
+    from rlhf_builtins.ppo.maths import response_mask
 
     responses = torch.tensor([[5, 0, 0, 7], [5, 6, 7, 8], [0, 3, 0, 3]])
     assert response_mask(responses, 0).tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]]
 
 
 def test_clipped_policy_loss():
-    from rlhf_ppo.maths import policy_loss
+    from rlhf_builtins.ppo.maths import policy_loss
 
     logprobs = torch.tensor([[math.log(1.5), math.log(0.5), 3.0]])
     old = torch.zeros(1, 3)
@@ -117,7 +117,7 @@ def test_clipped_policy_loss():
 
 
 def test_policy_loss_gradient_vanishes_only_where_clipping_binds():
-    from rlhf_ppo.maths import policy_loss
+    from rlhf_builtins.ppo.maths import policy_loss
 
     logprobs = torch.tensor([[math.log(1.5), math.log(1.1)]], requires_grad=True)
     loss, _ = policy_loss(logprobs, torch.zeros(1, 2), torch.ones(1, 2), torch.ones(1, 2), 0.2)
@@ -127,7 +127,7 @@ def test_policy_loss_gradient_vanishes_only_where_clipping_binds():
 
 
 def test_clipped_value_loss():
-    from rlhf_ppo.maths import value_loss
+    from rlhf_builtins.ppo.maths import value_loss
 
     values = torch.tensor([[1.0, 0.0]])
     loss, stats = value_loss(
@@ -139,7 +139,7 @@ def test_clipped_value_loss():
 
 
 def test_adaptive_kl_controller_follows_ziegler():
-    from rlhf_ppo.kl_control import make_kl_controller
+    from rlhf_builtins.ppo.kl_control import make_kl_controller
 
     controller = make_kl_controller("adaptive", 0.1, target=6.0, horizon=10000)
     close(controller.update(9.0, n_steps=512), 0.1 * (1 + 0.2 * 512 / 10000))  # error clipped
@@ -152,7 +152,7 @@ def test_adaptive_kl_controller_follows_ziegler():
 
 
 def test_fixed_kl_controller_never_moves():
-    from rlhf_ppo.kl_control import make_kl_controller
+    from rlhf_builtins.ppo.kl_control import make_kl_controller
 
     controller = make_kl_controller("fixed", 0.2, target=None, horizon=10000)
     assert controller.update(100.0, n_steps=10**6) == 0.2

@@ -30,7 +30,7 @@ CONFIGS = {
 
 
 def left_padded_batch():
-    from rlhf_ppo.rollout import model_inputs
+    from rlhf_builtins.ppo.rollout import model_inputs
 
     queries = torch.tensor([[0, 0, 5, 6, 7], [1, 2, 3, 4, 5]])
     query_mask = (queries != 0).long()
@@ -65,7 +65,7 @@ def assert_reference_is_initial(model, reference, initial):
 
 @pytest.mark.parametrize("architecture", sorted(CONFIGS))
 def test_hydra_reference_equals_a_full_copy_after_training(architecture):
-    from rlhf_ppo.models import build_models
+    from rlhf_builtins.ppo.models import build_models
 
     lm = tiny_lm(architecture)
     initial = copy.deepcopy(lm)
@@ -83,7 +83,7 @@ def test_hydra_reference_equals_a_full_copy_after_training(architecture):
 
 
 def test_full_copy_reference_for_minus_one_trains_everything():
-    from rlhf_ppo.models import FrozenCopyReference, build_models
+    from rlhf_builtins.ppo.models import FrozenCopyReference, build_models
 
     lm = tiny_lm("gpt2")
     initial = copy.deepcopy(lm)
@@ -95,7 +95,7 @@ def test_full_copy_reference_for_minus_one_trains_everything():
 
 
 def test_hydra_freezes_everything_below_the_top_blocks():
-    from rlhf_ppo.models import build_models
+    from rlhf_builtins.ppo.models import build_models
 
     model, reference = build_models(tiny_lm("gptj"), num_layers_unfrozen=1, separate_critic=False)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
@@ -121,7 +121,7 @@ def test_hydra_freezes_everything_below_the_top_blocks():
 
 
 def test_hydra_shares_a_head_tied_to_frozen_embeddings():
-    from rlhf_ppo.models import build_models
+    from rlhf_builtins.ppo.models import build_models
 
     model, reference = build_models(tiny_lm("gpt2"), num_layers_unfrozen=2, separate_critic=False)
     assert not model.policy.lm_head.weight.requires_grad
@@ -129,7 +129,7 @@ def test_hydra_shares_a_head_tied_to_frozen_embeddings():
 
 
 def test_zero_unfrozen_layers_trains_only_the_value_head_against_the_policy_itself():
-    from rlhf_ppo.models import SharedReference, build_models
+    from rlhf_builtins.ppo.models import SharedReference, build_models
 
     model, reference = build_models(tiny_lm("gpt2"), num_layers_unfrozen=0, separate_critic=False)
     assert isinstance(reference, SharedReference) and not list(reference.parameters())
@@ -148,7 +148,7 @@ def test_zero_unfrozen_layers_trains_only_the_value_head_against_the_policy_itse
 
 
 def test_separate_critic_has_its_own_trunk():
-    from rlhf_ppo.models import build_models
+    from rlhf_builtins.ppo.models import build_models
 
     model, _ = build_models(tiny_lm("gpt_neox"), num_layers_unfrozen=1, separate_critic=True)
     assert model.critic is not None
@@ -161,8 +161,7 @@ def test_separate_critic_has_its_own_trunk():
 
 
 def test_too_many_unfrozen_layers_is_a_user_error():
-    from rlhf_ppo.models import build_models
-
+    from rlhf_builtins.ppo.models import build_models
     from rlhf_plugins import UserError
 
     with pytest.raises(UserError, match="exceeds the model's 3 layers"):
@@ -171,7 +170,7 @@ def test_too_many_unfrozen_layers_is_a_user_error():
 
 def test_lora_reference_is_the_policy_with_its_adapter_off():
     pytest.importorskip("peft")
-    from rlhf_ppo.models import AdapterOffReference, build_models
+    from rlhf_builtins.ppo.models import AdapterOffReference, build_models
 
     lm = tiny_lm("gpt2")
     initial = copy.deepcopy(lm)

@@ -67,7 +67,7 @@ def test_ppo_trains_logs_and_saves_a_plain_causal_lm(toy, run_cli, tmp_path):
 def test_unusable_rewards_skip_the_chunk_and_are_counted(
     toy, run_cli, tmp_path, fault, expected, caplog
 ):
-    with caplog.at_level(logging.WARNING, logger="rlhf_ppo"):
+    with caplog.at_level(logging.WARNING, logger="rlhf_builtins.ppo"):
         result = run_cli("run", toy(fault=fault, fault_calls=[2]))
     assert result.exit_code == 0, result.output
     assert "skipped a chunk of 4 samples" in caplog.text and expected in caplog.text
@@ -163,6 +163,8 @@ def test_mixed_precision_and_gradient_checkpointing_are_honoured(
 
 
 def test_the_hook_module_imports_nothing_heavy():
-    code = "import sys, rlhf_ppo; print(sorted({'torch', 'transformers'} & set(sys.modules)))"
+    code = (
+        "import sys, rlhf_builtins.ppo; print(sorted({'torch', 'transformers'} & set(sys.modules)))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

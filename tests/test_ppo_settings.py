@@ -93,7 +93,7 @@ def test_the_full_size_recipe_validates(run_cli):
 
 
 def test_the_trainer_reads_the_minibatch_from_the_shared_fields():
-    from rlhf_ppo.settings import PPOSettings
+    from rlhf_builtins.ppo.settings import PPOSettings
 
     settings = PPOSettings(
         num_rollouts=64, per_device_train_batch_size=8, gradient_accumulation_steps=2

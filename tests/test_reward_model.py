@@ -173,7 +173,7 @@ def test_each_architecture_trains_saves_and_reloads(
 
 
 def test_head_is_initialised_with_the_std_of_stiennon_et_al(trunk_dir):
-    from rlhf_reward.model import RewardModelLoader
+    from rlhf_builtins.reward.model import RewardModelLoader
 
     config = AutoModelForSequenceClassification.from_pretrained(trunk_dir("gpt2")).config
     config.n_embd, config.n_head = 1023, 1
@@ -207,7 +207,7 @@ def varied_rows():
 
 def direct_scores(model, rows, pad_token_id: int) -> list[float]:
     """The head's output at the last token of each row, one row at a time (no padding)."""
-    from rlhf_reward.model import HeadOutputs, pad_right
+    from rlhf_builtins.reward.model import HeadOutputs, pad_right
 
     head_outputs = HeadOutputs(model)
     scores = []
@@ -219,7 +219,7 @@ def direct_scores(model, rows, pad_token_id: int) -> list[float]:
 
 
 def test_reload_gives_identical_scores(registry, saved_reward_model):
-    from rlhf_reward.model import tokenize_texts
+    from rlhf_builtins.reward.model import tokenize_texts
 
     prompts, completions = varied_rows()
     score = reward_function(registry, path=str(saved_reward_model))
@@ -255,7 +255,7 @@ def test_max_length_keeps_the_completion(registry, saved_reward_model):
 
 
 def test_legacy_trlx_checkpoint_imports(registry, saved_reward_model, trunk_dir, tmp_path):
-    from rlhf_reward.legacy import import_trlx_checkpoint
+    from rlhf_builtins.reward.legacy import import_trlx_checkpoint
 
     model = AutoModelForSequenceClassification.from_pretrained(saved_reward_model)
     legacy = {f"transformer.{k}": v for k, v in model.transformer.state_dict().items()}

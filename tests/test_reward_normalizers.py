@@ -98,7 +98,8 @@ def test_a_base_returning_the_wrong_count_is_a_user_error(factories):
 
 def _rank_scores(rank: int, port: int, results) -> None:
     import torch.distributed as dist
-    from rlhf_reward.normalizers import RunningNorm
+
+    from rlhf_builtins.reward.normalizers import RunningNorm
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     completions = ["a", "abc"] if rank == 0 else ["ab", "abcdef"]

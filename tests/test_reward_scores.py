@@ -38,7 +38,7 @@ def test_anything_else_is_refused_with_the_reason(values, why):
 
 
 def test_wrappers_let_nan_through_but_refuse_numeric_strings():
-    from rlhf_reward.normalizers import Clip
+    from rlhf_builtins.reward.normalizers import Clip
 
     nan = Clip(lambda prompts, completions, **_: [float("nan")] * len(prompts), low=0.0)
     assert np.isnan(nan(["p"], ["c"])[0])

@@ -75,7 +75,7 @@ class SweepPolicy(CannedPolicy):
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from rlhf_hf_policies.policies import train_tokenizer
+    from rlhf_builtins.hf_policies.policies import train_tokenizer
 
     return train_tokenizer(PROMPTS + REFERENCES, vocab_size=300)
 
@@ -97,7 +97,7 @@ def stage(tmp_path: Path) -> StageContext:
 def rouge_evaluator(policies, dataset, reward=None, **settings):
     """The ``rouge`` evaluator for ``policies`` on ``dataset``, ``settings`` validated as a
     recipe's ``evaluator_settings`` would be."""
-    from rlhf_rouge import RougeSettings
+    from rlhf_builtins.rouge import RougeSettings
 
     factory = load_registry().get("evaluator", "rouge").factory
     return factory(policies, dataset, reward, settings=RougeSettings(**settings))
@@ -115,7 +115,7 @@ class WordCountReward:
 
 
 def test_rouge_fmeasures_match_rouge_score_and_hand_values():
-    from rlhf_rouge.scoring import rouge_fmeasures
+    from rlhf_builtins.rouge.scoring import rouge_fmeasures
 
     generated = ["the cats were running", "", "dog ate homework"]
     references = ["a cat runs", "anything", "dog ate my homework"]
@@ -127,7 +127,7 @@ def test_rouge_fmeasures_match_rouge_score_and_hand_values():
 
 
 def test_summary_metrics_hand_computed():
-    from rlhf_rouge.scoring import summary_metrics
+    from rlhf_builtins.rouge.scoring import summary_metrics
 
     samples = [
         {
@@ -163,7 +163,7 @@ def test_summary_metrics_hand_computed():
 @pytest.mark.parametrize("world", [1, 2, 3, 4])
 @pytest.mark.parametrize("total", [1, 2, 5, 7, 8])
 def test_shards_are_equal_and_merge_back_in_order(total: int, world: int):
-    from rlhf_rouge.evaluator import merge_shards, shard_indices
+    from rlhf_builtins.rouge.evaluator import merge_shards, shard_indices
 
     shards = [shard_indices(total, rank, world) for rank in range(world)]
     assert len({len(s) for s in shards}) == 1
@@ -375,8 +375,9 @@ def test_recipe_with_tiny_policies_and_a_plugin_reward(
 
 def tiny_checkpoint(directory: Path, texts: list[str]) -> Path:
     """A saved GPT-2-shaped model and tokenizer, as an SFT stage would leave them."""
-    from rlhf_hf_policies.policies import train_tokenizer
     from transformers import GPT2Config, GPT2LMHeadModel
+
+    from rlhf_builtins.hf_policies.policies import train_tokenizer
 
     tokenizer = train_tokenizer(texts, vocab_size=400)
     torch.manual_seed(0)

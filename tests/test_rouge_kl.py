@@ -29,8 +29,9 @@ def checkpoints(sft_jsonl, tmp_path):
 
 
 def test_completion_kl_equals_the_kl_of_the_next_token_distributions(checkpoints):
-    from rlhf_rouge.kl import completion_kl
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rlhf_builtins.rouge.kl import completion_kl
 
     first, second = checkpoints
     tokenizer = AutoTokenizer.from_pretrained(first)

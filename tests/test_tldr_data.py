@@ -339,7 +339,7 @@ def test_word_truncation_hand_computed(tmp_path):
 
 
 def test_token_truncation_keeps_suffix(tmp_path):
-    from rlhf_hf_policies.policies import train_tokenizer
+    from rlhf_builtins.hf_policies.policies import train_tokenizer
 
     texts = [carper_prompt(r) + r["summary"] for r in POSTS] * 5
     tokenizer = train_tokenizer(texts, vocab_size=300)

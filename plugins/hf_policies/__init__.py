@@ -1,0 +1,104 @@
+"""Policies: ``hf-causal-lm`` (a hub id, local directory or earlier stage's output) and
+``tiny-causal-lm`` (a small GPT-J/GPT-2/GPT-NeoX built from a config, with a BPE tokenizer
+trained on the stage's datasets, for offline runs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, model_validator
+
+from rlhf_plugins import Policy, StageContext, UserError, hookimpl
+from rlhf_plugins.context import Length, saved_model_context
+from rlhf_plugins.settings import Settings
+
+
+@hookimpl
+def register_policies(register):
+    register(
+        "hf-causal-lm",
+        hf_causal_lm,
+        description="A causal LM loaded with from_pretrained (hub id, local dir or from_stage).",
+    )
+    register(
+        "tiny-causal-lm",
+        tiny_causal_lm,
+        description="A tiny causal LM built from a config, tokenizer trained on the stage data.",
+    )
+
+
+def hf_causal_lm(
+    stage: StageContext | None = None,
+    model: Annotated[
+        str | None, Field(description="hub id or local directory (or from_stage instead)")
+    ] = None,
+    from_stage: str | None = None,
+    revision: Annotated[
+        str | None, Field(description="hub branch, tag or commit (unset: the default branch)")
+    ] = None,
+    trust_remote_code: Annotated[
+        bool, Field(description="run the model's own code from the hub (off unless set)")
+    ] = False,
+) -> Policy:
+    """A causal LM from a hub id or local directory (``model``), or from the output directory
+    of an earlier stage (``from_stage``). A relative local ``model`` directory is relative to
+    the recipe file. ``trust_remote_code`` stays off unless set."""
+    if (model is None) == (from_stage is None):
+        raise UserError("hf-causal-lm takes exactly one of 'model' or 'from_stage'")
+    from rlhf_builtins.hf_policies.policies import PretrainedPolicy
+
+    if model is not None and stage is not None:
+        model = str(stage.local_path(model) or model)
+    return PretrainedPolicy(
+        model or from_stage, revision=revision, trust_remote_code=trust_remote_code
+    )
+
+
+def pretrained_context(settings: dict[str, Any], base_dir: Path) -> Length | None:
+    """``hf-causal-lm``'s positions when ``model`` is a local directory (its config.json);
+    None for a hub id or ``from_stage`` (known once the model loads)."""
+    return saved_model_context(settings["model"], base_dir)
+
+
+hf_causal_lm.context_length = pretrained_context
+
+
+class TinyModelSettings(Settings):
+    """The shape of a ``tiny-causal-lm`` model and its tokenizer."""
+
+    architecture: Literal["gptj", "gpt2", "gpt_neox"] = Field(
+        "gptj", description="the transformers architecture built from a config"
+    )
+    n_layer: int = Field(2, ge=1, description="transformer blocks")
+    n_embd: int = Field(64, ge=1, description="hidden size, a multiple of n_head")
+    n_head: int = Field(4, ge=1, description="attention heads")
+    vocab_size: int = Field(1024, ge=1, description="size of the BPE vocabulary trained")
+    max_positions: int = Field(512, ge=1, description="context length in tokens")
+    tokenizer_samples: int = Field(
+        5000, ge=1, description="rows of the stage's datasets the tokenizer is trained on"
+    )
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> TinyModelSettings:
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
+        return self
+
+
+def tiny_causal_lm(stage: StageContext, *, settings: TinyModelSettings) -> Policy:
+    """A randomly initialised model of ``architecture`` with a byte-level BPE tokenizer trained
+    on up to ``tokenizer_samples`` rows of the stage's datasets (every string column). The
+    tokenizer is saved under the stage output so later stages reuse it. ``settings`` were
+    validated whole."""
+    from rlhf_builtins.hf_policies.policies import TinyPolicy
+
+    return TinyPolicy(stage, **settings.model_dump())
+
+
+def tiny_context(settings: dict[str, Any], base_dir: Path) -> Length:
+    """``tiny-causal-lm``'s positions: its ``max_positions`` setting."""
+    return Length(settings["max_positions"], f"max_positions = {settings['max_positions']}")
+
+
+tiny_causal_lm.context_length = tiny_context
