@@ -505,7 +505,6 @@ class PPOTrainer:
         resumed_from = None
         if self.load_checkpoint():
             resumed_from = self.step
-            stage.log({"resumed_from_step": self.step}, step=self.step)
         progress = stage.progress(total=s.max_steps, desc="ppo steps")
         progress.update(self.step)
         last: dict[str, float] = {}
