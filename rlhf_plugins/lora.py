@@ -18,7 +18,8 @@ from rlhf_plugins.training import TrainingSettings
 class LoraSettings(TrainingSettings):
     """``TrainingSettings`` plus LoRA adapters: with ``use_peft`` only the adapters train, and
     the stage saves them merged into the policy's weights (a plain ``from_pretrained``
-    model). Combine it with another ``TrainingSettings`` class by inheriting from both."""
+    model). Combine it with another ``TrainingSettings`` class by inheriting from both, this one
+    last so that the other's defaults win."""
 
     use_peft: bool = Field(
         False, description="train LoRA adapters through peft instead of every weight"

@@ -33,7 +33,7 @@ REFERENCE_BOUNDS = {
 """Bounds on TRL fields that ``DPOConfig`` and ``KTOConfig`` share but do not check."""
 
 
-class PreferenceSettings(LoraSettings, EpochTrainingSettings.with_defaults(learning_rate=1e-6)):
+class PreferenceSettings(EpochTrainingSettings.with_defaults(learning_rate=1e-6), LoraSettings):
     """The shared training settings (learning rate at TRL's 1e-6 for these trainers), LoRA, and
     ``max_length``; TRL's fields are added by ``FromDataclass``. Rules across fields are
     collected by ``problems`` (a subclass adds its own with ``super().problems()``) and
