@@ -183,3 +183,44 @@ def toy(plugin_dist, write_recipe, monkeypatch):
         return write_recipe(text, name)
 
     return recipe
+
+
+GRPO_RECIPE = """
+[recipe]
+name = "{name}"
+seed = 3
+
+[stages.{trainer}]
+trainer = "{trainer}"
+policy = {{ use = "tiny-causal-lm", architecture = "gpt2", n_layer = 2, n_embd = 32, n_head = 2, vocab_size = 300 }}
+dataset = {{ use = "ppo-toy-prompts", rows = 32 }}
+{reward}
+
+[stages.{trainer}.trainer_settings]
+{settings}
+"""
+TOY_REWARD = 'reward = { use = "ppo-toy-reward" }'
+GRPO_SETTINGS = {
+    "max_steps": 4,
+    "per_device_train_batch_size": 8,
+    "num_generations": 4,
+    "max_completion_length": 6,
+    "learning_rate": 1e-3,
+    "logging_steps": 1,
+    "save_steps": 2,
+}
+
+
+@pytest.fixture
+def grpo_recipe(toy, write_recipe):
+    """A writer of a one-stage ``grpo`` (or ``rloo``) recipe on the prompts and reward of
+    tests/ppo_toy_plugin.py (installed by the ``toy`` fixture); ``settings`` override
+    ``GRPO_SETTINGS`` (None drops one)."""
+
+    def recipe(name="toy", trainer="grpo", reward=TOY_REWARD, **settings):
+        merged = {k: v for k, v in {**GRPO_SETTINGS, **settings}.items() if v is not None}
+        lines = "\n".join(f"{k} = {json.dumps(v)}" for k, v in merged.items())
+        text = GRPO_RECIPE.format(name=name, trainer=trainer, reward=reward, settings=lines)
+        return write_recipe(text, name)
+
+    return recipe
