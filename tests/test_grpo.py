@@ -282,3 +282,19 @@ def test_use_peft_without_peft_is_a_validate_error(grpo_recipe, run_cli, monkeyp
     result = run_cli("validate", grpo_recipe(use_peft=True))
     assert result.exit_code == 2
     assert "use_peft needs peft" in result.output
+
+
+def test_an_eval_dataset_is_scored_every_eval_steps(grpo_recipe, run_cli, tmp_path):
+    recipe = grpo_recipe(eval_steps=2, per_device_eval_batch_size=8)
+    text = recipe.read_text().replace(
+        TOY_REWARD,
+        TOY_REWARD + '\neval_dataset = { use = "ppo-toy-prompts", rows = 4, offset = 500 }',
+    )
+    recipe.write_text(text)
+    result = run_cli("run", recipe)
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "runs" / "toy" / "grpo"
+    scored = [r for r in records(out) if "eval/reward/mean" in r]
+    assert [r["step"] for r in scored] == [2, 4]
+    assert {"eval/reward/std", "eval/loss"} <= set(scored[0])
+    assert state(out)["metrics"]["eval/reward/mean"] == scored[-1]["eval/reward/mean"]
