@@ -1,0 +1,217 @@
+"""The ``grpo`` stage vs TRL's ``GRPOTrainer`` called directly in a script, on the same work.
+
+Work (both sides, each run in a fresh process, one thread, fp32): a random 4-layer x 128 GPT-2
+policy and a 2 x 64 GPT-2 reward model saved in a temporary directory with a byte-level BPE
+tokenizer; 64 prompts of the project's synthetic TL;DR data (``tldr-synthetic``, view
+``prompts``) as a jsonl file; the reward ``delta-reward`` over ``gptj-reward-head`` (the same
+objects on both sides); GRPO for 32 steps of 16 completions (4 prompts x 4), at most 24 new
+tokens, beta 0.04 (TRL loads the reference from the policy's directory), a checkpoint every 16
+steps and the final model and tokenizer saved.
+
+- stage: ``rlhf run recipe.toml`` (a one-stage recipe; the run's report and summary included);
+- direct: this script's ``--direct`` child, which builds the same ``GRPOConfig`` the stage does
+  (``rlhf_plugins.hf.training_arguments``' defaults: seed, data seed, logging, checkpoints,
+  no reporting, single process) and calls ``GRPOTrainer(...).train()`` and ``save_model``.
+
+Reported per side (median of ``--repeats`` alternating runs): the process wall time, the span
+from loading the model to the saved model (stage: its ``seconds`` in stage_state.json, which
+also builds its components; direct: timed the same way) and the process's peak RSS (ru_maxrss
+from ``wait4``), with stage/direct ratios (target: wall at most 1.05x).
+
+    python bench/trl_wrapper_overhead.py [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+STEPS, BATCH, GENERATIONS, NEW_TOKENS, BETA, SAVE_STEPS = 32, 16, 4, 24, 0.04, 16
+SETTINGS = {
+    "max_steps": STEPS,
+    "per_device_train_batch_size": BATCH,
+    "num_generations": GENERATIONS,
+    "max_completion_length": NEW_TOKENS,
+    "beta": BETA,
+    "learning_rate": 1e-4,
+    "logging_steps": 1,
+    "save_steps": SAVE_STEPS,
+}
+"""The recipe's trainer_settings; the direct child passes the same to GRPOConfig."""
+
+RECIPE = """
+[recipe]
+name = "overhead"
+seed = 7
+
+[stages.grpo]
+trainer = "grpo"
+policy = {{ use = "hf-causal-lm", model = "policy" }}
+dataset = {{ use = "jsonl", path = "prompts.jsonl" }}
+reward = {{ use = "delta-reward", base = {{ use = "gptj-reward-head", path = "rm", batch_size = 64, max_length = 128 }} }}
+
+[stages.grpo.trainer_settings]
+{settings}
+"""
+
+
+def prepare(work: Path) -> None:
+    """The prompts (jsonl), a policy and a reward model (save_pretrained) and the recipe."""
+    from transformers import AutoModelForSequenceClassification, GPT2Config, GPT2LMHeadModel
+
+    from rlhf_builtins.hf_policies.policies import train_tokenizer
+    from rlhf_builtins.tldr.synthetic import synthetic_dataset
+
+    rows = synthetic_dataset("prompts", "train", 64, 0)
+    with (work / "prompts.jsonl").open("w") as f:
+        for row in rows:
+            f.write(json.dumps({"prompt": row["prompt"], "reference": row["reference"]}) + "\n")
+    tokenizer = train_tokenizer([r["prompt"] + r["reference"] for r in rows] * 4, 1024)
+    ids = dict(
+        vocab_size=len(tokenizer),
+        n_positions=512,
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    for name, model in (
+        ("policy", GPT2LMHeadModel(GPT2Config(n_layer=4, n_embd=128, n_head=2, **ids))),
+        (
+            "rm",
+            AutoModelForSequenceClassification.from_config(
+                GPT2Config(n_layer=2, n_embd=64, n_head=2, num_labels=1, **ids)
+            ),
+        ),
+    ):
+        model.save_pretrained(work / name)
+        tokenizer.save_pretrained(work / name)
+    lines = "\n".join(f"{key} = {json.dumps(value)}" for key, value in SETTINGS.items())
+    (work / "recipe.toml").write_text(RECIPE.format(settings=lines))
+
+
+def direct(work: Path) -> float:
+    """TRL's GRPOTrainer as a script calls it, with the config the stage builds; returns the
+    seconds from loading the model to the saved model (imports done, as the stage's are)."""
+    from datasets import load_dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import GRPOConfig, GRPOTrainer
+
+    from rlhf_builtins.reward.normalizers import DeltaReward
+    from rlhf_builtins.reward.scoring import RewardHead
+
+    started = time.perf_counter()
+    reward = DeltaReward(RewardHead(str(work / "rm"), batch_size=64, max_length=128, device="cpu"))
+    tokenizer = AutoTokenizer.from_pretrained(work / "policy")
+    model = AutoModelForCausalLM.from_pretrained(work / "policy")
+    data = load_dataset("json", data_files=str(work / "prompts.jsonl"), split="train")
+    out = work / "direct"
+    config = GRPOConfig(
+        output_dir=str(out),
+        seed=7,
+        data_seed=7,
+        report_to=[],
+        logging_first_step=True,
+        save_strategy="steps",
+        save_total_limit=2,
+        bf16=False,
+        use_cpu=True,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        ddp_find_unused_parameters=False,
+        activation_checkpointing=False,
+        lr_scheduler_type="linear",
+        **SETTINGS,
+    )
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=[reward],
+        args=config,
+        train_dataset=data,
+        processing_class=tokenizer,
+    )
+    trainer.train()
+    trainer.save_model(str(out))
+    tokenizer.save_pretrained(str(out))
+    return time.perf_counter() - started
+
+
+def measured(command: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, float, str]:
+    """``(wall seconds, peak RSS MiB, stdout)`` of ``command`` in a fresh process."""
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    output = process.stdout.read()
+    _, status, usage = os.wait4(process.pid, 0)
+    wall = time.perf_counter() - started
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{' '.join(command)} failed:\n{output[-2000:]}")
+    return wall, usage.ru_maxrss / 1024, output
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=3, help="alternating runs per side")
+    parser.add_argument("--direct", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.direct:
+        print(json.dumps({"seconds": direct(args.direct)}))
+        return
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "WANDB_MODE": "offline",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    sides: dict[str, dict[str, list[float]]] = {
+        side: {"wall": [], "span": [], "rss": []} for side in ("stage", "direct")
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        prepare(work)
+        stage_cmd = [sys.executable, "-m", "rlhf_plugins.cli", "run", "recipe.toml", "--force"]
+        direct_cmd = [sys.executable, str(Path(__file__).resolve()), "--direct", str(work)]
+        for _ in range(args.repeats):
+            wall, rss, _ = measured(stage_cmd, work, env)
+            state = json.loads(
+                (work / "runs" / "overhead" / "grpo" / "stage_state.json").read_text()
+            )
+            for key, value in (("wall", wall), ("span", state["seconds"]), ("rss", rss)):
+                sides["stage"][key].append(value)
+            wall, rss, output = measured(direct_cmd, work, env)
+            span = json.loads(output.strip().splitlines()[-1])["seconds"]
+            for key, value in (("wall", wall), ("span", span), ("rss", rss)):
+                sides["direct"][key].append(value)
+    median = {
+        side: {k: statistics.median(v) for k, v in got.items()} for side, got in sides.items()
+    }
+    print(
+        f"grpo stage vs GRPOTrainer called directly: {STEPS} steps x {BATCH} completions "
+        f"({BATCH // GENERATIONS} prompts x {GENERATIONS}), <= {NEW_TOKENS} new tokens, "
+        f"beta {BETA}, 4x128 GPT-2 policy, delta-reward over a 2x64 reward model; one thread; "
+        f"median of {args.repeats}\n"
+    )
+    rows = [("side", "process wall s", "model-to-saved s", "peak RSS MiB")]
+    for side in ("stage", "direct"):
+        m = median[side]
+        rows.append((side, f"{m['wall']:.1f}", f"{m['span']:.1f}", f"{m['rss']:.0f}"))
+    s, d = median["stage"], median["direct"]
+    ratios = (s["wall"] / d["wall"], s["span"] / d["span"], s["rss"] / d["rss"])
+    rows.append(("stage / direct", *(f"{r:.3f}x" for r in ratios)))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
+    print(f"\ncommand: python bench/{Path(__file__).name} --repeats {args.repeats}")
+
+
+if __name__ == "__main__":
+    main()
