@@ -182,8 +182,8 @@ def test_kill_9_then_the_same_command_matches_an_uninterrupted_run(toy, run_cli,
     assert_same_weights(reference, out)
     steps = [r["step"] for r in metrics(out) if "reward/mean" in r]
     assert steps == [r["step"] for r in metrics(reference) if "reward/mean" in r] == [4, 8, 12, 16]
-    every = [sorted(set(r) - {"time"}) + [r["step"]] for r in metrics(out)]
-    assert every == [sorted(set(r) - {"time"}) + [r["step"]] for r in metrics(reference)]
+    every = [[*sorted(set(r) - {"time"}), r["step"]] for r in metrics(out)]
+    assert every == [[*sorted(set(r) - {"time"}), r["step"]] for r in metrics(reference)]
 
 
 @pytest.mark.slow
