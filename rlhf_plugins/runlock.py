@@ -31,8 +31,20 @@ class Terminated(KeyboardInterrupt):
     exit_code = 143
 
 
+_terminated = False
+
+
 def raise_terminated(signum: int, frame: object) -> None:
+    global _terminated
+    _terminated = True
     raise Terminated()
+
+
+def was_terminated() -> bool:
+    """True once SIGTERM arrived in this process: a library that turned the ``Terminated``
+    it raised mid-I/O into another error (``OSError: Bad file descriptor``) still ends the
+    stage as interrupted."""
+    return _terminated
 
 
 @contextmanager

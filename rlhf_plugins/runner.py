@@ -22,7 +22,7 @@ from rlhf_plugins.console import summary_table
 from rlhf_plugins.errors import StageFailed, UserError
 from rlhf_plugins.recipe import Recipe, StageSpec
 from rlhf_plugins.registry import Registry
-from rlhf_plugins.runlock import lock_holder
+from rlhf_plugins.runlock import Terminated, lock_holder, was_terminated
 from rlhf_plugins.settings import (
     RESERVED_COMPONENT_KEYS,
     FactorySpec,
@@ -354,16 +354,14 @@ class Runner:
             stage_fn = component.factory(**slots, **settings)
             metrics = dict(stage_fn(context) or {})
         except KeyboardInterrupt:
-            if is_main_process():
-                record_stop(out, {**running, "status": "interrupted", "stopped_at": time.time()})
-            self.stage_ended(context, "interrupted", {}, started)
+            self.stopped(context, running, started, "interrupted")
             raise
         except Exception as exc:
+            if was_terminated():
+                self.stopped(context, running, started, "interrupted")
+                raise Terminated() from exc
             error = stage_error(spec.name, out, exc)
-            if is_main_process():
-                stopped = {"status": "failed", "error": str(error), "stopped_at": time.time()}
-                record_stop(out, {**running, **stopped})
-            self.stage_ended(context, "failed", {}, started)
+            self.stopped(context, running, started, "failed", error=str(error))
             if error is exc:
                 raise
             raise error from exc
@@ -390,6 +388,16 @@ class Runner:
         wait_for_everyone()
         # all ranks must agree on the run id that downstream hashes read
         return metrics, read_state(out).get("run_id", run_id)
+
+    def stopped(
+        self, context: StageContext, running: dict, started: float, status: str, **extra: str
+    ) -> None:
+        """Record a stage that did not finish (``interrupted`` or ``failed``) and tell the
+        hooks."""
+        if is_main_process():
+            stop = {"status": status, **extra, "stopped_at": time.time()}
+            record_stop(context.output_dir, {**running, **stop})
+        self.stage_ended(context, status, {}, started)
 
     def stage_ended(
         self, context: StageContext, status: str, metrics: dict, started: float
