@@ -15,9 +15,11 @@ the peak is reset with /proc/self/clear_refs), their ratios to TRL, the FLOPs of
 ``torch.utils.flop_counter``) and the share of this CPU's single-thread fp32 matmul throughput
 that the update reaches.
 
-TRL 1.12 is installed by this script into ``bench/.venv-trl112`` (gitignored): a venv with
-``--system-site-packages`` plus ``pip install --no-deps trl==1.12.0``, so both trainers run on
-the same torch, transformers and accelerate, and only the trainer differs.
+TRL 1.12 is installed by this script into ``bench/.trl112`` (gitignored) with
+``pip install --no-deps --target``, and the TRL child runs on this same interpreter with that
+folder first on ``PYTHONPATH``: both trainers run on the same torch, transformers and
+accelerate (wherever they are installed: a venv, conda, the system), and only the trainer
+differs.
 
     python bench/ppo_vs_trl.py            # both sizes (slow on a small CPU)
     python bench/ppo_vs_trl.py --quick    # smoke run: 4x128 only, fewer prompts
@@ -35,7 +37,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-VENV = HERE / ".venv-trl112"
+TRL_TARGET = HERE / ".trl112"
 TRL_VERSION = "1.12.0"
 VOCAB, PROMPT_TOKENS, RESPONSE_TOKENS, BATCH, EPOCHS = 4096, 48, 24, 16, 4
 KL_COEF, VF_COEF, LEARNING_RATE = 0.05, 0.1, 3e-6
@@ -94,7 +96,7 @@ def make_model(kind: str, config, seed: int):
     return GPT2ForSequenceClassification(config.__class__(**config.to_dict(), num_labels=1))
 
 
-# -- the parent: data, venv, matmul peak, children, table -----------------------------------
+# -- the parent: data, TRL 1.12, matmul peak, children, table -----------------------------------
 
 
 def prepare(work: Path, prompts: int) -> None:
@@ -123,20 +125,16 @@ def prepare(work: Path, prompts: int) -> None:
     (work / "prompts.json").write_text(json.dumps(rows))
 
 
-def ensure_trl_venv() -> Path:
-    python = VENV / "bin" / "python"
-    if not python.exists():
-        subprocess.run(
-            [sys.executable, "-m", "venv", "--system-site-packages", str(VENV)], check=True
-        )
-    probe = [str(python), "-c", "import trl; print(trl.__version__)"]
-    found = subprocess.run(probe, capture_output=True, text=True).stdout.strip()
+def ensure_trl() -> Path:
+    """The folder holding TRL ``TRL_VERSION`` alone (no dependencies), installed on first use
+    with this interpreter's pip."""
+    probe = [sys.executable, "-c", "import trl; print(trl.__version__)"]
+    env = {**os.environ, "PYTHONPATH": str(TRL_TARGET)}
+    found = subprocess.run(probe, capture_output=True, text=True, env=env).stdout.strip()
     if found != TRL_VERSION:
-        subprocess.run(
-            [str(python), "-m", "pip", "install", "--quiet", "--no-deps", f"trl=={TRL_VERSION}"],
-            check=True,
-        )
-    return python
+        pip = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--upgrade"]
+        subprocess.run([*pip, "--target", str(TRL_TARGET), f"trl=={TRL_VERSION}"], check=True)
+    return TRL_TARGET
 
 
 def matmul_gflops(seconds: float = 3.0) -> float:
@@ -154,7 +152,10 @@ def matmul_gflops(seconds: float = 3.0) -> float:
     return count * 2 * 512 * 512 * 2048 / (time.perf_counter() - started) / 1e9
 
 
-def run_child(python: str, which: str, size: str, work: Path, extra: list[str]) -> dict:
+def run_child(
+    which: str, size: str, work: Path, extra: list[str], path_first: Path | None = None
+) -> dict:
+    """Run one child on this interpreter (``path_first`` ahead of its packages)."""
     env = {
         **os.environ,
         "OMP_NUM_THREADS": "1",
@@ -164,7 +165,9 @@ def run_child(python: str, which: str, size: str, work: Path, extra: list[str]) 
         "HF_HUB_OFFLINE": "1",
         "WANDB_MODE": "disabled",
     }
-    cmd = [python, __file__, "--child", which, "--size", size, "--work", str(work), *extra]
+    if path_first is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(path_first), env.get("PYTHONPATH")]))
+    cmd = [sys.executable, __file__, "--child", which, "--size", size, "--work", str(work), *extra]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
     if done.returncode != 0 or not lines:
@@ -184,7 +187,7 @@ def main() -> None:
         print(json.dumps(child(args.child, args.size, Path(args.work), args.unfrozen)))
         return
     sizes, prompts = (["4x128"], 32) if args.quick else (["4x128", "8x512"], 64)
-    trl_python = str(ensure_trl_venv())
+    trl_path = ensure_trl()
     peak = matmul_gflops()
     print(
         f"single-thread fp32 matmul: {peak:.1f} GFLOP/s; {prompts} prompts x {PROMPT_TOKENS} "
@@ -205,7 +208,7 @@ def main() -> None:
         work = Path(tmp)
         prepare(work, prompts)
         for size in sizes:
-            trl = run_child(trl_python, "trl", size, work, [])
+            trl = run_child("trl", size, work, [], trl_path)
             rows.append(
                 (
                     size,
@@ -219,7 +222,7 @@ def main() -> None:
                 )
             )
             for label, unfrozen in OURS_VARIANTS.items():
-                ours = run_child(sys.executable, "ours", size, work, ["--unfrozen", str(unfrozen)])
+                ours = run_child("ours", size, work, ["--unfrozen", str(unfrozen)])
                 achieved = ours["update_flops"] / ours["seconds_per_update"] / 1e9
                 rows.append(
                     (
