@@ -6,12 +6,14 @@ Public plugin API (stable; see docs/plugins.md):
   ``rlhf_plugins`` group.
 - ``Policy``, ``Dataset``, ``RewardFunction``, ``StageContext``, ``StageFn``: the types that
   factory signatures use to declare component slots and to receive the running stage.
+- ``UserError`` (a problem the user can fix), ``RewardUnavailable`` (a reward function cannot
+  score a batch now: trainers skip it, evaluators fail).
 
 This module imports neither torch nor transformers.
 """
 
 from rlhf_plugins.components import Dataset, Policy, RewardFunction, StageFn, require_columns
-from rlhf_plugins.errors import UserError
+from rlhf_plugins.errors import RewardUnavailable, UserError
 from rlhf_plugins.hookspecs import hookimpl
 from rlhf_plugins.stage import StageContext
 
@@ -21,6 +23,7 @@ __all__ = [
     "Dataset",
     "Policy",
     "RewardFunction",
+    "RewardUnavailable",
     "StageContext",
     "StageFn",
     "UserError",

@@ -87,6 +87,26 @@ def checked_scores(
     return scores, ""
 
 
+def reward_scores(
+    reward: RewardFunction,
+    prompts: list[str],
+    completions: list[str],
+    columns: Mapping[str, Any],
+    *,
+    finite: bool = True,
+) -> tuple[list[float] | None, str]:
+    """Call ``reward(prompts, completions, **columns)`` and check what it returned
+    (``checked_scores``). ``(None, why)`` also when it raised ``RewardUnavailable``, ``why``
+    then starting "is unavailable"; any other exception propagates."""
+    from rlhf_plugins.errors import RewardUnavailable
+
+    try:
+        values = reward(prompts, completions, **columns)
+    except RewardUnavailable as exc:
+        return None, f"is unavailable ({exc})"
+    return checked_scores(values, len(completions), finite=finite)
+
+
 class Dataset(Protocol):
     """A ``datasets.Dataset`` whose columns follow a view: ``prompt``/``completion`` (sft),
     ``prompt`` + extra columns (prompts), ``prompt``/``chosen``/``rejected`` (comparisons),

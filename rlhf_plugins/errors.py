@@ -11,3 +11,9 @@ class StageFailed(UserError):
     """A stage raised while running; the run stops with exit code 1."""
 
     exit_code = 1
+
+
+class RewardUnavailable(Exception):
+    """A reward function cannot score this batch now (e.g. its server cannot be reached after
+    retries). ``rlhf_plugins.components.reward_scores`` turns it into ``(None, why)``: a
+    trainer skips the batch and counts it, an evaluator fails. Wrappers let it pass through."""

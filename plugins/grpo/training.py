@@ -16,7 +16,7 @@ from typing import Any
 
 from rlhf_builtins.grpo import GroupSettings
 from rlhf_plugins import Policy, RewardFunction, StageContext, UserError, require_columns
-from rlhf_plugins.components import checked_scores
+from rlhf_plugins.components import reward_scores
 from rlhf_plugins.context import model_context, prompt_budget
 from rlhf_plugins.errors import StageFailed
 from rlhf_plugins.hf import StageCallback, peft_config, run_trainer, save_final, training_arguments
@@ -42,9 +42,7 @@ class NamedReward:
         self.__name__ = name
 
     def __call__(self, prompts: list[str], completions: list[str], **kwargs: Any) -> list[float]:
-        scores, problem = checked_scores(
-            self.function(prompts, completions, **kwargs), len(completions), finite=False
-        )
+        scores, problem = reward_scores(self.function, prompts, completions, kwargs, finite=False)
         if scores is None:
             raise StageFailed(f"reward function {self.__name__} ({self.function!r}) {problem}")
         return scores

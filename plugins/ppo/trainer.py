@@ -27,7 +27,7 @@ from rlhf_builtins.ppo.models import build_models
 from rlhf_builtins.ppo.rollout import Chunk, PromptSampler, Rollout, model_inputs
 from rlhf_builtins.ppo.settings import PPOSettings
 from rlhf_plugins import Policy, RewardFunction, StageContext, UserError, require_columns
-from rlhf_plugins.components import checked_scores
+from rlhf_plugins.components import reward_scores
 from rlhf_plugins.context import model_context, prompt_budget
 from rlhf_plugins.errors import StageFailed
 from rlhf_plugins.generation import (
@@ -237,9 +237,7 @@ class PPOTrainer:
         process got unusable scores, so that all of them skip this chunk together."""
         completions = self.tokenizer.batch_decode(chunk.responses, skip_special_tokens=True)
         extra = {c: rows[c] for c in self.extra_columns}
-        scores, problem = checked_scores(
-            self.reward(rows["prompt"], completions, **extra), len(completions)
-        )
+        scores, problem = reward_scores(self.reward, rows["prompt"], completions, extra)
         failed = self.reduce(torch.tensor([0.0 if scores is not None else 1.0], device=self.device))
         if float(failed.item()) > 0:
             self.skipped_chunks += 1
@@ -415,9 +413,7 @@ class PPOTrainer:
                 max_prompt_length=self.max_prompt_length,
             )
         extra = {c: rows[c] for c in self.eval_dataset.column_names if c != "prompt"}
-        scores, problem = checked_scores(
-            self.reward(rows["prompt"], completions, **extra), len(completions)
-        )
+        scores, problem = reward_scores(self.reward, rows["prompt"], completions, extra)
         ok = scores is not None
         kept = [x for x, keep in zip(scores, included, strict=True) if keep] if ok else []
         totals = self.reduce(

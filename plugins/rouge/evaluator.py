@@ -19,7 +19,7 @@ from rlhf_builtins.rouge.kl import check_vocabularies, completion_kl
 from rlhf_builtins.rouge.report import Evaluation, write_reports
 from rlhf_builtins.rouge.scoring import mean, rouge_fmeasures, summary_metrics
 from rlhf_plugins import Dataset, Policy, RewardFunction, StageContext, UserError, require_columns
-from rlhf_plugins.components import checked_scores
+from rlhf_plugins.components import reward_scores
 from rlhf_plugins.context import model_context, prompt_budget
 from rlhf_plugins.errors import StageFailed
 from rlhf_plugins.generation import SamplingSettings, ensure_pad_token, generate_texts
@@ -89,13 +89,13 @@ def score_with(
 ) -> list[float]:
     """``reward`` over the rows, ``batch_size`` at a time; ``columns`` (every dataset column but
     ``prompt``) arrive as keyword lists. Scores are checked as PPO checks them
-    (``checked_scores``); an unusable batch fails the stage (``StageFailed``)."""
+    (``reward_scores``); an unusable batch or an unavailable reward fails the stage
+    (``StageFailed``)."""
     scores: list[float] = []
     for start in range(0, len(prompts), batch_size):
         chunk = slice(start, start + batch_size)
         extra = {name: values[chunk] for name, values in columns.items()}
-        values = reward(prompts[chunk], completions[chunk], **extra)
-        checked, problem = checked_scores(values, len(prompts[chunk]))
+        checked, problem = reward_scores(reward, prompts[chunk], completions[chunk], extra)
         if checked is None:
             raise StageFailed(f"rouge evaluator: the reward function {problem}")
         scores.extend(checked)
