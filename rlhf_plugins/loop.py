@@ -12,6 +12,10 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from rlhf_plugins.errors import UserError
+
+GATHER_ON_SAVE = "stage3_gather_16bit_weights_on_model_save"
+
 
 def warmup_count(warmup_steps: float, max_steps: int) -> int:
     """``TrainingSettings.warmup_steps`` as a number of steps, as ``TrainingArguments`` reads
@@ -60,7 +64,10 @@ def fill_deepspeed_config(
     (``micro_batch_size`` rows per process per forward, ``gradient_accumulation_steps``
     forwards per optimizer step, ``num_processes`` processes), ``gradient_clipping``
     (``max_grad_norm``; None: 0, no clipping) and, unless the config says otherwise,
-    ``zero_allow_untested_optimizer`` (the loop's optimizer is torch's AdamW)."""
+    ``zero_allow_untested_optimizer`` (the loop's optimizer is torch's AdamW). Under ZeRO-3
+    ``zero_optimization.stage3_gather_16bit_weights_on_model_save`` defaults to true (the loop
+    saves a plain ``save_pretrained`` model through ``accelerator.get_state_dict``, which needs
+    it); a config that sets it false is a ``UserError``."""
     plugin = accelerator.state.deepspeed_plugin
     if plugin is None:
         return
@@ -72,6 +79,13 @@ def fill_deepspeed_config(
         gradient_clipping=max_grad_norm or 0.0,
     )
     config.setdefault("zero_allow_untested_optimizer", True)
+    zero = config.get("zero_optimization", {})
+    if zero.get("stage") == 3 and not zero.setdefault(GATHER_ON_SAVE, True):
+        raise UserError(
+            f"the DeepSpeed config sets zero_optimization.{GATHER_ON_SAVE} = false: this "
+            "trainer saves the final model whole (save_pretrained), which ZeRO-3 can only do "
+            "with it true; remove the entry or set it true"
+        )
 
 
 def eval_shard(num_examples: int, rank: int, world: int) -> tuple[list[int], list[bool]]:

@@ -43,6 +43,7 @@ from rlhf_plugins.loop import (
     learning_rate_factor,
     warmup_count,
 )
+from rlhf_plugins.zero import gathered_for_generation, whole_weights_at_load, zero3_enabled
 
 logger = logging.getLogger("rlhf_builtins.ppo")
 
@@ -103,7 +104,9 @@ class PPOTrainer:
             if s.lora_r
             else None
         )
-        base = policy.load_model(dtype=torch.float32)
+        # whole weights at load under ZeRO-3: the reference copies them before prepare
+        with whole_weights_at_load(self.accelerator):
+            base = policy.load_model(dtype=torch.float32)
         self.max_prompt_length = prompt_budget(
             s.max_prompt_length,
             s.max_new_tokens,
@@ -167,11 +170,11 @@ class PPOTrainer:
         plugin = self.accelerator.state.deepspeed_plugin
         if plugin is None:
             return
-        if plugin.zero_stage == 3:
+        if plugin.zero_stage == 3 and self.s.lora_r:
             raise UserError(
-                "ppo runs with DeepSpeed ZeRO stages 0-2 (the reference copies and "
-                "generation need whole weights on every rank); use a ZeRO-2 config "
-                "such as recipes/deepspeed/zero2.json"
+                "ppo: lora_r > 0 runs with DeepSpeed ZeRO stages 0-2 (merging the adapter "
+                "into partitioned ZeRO-3 weights is not supported); use a ZeRO-2 config such "
+                "as recipes/deepspeed/zero2.json (an adapter's weights are small anyway)"
             )
         fill_deepspeed_config(
             self.accelerator,
@@ -193,13 +196,15 @@ class PPOTrainer:
 
     @contextmanager
     def full_model(self) -> Iterator[Any]:
-        """The unwrapped model in eval mode, for generation and scoring."""
-        model = self.unwrapped
-        model.eval()
-        try:
-            yield model
-        finally:
-            model.train()
+        """The unwrapped model in eval mode, for generation and scoring; under ZeRO-3 with
+        every parameter gathered on every rank (``rlhf_plugins.zero.gathered_for_generation``),
+        so the reference pass may call the policy's blocks and shared head directly."""
+        with gathered_for_generation(self.accelerator, self.model) as model:
+            model.eval()
+            try:
+                yield model
+            finally:
+                model.train()
 
     # -- rollouts ------------------------------------------------------------------------
 
@@ -530,11 +535,10 @@ class PPOTrainer:
             if self._crossed(before, s.save_steps):
                 self.save_checkpoint()
         progress.close()
-        final = {
-            "steps": self.step,
-            "skipped_chunks": self.skipped_chunks,
-            "rank_param_spread": self.rank_param_spread(),
-        }
+        final = {"steps": self.step, "skipped_chunks": self.skipped_chunks}
+        spread = self.rank_param_spread()
+        if spread is not None:
+            final["rank_param_spread"] = spread
         final.update(
             {k: last[k] for k in ("reward/mean", "kl", "kl_coef", "samples_per_s") if k in last}
         )
@@ -549,9 +553,13 @@ class PPOTrainer:
             stage.log({k: v for k, v in final.items() if k.startswith("eval/")}, step=self.step)
         return final
 
-    def rank_param_spread(self) -> float:
+    def rank_param_spread(self) -> float | None:
         """Largest difference between the processes' sums of trainable weights: 0 when every
-        rank holds the same model."""
+        rank holds the same model. None under ZeRO-3, where no rank holds whole weights (each
+        holds its own partition, and gathering them gives every rank the same tensors by
+        construction), so there is nothing to compare."""
+        if zero3_enabled(self.accelerator):
+            return None
         checksum = torch.stack([p.detach().double().sum() for p in self.trainable]).sum()
         if self.stage.num_processes == 1:
             return 0.0

@@ -1,0 +1,86 @@
+"""DeepSpeed ZeRO-3 for hand-written training loops (``ppo``, ``ilql``, a plugin's), written
+once on DeepSpeed's and Accelerate's own APIs.
+
+Under ZeRO-3 every parameter of the prepared model is partitioned across the ranks: a rank
+holds ``1 / N`` of each (``p.data`` is an empty placeholder) and DeepSpeed's module hooks gather
+a layer's parameters just before it runs and free them after it. That suits one training
+forward; it does not suit generation (one gather per layer per new token, and ranks that stop at
+different lengths would wait for each other's gathers) or code that calls a submodule or reads a
+weight outside the engine's forward. ``gathered_for_generation`` gathers everything once for such
+a span; ``whole_weights_at_load`` keeps a model whole while it is loaded, for code that copies
+weights before ``accelerator.prepare`` partitions them.
+
+Imports torch and deepspeed inside functions only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+
+def zero3_enabled(accelerator: Any) -> bool:
+    """True when ``accelerator`` runs DeepSpeed ZeRO stage 3."""
+    plugin = accelerator.state.deepspeed_plugin
+    return plugin is not None and plugin.zero_stage == 3
+
+
+@contextmanager
+def whole_weights_at_load(accelerator: Any) -> Iterator[None]:
+    """A context in which models are created and loaded whole on every rank. Under ZeRO-3
+    transformers' ``from_pretrained``/``from_config`` otherwise build them inside
+    ``deepspeed.zero.Init`` (partitioned as they load), because Accelerate registers the
+    DeepSpeed config with transformers; this unregisters it for the block
+    (``transformers.integrations.unset_hf_deepspeed_config``) and registers it again on exit
+    (``DeepSpeedPlugin.set_deepspeed_weakref``). Accelerate's own
+    ``zero3_init_context_manager(enable=False)`` only flips a flag that 1.15 no longer reads
+    there. ``accelerator.prepare`` partitions such a model all the same; until then every rank
+    holds a full copy (as under ZeRO-2). A no-op without ZeRO-3."""
+    if not zero3_enabled(accelerator):
+        yield
+        return
+    from transformers.integrations import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        accelerator.state.deepspeed_plugin.set_deepspeed_weakref()
+
+
+@contextmanager
+def gathered_for_generation(accelerator: Any, model: Any) -> Iterator[Any]:
+    """The unwrapped ``model`` (as prepared by ``accelerator``) with every parameter whole on
+    every rank. Under ZeRO-3 this is DeepSpeed's ``deepspeed.zero.unwrap_model_for_generation``:
+    all parameters gathered once (``GatheredParameters``), the engine's fetch/release hooks
+    removed while inside (so forwards run no collectives, whichever submodule is called and
+    however many tokens each rank generates) and registered again on exit, which also
+    invalidates the engine's recorded parameter trace. Nothing inside may change the weights or
+    run a backward pass; each rank holds the whole model meanwhile. Without ZeRO-3 it yields
+    ``accelerator.unwrap_model(model)`` and does nothing else."""
+    if not zero3_enabled(accelerator):
+        yield accelerator.unwrap_model(model)
+        return
+    import deepspeed
+
+    with deepspeed.zero.unwrap_model_for_generation(model):
+        yield accelerator.unwrap_model(model)
+
+
+@contextmanager
+def gathered_parameters(
+    accelerator: Any, params: Iterable[Any], *, modified: bool = False
+) -> Iterator[bool]:
+    """Make ``params`` whole inside the block (``deepspeed.zero.GatheredParameters`` under
+    ZeRO-3, nothing otherwise). With ``modified``, changes made on the main process are
+    broadcast to the others on exit and only the main process should make them: yields True
+    where the caller may change the parameters (every rank without ZeRO-3, the main process
+    with it). Every rank must enter it."""
+    if not zero3_enabled(accelerator):
+        yield True
+        return
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(list(params), modifier_rank=0 if modified else None):
+        yield accelerator.is_main_process or not modified
