@@ -214,6 +214,62 @@ def runs(directory: Path) -> None:
         click.echo("  ".join(cells) + "  " + row[5])
 
 
+@cli.command("serve-reward")
+@click.argument("recipe", type=click.Path(path_type=Path))
+@click.argument("target", metavar="STAGE[.SLOT]")
+@set_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="0: any free."
+)
+@click.option(
+    "--max-batch-size",
+    type=click.IntRange(min=1),
+    default=32,
+    show_default=True,
+    help="Most rows of queued requests joined into one call of the reward function.",
+)
+@click.option(
+    "--max-wait-ms",
+    type=click.FloatRange(min=0),
+    default=5.0,
+    show_default=True,
+    help="How long the first queued request waits for others to join it.",
+)
+@handle_errors
+def serve_reward(
+    recipe: Path,
+    target: str,
+    overrides: tuple[str, ...],
+    host: str,
+    port: int,
+    max_batch_size: int,
+    max_wait_ms: float,
+) -> None:
+    """Serve the reward function of RECIPE's stage STAGE (its slot SLOT, e.g. ppo.reward)
+    over HTTP, built as rlhf run builds it (from_stage reads the recipe's run directory);
+    the remote-reward reward function calls it. POST /v1/score, GET /v1/health
+    (docs/serving.md). No authentication: listen on localhost or a private network."""
+    from rlhf_plugins.console import quiet_libraries
+    from rlhf_plugins.recipe import load_recipe
+    from rlhf_plugins.reward_server import serve, served_reward
+    from rlhf_plugins.shipped import find_recipe
+
+    quiet_libraries()
+    registry = load_registry()
+    loaded = load_recipe(find_recipe(str(recipe)), registry, overrides)
+    with sigterm_raises():
+        stats = serve(
+            served_reward(loaded, registry, target),
+            host=host,
+            port=port,
+            max_batch_size=max_batch_size,
+            max_wait_ms=max_wait_ms,
+            echo=click.echo,
+        )
+    click.echo(f"stopped: {stats.requests} requests, {stats.rows} rows in {stats.batches} calls")
+
+
 @cli.command()
 @click.option(
     "-o", "--output", type=click.Path(path_type=Path), help="Write to this file, not stdout."

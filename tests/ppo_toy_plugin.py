@@ -4,7 +4,8 @@ that can be told to misbehave. Installed per test with the ``plugin_dist`` fixtu
 ``ppo-toy-reward`` scores the share of the letter ``target`` among a completion's characters.
 ``fault`` turns the scores of the calls listed in ``fault_calls`` (1-based, per process) into
 NaN (``nan``), one score too few (``short``) or numeric strings (``string``). When the environment variable
-``PPO_TOY_FAIL_AT_CALL`` is set, call number N raises, which interrupts the run.
+``PPO_TOY_FAIL_AT_CALL`` is set, call number N raises, which interrupts the run; with
+``PPO_TOY_EXIT_AT_CALL``, call number N ends the process at once (a reward server that dies).
 """
 
 from __future__ import annotations
@@ -46,11 +47,14 @@ def toy_reward(
 ) -> RewardFunction:
     calls = {"n": 0}
     fail_at = int(os.environ.get("PPO_TOY_FAIL_AT_CALL", "0"))
+    exit_at = int(os.environ.get("PPO_TOY_EXIT_AT_CALL", "0"))
 
     def reward(prompts: list[str], completions: list[str], **columns: list) -> list[float]:
         calls["n"] += 1
         if calls["n"] == fail_at:
             raise RuntimeError(f"interrupted at reward call {fail_at}")
+        if calls["n"] == exit_at:
+            os._exit(1)
         assert len(columns["reference"]) == len(prompts)
         scores = [c.count(target) / (len(c) + 1) for c in completions]
         if calls["n"] in (fault_calls or []):

@@ -1,0 +1,103 @@
+"""The ``remote-reward`` client: ``rlhf_plugins.reward_api`` requests over urllib."""
+
+from __future__ import annotations
+
+import math
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from rlhf_builtins.reward.normalizers import OF_THE_COMPLETIONS, is_column
+from rlhf_plugins.errors import RewardUnavailable, StageFailed, UserError
+from rlhf_plugins.reward_api import SCORE_PATH, ErrorResponse, ScoreRequest, ScoreResponse
+
+RETRIED_STATUS = (503,)
+"""Answers that mean "not now" (the server is stopping): retried like an unreachable server."""
+
+
+@dataclass
+class RemoteReward:
+    """A reward function whose scores come from ``rlhf serve-reward`` at ``url`` (settings
+    documented on the ``remote_reward`` factory)."""
+
+    url: str
+    batch_size: int = 32
+    timeout: float = 120.0
+    retries: int = 3
+    backoff: float = 1.0
+
+    @property
+    def score_url(self) -> str:
+        return self.url.rstrip("/") + SCORE_PATH
+
+    def __call__(self, prompts: list[str], completions: list[str], **columns: Any) -> list[float]:
+        if len(prompts) != len(completions):
+            raise UserError(
+                f"remote-reward: {len(prompts)} prompts but {len(completions)} completions"
+            )
+        count = len(completions)
+        sent = {
+            name: list(values)
+            for name, values in columns.items()
+            if name not in OF_THE_COMPLETIONS and is_column(values, count)
+        }
+        scores: list[float] = []
+        for start in range(0, count, self.batch_size):
+            part = slice(start, start + self.batch_size)
+            try:
+                request = ScoreRequest(
+                    prompts=list(prompts[part]),
+                    completions=list(completions[part]),
+                    columns={name: values[part] for name, values in sent.items()},
+                )
+            except ValidationError as exc:
+                raise StageFailed(f"remote-reward: rows it cannot send as JSON: {exc}") from None
+            scores += [math.nan if s is None else s for s in self.post(request).scores]
+        return scores
+
+    def post(self, request: ScoreRequest) -> ScoreResponse:
+        """The server's answer to ``request``; retried while the server cannot be reached,
+        then ``RewardUnavailable`` (also for a 500); ``StageFailed`` for any other error."""
+        body = request.model_dump_json().encode()
+        attempts = self.retries + 1
+        why = ""
+        for attempt in range(attempts):
+            if attempt:
+                time.sleep(self.backoff * 2 ** (attempt - 1))
+            http = urllib.request.Request(
+                self.score_url, data=body, headers={"Content-Type": "application/json"}
+            )
+            try:
+                with urllib.request.urlopen(http, timeout=self.timeout) as response:
+                    answer = response.read()
+            except urllib.error.HTTPError as exc:
+                why = f"{exc.code} {error_message(exc)}"
+                if exc.code in RETRIED_STATUS:
+                    continue
+                failure = RewardUnavailable if exc.code >= 500 else StageFailed
+                raise failure(f"remote-reward: {self.score_url} answered {why}") from None
+            except OSError as exc:  # refused, reset, timed out, unknown host
+                why = str(getattr(exc, "reason", None) or exc)
+                continue
+            try:
+                return ScoreResponse.model_validate_json(answer)
+            except ValidationError:
+                raise StageFailed(
+                    f"remote-reward: {self.score_url} did not answer with scores "
+                    f"(not an rlhf serve-reward server?): {answer[:200]!r}"
+                ) from None
+        raise RewardUnavailable(
+            f"remote-reward: {self.score_url} unreachable after {attempts} attempts ({why})"
+        )
+
+
+def error_message(exc: urllib.error.HTTPError) -> str:
+    """The ``error`` of an ``ErrorResponse`` body, else the HTTP reason."""
+    try:
+        return ErrorResponse.model_validate_json(exc.read()).error
+    except (ValidationError, OSError):
+        return str(exc.reason)

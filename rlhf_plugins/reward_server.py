@@ -1,0 +1,343 @@
+"""``rlhf serve-reward``: one registered reward function, built from a recipe table, served over
+HTTP (the contract: ``rlhf_plugins.reward_api``; docs/serving.md).
+
+Requests are validated by FastAPI against ``ScoreRequest`` and queued; one worker thread (the
+only one that ever calls the reward function: torch models are not safe to call from many
+threads) joins the rows of queued requests into one call, up to ``max_batch_size`` rows or
+``max_wait`` seconds after the first, and hands each request its own scores. FastAPI and
+uvicorn (the ``serve`` extra) are imported only when a server starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import queue
+import socket
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+from rlhf_plugins.components import RewardFunction, checked_scores
+from rlhf_plugins.errors import UserError
+from rlhf_plugins.recipe import Recipe, slot_tables
+from rlhf_plugins.registry import Registry
+from rlhf_plugins.reward_api import (
+    API_VERSION,
+    HEALTH_PATH,
+    SCORE_PATH,
+    BatchStats,
+    ErrorResponse,
+    Health,
+    ScoreRequest,
+    ScoreResponse,
+)
+from rlhf_plugins.settings import describe, did_you_mean
+
+REWARD_SLOT = "reward_function"
+
+
+@dataclass
+class ServedReward:
+    """A built reward function, the recipe table it was built from and where that table is
+    (``"stages.ppo.reward of recipes/tiny_ppo.toml"``)."""
+
+    reward: RewardFunction
+    table: dict[str, Any]
+    source: str
+
+
+def reward_tables(recipe: Recipe, registry: Registry, stage: str) -> dict[str, dict[str, Any]]:
+    """The reward-function tables of ``stage``'s slots by key (``reward``, ``rewards[0]``)."""
+    if stage not in recipe.stages:
+        hint = did_you_mean(stage, recipe.stages) or f" (stages: {', '.join(recipe.stages)})"
+        raise UserError(f"{recipe.path}: no stage '{stage}'{hint}")
+    spec = recipe.stages[stage]
+    params = describe(registry.get(spec.kind, spec.component).factory).slots
+    return {
+        key: table
+        for name, value in spec.slots.items()
+        if params[name].slot == REWARD_SLOT
+        for key, table in slot_tables(name, params[name], value)
+    }
+
+
+def from_stages(table: Any) -> list[str]:
+    """Every ``from_stage`` named in a component table, its nested components included."""
+    if isinstance(table, list):
+        return [name for item in table for name in from_stages(item)]
+    if not isinstance(table, dict):
+        return []
+    found = [table["from_stage"]] if "from_stage" in table else []
+    return found + [name for value in table.values() for name in from_stages(value)]
+
+
+def served_reward(recipe: Recipe, registry: Registry, target: str) -> ServedReward:
+    """Build the reward function at ``target`` (``STAGE`` or ``STAGE.SLOT``; ``STAGE`` alone
+    when the stage has one reward function) of a validated recipe, as ``rlhf run`` builds it
+    for that stage: ``from_stage`` reads the stage's output under the recipe's run directory,
+    which must have finished (``UserError`` otherwise)."""
+    from rlhf_plugins.runner import Runner, read_state
+    from rlhf_plugins.stage import StageContext
+
+    stage, _, key = target.partition(".")
+    tables = reward_tables(recipe, registry, stage)
+    if not tables:
+        raise UserError(f"{recipe.path}: stage '{stage}' has no reward function")
+    if not key and len(tables) > 1:
+        raise UserError(f"stage '{stage}' has several reward functions; name one: {stage}.SLOT")
+    key = key or next(iter(tables))
+    if key not in tables:
+        choices = ", ".join(f"{stage}.{k}" for k in tables)
+        raise UserError(f"stage '{stage}' has no reward function '{key}' (it has: {choices})")
+    table = tables[key]
+    runner = Runner(recipe, registry)
+    for name in from_stages(table):
+        if read_state(runner.stage_dir(name)).get("status") != "finished":
+            raise UserError(
+                f"stages.{stage}.{key} reads stage '{name}', which has not finished in "
+                f"{runner.stage_dir(name)}; run the recipe up to it first (rlhf run {recipe.path})"
+            )
+    spec = recipe.stages[stage]
+    context = StageContext(
+        recipe_name=recipe.name,
+        name=stage,
+        output_dir=runner.stage_dir(stage),
+        seed=recipe.seed,
+        config=spec.table,
+        inputs={name: runner.stage_dir(name) for name in spec.needs},
+        launch=recipe.launch,
+        logging=recipe.logging,
+        recipe_dir=recipe.base_dir,
+    )
+    reward = runner.build_component(REWARD_SLOT, table, context)
+    return ServedReward(reward, table, f"stages.{stage}.{key} of {recipe.path}")
+
+
+class ScoringError(Exception):
+    """A request that got no scores; ``status`` is its HTTP status."""
+
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class _Pending:
+    request: ScoreRequest
+    future: Future
+
+
+_STOP = object()
+"""Queued by ``Batcher.close``: the worker ends after the requests queued before it."""
+
+
+class Batcher:
+    """Scores requests in one worker thread, joining queued requests into one call of
+    ``reward``: the first waiting request, then those that arrive within ``max_wait``
+    seconds of it while the rows stay within ``max_batch_size`` and the column names match.
+    A request is never split (one larger than ``max_batch_size`` is scored alone).
+    ``stats`` counts what was scored."""
+
+    def __init__(self, reward: RewardFunction, *, max_batch_size: int, max_wait: float):
+        self.reward = reward
+        self.max_batch_size = max_batch_size
+        self.max_wait = max_wait
+        self.stats = BatchStats()
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._carry: Any = None
+        self._closed = False
+        self._thread = threading.Thread(target=self._work, name="reward-worker", daemon=True)
+        self._thread.start()
+
+    def submit(self, request: ScoreRequest) -> Future:
+        """A future of the request's scores (``None`` for a non-finite one), or of a
+        ``ScoringError``: 500 when the reward function failed, 503 once closed."""
+        future: Future = Future()
+        if self._closed:
+            future.set_exception(ScoringError("the server is stopping", 503))
+        else:
+            self._queue.put(_Pending(request, future))
+        return future
+
+    def close(self) -> None:
+        """Score what is queued, then stop the worker; later requests get 503."""
+        self._closed = True
+        self._queue.put(_STOP)
+        self._thread.join()
+
+    def _work(self) -> None:
+        while (batch := self._next_batch()) is not None:
+            self._score(batch)
+
+    def _next_batch(self) -> list[_Pending] | None:
+        first = self._carry if self._carry is not None else self._queue.get()
+        self._carry = None
+        if first is _STOP:
+            return None
+        batch, rows = [first], len(first.request)
+        deadline = time.monotonic() + self.max_wait
+        while rows < self.max_batch_size:
+            try:
+                item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if item is _STOP or not self._joins(first, item, rows):
+                self._carry = item
+                break
+            batch.append(item)
+            rows += len(item.request)
+        return batch
+
+    def _joins(self, first: _Pending, item: _Pending, rows: int) -> bool:
+        same_columns = item.request.columns.keys() == first.request.columns.keys()
+        return same_columns and rows + len(item.request) <= self.max_batch_size
+
+    def _score(self, batch: list[_Pending]) -> None:
+        requests = [pending.request for pending in batch]
+        prompts = [p for r in requests for p in r.prompts]
+        completions = [c for r in requests for c in r.completions]
+        columns = {
+            name: [v for r in requests for v in r.columns[name]] for name in requests[0].columns
+        }
+        try:
+            values = self.reward(prompts, completions, **columns)
+            scores, problem = checked_scores(values, len(prompts), finite=False)
+        except Exception as exc:
+            scores, problem = None, f"raised {type(exc).__name__}: {exc}"
+        self._count(len(batch), len(prompts), failed=scores is None)
+        if scores is None:
+            for pending in batch:
+                pending.future.set_exception(ScoringError(f"the reward function {problem}", 500))
+            return
+        start = 0
+        for pending in batch:
+            end = start + len(pending.request)
+            pending.future.set_result([s if math.isfinite(s) else None for s in scores[start:end]])
+            start = end
+
+    def _count(self, requests: int, rows: int, *, failed: bool) -> None:
+        s = self.stats
+        s.requests += requests
+        s.rows += rows
+        s.batches += 1
+        s.failed_batches += failed
+        s.largest_batch_requests = max(s.largest_batch_requests, requests)
+        s.largest_batch_rows = max(s.largest_batch_rows, rows)
+
+
+def validation_message(errors: list[dict[str, Any]]) -> str:
+    """FastAPI's validation errors of a request body as one line."""
+    parts = []
+    for error in errors:
+        if error["type"] == "json_invalid":
+            parts.append(f"the body is not valid JSON ({error.get('ctx', {}).get('error', '')})")
+            continue
+        where = ".".join(str(part) for part in error["loc"][1:]) or "the body"
+        parts.append(f"{where}: {error['msg'].removeprefix('Value error, ')}")
+    return "malformed request: " + "; ".join(parts)
+
+
+def create_app(served: ServedReward, batcher: Batcher) -> Any:
+    """The FastAPI application: ``POST /v1/score`` and ``GET /v1/health``; every error is
+    an ``ErrorResponse``."""
+    from fastapi import FastAPI
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException
+
+    app = FastAPI(title="rlhf serve-reward", version=str(API_VERSION))
+    errors = {status: {"model": ErrorResponse} for status in (400, 500, 503)}
+
+    def error(status: int, message: str) -> JSONResponse:
+        return JSONResponse(status_code=status, content={"error": message})
+
+    @app.exception_handler(RequestValidationError)
+    async def _malformed(request, exc):
+        return error(400, validation_message(exc.errors()))
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request, exc):
+        return error(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(ScoringError)
+    async def _not_scored(request, exc):
+        return error(exc.status, str(exc))
+
+    @app.post(SCORE_PATH, response_model=ScoreResponse, responses=errors)
+    async def score(request: ScoreRequest) -> ScoreResponse:
+        """One score per row of the request."""
+        return ScoreResponse(scores=await asyncio.wrap_future(batcher.submit(request)))
+
+    @app.get(HEALTH_PATH, response_model=Health)
+    async def health() -> Health:
+        """The reward function served and what the worker has scored."""
+        return Health(
+            status="ok",
+            api_version=API_VERSION,
+            reward=served.table,
+            source=served.source,
+            max_batch_size=batcher.max_batch_size,
+            max_wait_ms=batcher.max_wait * 1000,
+            batching=batcher.stats.model_copy(),
+        )
+
+    return app
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket listening on ``host:port`` (port 0: any free one); ``UserError`` when the
+    address cannot be used (in use, not this machine's)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        family, kind, proto, _, address = infos[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(128)
+    except OSError as exc:
+        raise UserError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
+
+
+def serve(
+    served: ServedReward,
+    *,
+    host: str,
+    port: int,
+    max_batch_size: int,
+    max_wait_ms: float,
+    echo: Callable[[str], None] = print,
+) -> BatchStats:
+    """Serve ``served`` on ``host:port`` until Ctrl-C or SIGTERM, which finish the requests in
+    flight and return what was scored. ``UserError`` when FastAPI or uvicorn is missing or
+    the address cannot be used."""
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn
+    except ImportError as exc:
+        raise UserError(
+            f"rlhf serve-reward needs FastAPI and uvicorn ({exc}): "
+            'pip install "rlhf-plugins[serve]"'
+        ) from None
+    sock = listening_socket(host, port)
+    batcher = Batcher(served.reward, max_batch_size=max_batch_size, max_wait=max_wait_ms / 1000)
+    config = uvicorn.Config(
+        create_app(served, batcher), log_level="warning", access_log=False, lifespan="off"
+    )
+    bound = sock.getsockname()
+    address = f"http://{'[' + bound[0] + ']' if ':' in bound[0] else bound[0]}:{bound[1]}"
+    echo(f"serving reward function '{served.table['use']}' ({served.source})")
+    echo(f"  POST {address}{SCORE_PATH}   GET {address}{HEALTH_PATH}")
+    echo(f"  batches of up to {max_batch_size} rows, {max_wait_ms:g} ms wait; Ctrl-C stops")
+    try:
+        with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises the signal it handled
+            uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        batcher.close()
+        sock.close()
+    return batcher.stats

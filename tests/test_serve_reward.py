@@ -1,0 +1,289 @@
+"""``rlhf serve-reward`` and the ``remote-reward`` reward function: real servers on 127.0.0.1,
+started through the CLI in a subprocess on a free port, ready once their health endpoint
+answers."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from rlhf_plugins.components import reward_scores
+from rlhf_plugins.errors import RewardUnavailable, StageFailed
+from rlhf_plugins.reward_api import HEALTH_PATH, SCORE_PATH
+from tests.conftest import build_component
+from tests.test_grpo import save_tiny_reward_model
+
+RECIPE = """
+[recipe]
+name = "served"
+seed = 1
+
+[stages.rm]
+trainer = "reward-model"
+policy = { use = "tiny-causal-lm", n_layer = 1, n_embd = 16, n_head = 2 }
+dataset = { use = "tldr-synthetic", view = "comparisons" }
+
+[stages.ppo]
+trainer = "ppo"
+policy = { use = "hf-causal-lm", from_stage = "rm" }
+dataset = { use = "tldr-synthetic", view = "prompts" }
+reward = { use = "delta-reward", base = { use = "gptj-reward-head", from_stage = "rm", batch_size = 4 } }
+"""
+ROWS = [(name, thing) for name in ("ann", "bob", "cy", "dee") for thing in ("cat", "job")]
+PROMPTS = [f"POST: {name} lost a {thing}.\nTL;DR:" for name, thing in ROWS]
+COMPLETIONS = [f" {name} lost the {thing}." for name, thing in ROWS]
+REFERENCES = [" something was lost."] * len(PROMPTS)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen
+    log: Path
+
+    def health(self) -> dict:
+        with urllib.request.urlopen(self.url + HEALTH_PATH, timeout=5) as response:
+            return json.load(response)
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+
+@contextmanager
+def reward_server(
+    recipe: Path, target: str, *args: str, port: int | None = None, env: dict | None = None
+) -> Iterator[Server]:
+    """``rlhf serve-reward RECIPE TARGET ARGS`` on 127.0.0.1:``port`` (a free one), yielded
+    once healthy; stopped with SIGINT at the end if still running."""
+    port = port or free_port()
+    log = recipe.parent / f"server-{port}-{time.monotonic_ns()}.log"
+    command = [sys.executable, "-m", "rlhf_plugins.cli", "serve-reward", str(recipe), target]
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [*command, "--port", str(port), *args],
+            cwd=recipe.parent,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
+    server = Server(f"http://127.0.0.1:{port}", process, log)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert process.poll() is None, f"the server exited: {server.output()}"
+            assert time.monotonic() < deadline, f"no health after 120 s: {server.output()}"
+            try:
+                server.health()
+                break
+            except OSError:
+                time.sleep(0.1)
+        yield server
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            process.wait(timeout=30)
+
+
+def post(url: str, body: bytes) -> tuple[int, dict]:
+    request = urllib.request.Request(
+        url + SCORE_PATH, data=body, headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.load(exc)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory) -> Path:
+    """The recipe RECIPE with its ``rm`` stage finished: a tiny reward model saved where
+    ``rlhf run`` would have saved it."""
+    root = tmp_path_factory.mktemp("served")
+    (root / "served.toml").write_text(RECIPE)
+    stage = root / "runs" / "served" / "rm"
+    save_tiny_reward_model(stage, PROMPTS + COMPLETIONS + REFERENCES)
+    (stage / "stage_state.json").write_text(json.dumps({"status": "finished"}))
+    return root / "served.toml"
+
+
+@pytest.fixture(scope="module")
+def server(served) -> Iterator[Server]:
+    with reward_server(served, "ppo.reward", "--max-wait-ms", "300") as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def local(served):
+    """The same reward function, built in this process as the server builds it."""
+    from rlhf_plugins.recipe import load_recipe
+    from rlhf_plugins.registry import load_registry
+    from rlhf_plugins.reward_server import served_reward
+
+    registry = load_registry()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(served.parent)  # where the run directory is, as for the server
+        reward = served_reward(load_recipe(served, registry), registry, "ppo").reward
+        reward(PROMPTS[:1], COMPLETIONS[:1], reference=REFERENCES[:1])  # loads the model
+    return reward
+
+
+def test_remote_scores_equal_local_ones(server, local):
+    remote = build_component("reward_function", "remote-reward", url=server.url)
+    expected = local(PROMPTS, COMPLETIONS, reference=REFERENCES)
+    assert remote(PROMPTS, COMPLETIONS, reference=REFERENCES) == expected
+    health = server.health()
+    assert health["status"] == "ok" and health["api_version"] == 1
+    assert health["reward"]["base"] == {
+        "use": "gptj-reward-head",
+        "from_stage": "rm",
+        "batch_size": 4,
+    }
+    assert health["source"].startswith("stages.ppo.reward of ")
+    startup = server.output()
+    assert "serving reward function 'delta-reward'" in startup and server.url in startup
+
+
+def test_concurrent_requests_are_batched_and_each_gets_its_own_scores(server, local):
+    before = server.health()["batching"]
+    start = threading.Barrier(len(PROMPTS))
+    answers: dict[int, tuple[int, dict]] = {}
+
+    def one(i: int) -> None:
+        body = {"prompts": PROMPTS[i:], "completions": COMPLETIONS[i:]}
+        body["columns"] = {"reference": REFERENCES[i:]}
+        start.wait()
+        answers[i] = post(server.url, json.dumps(body).encode())
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(PROMPTS))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for i, (status, answer) in answers.items():
+        assert status == 200
+        expected = local(PROMPTS[i:], COMPLETIONS[i:], reference=REFERENCES[i:])
+        assert answer["scores"] == pytest.approx(expected, abs=1e-5)
+    after = server.health()["batching"]
+    assert after["requests"] - before["requests"] == len(PROMPTS)
+    assert after["batches"] - before["batches"] < len(PROMPTS)
+    assert after["largest_batch_requests"] > 1 and after["largest_batch_rows"] <= 32
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b'{"prompts": ["a"', "the body is not valid JSON"),
+        (b'{"prompts": ["a"]}', "completions: Field required"),
+        (b'{"prompts": ["a", "b"], "completions": ["x"]}', "1 completions for 2 prompts"),
+        (b'{"prompts": [1], "completions": ["x"]}', "prompts.0: Input should be a valid string"),
+        (
+            b'{"prompts": ["a"], "completions": ["x"], "columns": {"reference": []}}',
+            "column 'reference' has 0 values for 1 prompts",
+        ),
+        (b'{"prompts": ["a"], "completion": ["x"]}', "completion: Extra inputs are not permitted"),
+    ],
+)
+def test_a_malformed_request_gets_400_with_a_message(server, body, message):
+    status, answer = post(server.url, body)
+    assert status == 400 and message in answer["error"], answer
+
+
+def test_a_failing_reward_function_is_a_500_and_unavailable_to_remote_reward(server):
+    body = json.dumps({"prompts": PROMPTS[:2], "completions": COMPLETIONS[:2]}).encode()
+    status, answer = post(server.url, body)
+    assert status == 500
+    assert answer["error"].startswith("the reward function raised UserError: delta-reward needs")
+    remote = build_component("reward_function", "remote-reward", url=server.url)
+    scores, why = reward_scores(remote, PROMPTS[:2], COMPLETIONS[:2], {})
+    assert scores is None and why.startswith("is unavailable (remote-reward: ")
+    assert "answered 500 the reward function raised UserError" in why
+
+
+def test_an_unreachable_server_is_retried_then_a_clear_error():
+    from rlhf_builtins.rouge.evaluator import score_with
+
+    url = f"http://127.0.0.1:{free_port()}"
+    remote = build_component("reward_function", "remote-reward", url=url, retries=2, backoff=0.1)
+    started = time.monotonic()
+    with pytest.raises(RewardUnavailable, match=r"unreachable after 3 attempts \(.*refused"):
+        remote(["a"], ["b"])
+    assert time.monotonic() - started >= 0.3  # 0.1 s, then 0.2 s between the attempts
+    with pytest.raises(StageFailed, match="rouge evaluator: the reward function is unavailable"):
+        score_with(remote, ["a"], ["b"], {}, batch_size=1)
+
+
+def test_serve_reward_refuses_what_it_cannot_serve(served, run_cli):
+    result = run_cli("serve-reward", served, "ppx")
+    assert result.exit_code == 2 and "no stage 'ppx'; did you mean 'ppo'?" in result.output
+    result = run_cli("serve-reward", served, "ppo.rewards")
+    assert result.exit_code == 2 and "(it has: ppo.reward)" in result.output
+    result = run_cli("serve-reward", served, "rm")
+    assert result.exit_code == 2 and "stage 'rm' has no reward function" in result.output
+    result = run_cli("serve-reward", served, "ppo", "--set", 'recipe.output_dir="elsewhere"')
+    assert result.exit_code == 2 and "reads stage 'rm', which has not finished" in result.output
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        runs = f'recipe.output_dir="{served.parent / "runs"}"'
+        result = run_cli("serve-reward", served, "ppo", "--port", port, "--set", runs)
+    assert result.exit_code == 2 and "cannot listen on 127.0.0.1:" in result.output
+
+
+def test_ppo_keeps_its_run_when_the_reward_server_fails_and_dies(toy, run_cli, tmp_path, caplog):
+    """The server's reward raises at its call 2 (a 500: the chunk is skipped and counted) and
+    the server dies at call 5 (after checkpoint-4: unreachable, retried, skipped, then the
+    stage fails with its checkpoints); restarted, the rerun resumes and finishes."""
+    scorer = toy(name="scorer")  # its ppo.reward is ppo-toy-reward
+    port = free_port()
+    remote = (
+        f'{{ use = "remote-reward", url = "http://127.0.0.1:{port}", retries = 1, backoff = 0.05 }}'
+    )
+    recipe = toy(name="remote")
+    text = recipe.read_text()
+    reward_line = next(line for line in text.splitlines() if line.startswith("reward = "))
+    recipe.write_text(text.replace(reward_line, f"reward = {remote}"))
+    limit = "stages.ppo.trainer_settings.max_skipped_chunks=2"
+    faults = {"PPO_TOY_FAIL_AT_CALL": "2", "PPO_TOY_EXIT_AT_CALL": "5"}
+    with reward_server(scorer, "ppo", port=port, env=faults) as server:
+        with caplog.at_level(logging.WARNING, logger="rlhf_builtins.ppo"):
+            result = run_cli("run", recipe, "--set", limit)
+        assert server.process.wait(timeout=30) == 1
+    assert result.exit_code == 1
+    assert "unusable scores for 2 chunks in a row (max_skipped_chunks)" in result.output
+    assert "raised RuntimeError: interrupted at reward call 2)); 1 skipped so far" in caplog.text
+    assert "unreachable after 2 attempts" in caplog.text and "3 skipped so far" in caplog.text
+    out = tmp_path / "runs" / "remote" / "ppo"
+    assert json.loads((out / "stage_state.json").read_text())["status"] == "failed"
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-4"]
+    with reward_server(scorer, "ppo", port=port) as server:
+        result = run_cli("run", recipe, "--set", limit)
+        server.process.send_signal(signal.SIGINT)
+        assert server.process.wait(timeout=30) == 0
+    assert "stopped: 2 requests, 8 rows in 2 calls" in server.output()
+    assert result.exit_code == 0 and "resuming" in result.output
+    final = json.loads((out / "stage_state.json").read_text())["metrics"]
+    assert final["resumed_from_step"] == 4 and final["steps"] == 8
+    assert final["skipped_chunks"] == 1  # the 500 before the checkpoint
