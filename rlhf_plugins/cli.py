@@ -99,7 +99,14 @@ def validate(recipe: Path, overrides: tuple[str, ...]) -> None:
 @click.option(
     "--num-processes",
     type=click.IntRange(min=1),
-    help="Processes to launch with Accelerate (default: [launch] num_processes or 1).",
+    help="Processes to launch with Accelerate, in all across machines (default: [launch] "
+    "num_processes or 1); same as --set launch.num_processes=N.",
+)
+@click.option(
+    "--machine-rank",
+    type=click.IntRange(min=0),
+    help="This machine's rank in a run on [launch] num_machines machines (each machine runs "
+    "the same command with its own rank; 0 is the main one); same as --set launch.machine_rank=N.",
 )
 @handle_errors
 def run(
@@ -108,6 +115,7 @@ def run(
     force: bool,
     only: str | None,
     num_processes: int | None,
+    machine_rank: int | None,
     verbose: bool,
 ) -> None:
     """Run RECIPE (a file, or the name of a shipped recipe: rlhf recipes): every stage in
@@ -118,7 +126,7 @@ def run(
         os.environ[VERBOSE_ENV] = "1"
     quiet_libraries()
 
-    from rlhf_plugins.launcher import LAUNCHED_ENV, needs_launcher, relaunch
+    from rlhf_plugins.launcher import holds_run_lock, launching_line, needs_launcher, relaunch
     from rlhf_plugins.recipe import load_recipe
     from rlhf_plugins.runner import Runner
     from rlhf_plugins.shipped import find_recipe
@@ -126,22 +134,17 @@ def run(
 
     recipe = find_recipe(str(recipe))
     registry = load_registry()
+    for key, value in (("num_processes", num_processes), ("machine_rank", machine_rank)):
+        overrides += (f"launch.{key}={value}",) if value is not None else ()
     loaded = load_recipe(recipe, registry, overrides)
-    if num_processes is not None:
-        loaded.launch = loaded.launch.model_copy(update={"num_processes": num_processes})
-    # one process holds the run directory's lock: ours, or rank 0 of an outside launcher
-    lock = (
-        run_lock(loaded.run_dir)
-        if is_main_process() and not os.environ.get(LAUNCHED_ENV)
-        else contextlib.nullcontext()
-    )
+    lock = run_lock(loaded.run_dir) if holds_run_lock(loaded.launch) else contextlib.nullcontext()
     with sigterm_raises(), lock:
         if needs_launcher(loaded.launch):
             args = ["run", str(recipe), *(f"--set={o}" for o in overrides)]
             args += ["--force"] * force + (["--only", only] if only else [])
             args += ["--debug"] * click.get_current_context().params["debug"]
             args += ["--verbose"] * verbose
-            click.echo(f"launching {loaded.launch.num_processes} processes with Accelerate")
+            click.echo(launching_line(loaded.launch))
             code = relaunch(loaded.launch, args)
             if code != 0:
                 click.echo(f"error: the launched run exited with code {code}", err=True)

@@ -20,6 +20,7 @@ from typing import Any
 
 from rlhf_plugins.console import summary_table
 from rlhf_plugins.errors import StageFailed, UserError
+from rlhf_plugins.nodes import check_ranks_agree
 from rlhf_plugins.recipe import Recipe, StageSpec
 from rlhf_plugins.registry import Registry
 from rlhf_plugins.runlock import Terminated, lock_holder, was_terminated
@@ -191,13 +192,16 @@ class Runner:
         return self.recipe.run_dir / name
 
     def run(self, *, force: bool = False, only: str | None = None) -> dict[str, dict]:
-        """Run every stage (or ``only`` one); return each stage's final metrics. The recipe's
-        loggers are registered for the run, and the run's lifecycle hooks are called."""
+        """Run every stage (or ``only`` one); return each stage's final metrics. First the
+        ranks check that they share the run directory and resolve the recipe alike
+        (``rlhf_plugins.nodes``); the recipe's loggers are registered for the run, and the
+        run's lifecycle hooks are called."""
         stages = self.recipe.stages
         if only is not None and only not in stages:
             raise UserError(
                 f"--only: no stage '{only}' in {self.recipe.path}{did_you_mean(only, stages)}"
             )
+        check_ranks_agree(self.recipe)
         loggers = self.start_loggers() if is_main_process() else []
         results: dict[str, dict] = {}
         status = "failed"

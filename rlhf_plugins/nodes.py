@@ -1,0 +1,105 @@
+"""What the ranks of a run must agree on before its first stage: the run directory and the
+recipe.
+
+Stages read what earlier stages wrote, and every rank decides from the state files there
+whether a stage is skipped or resumed, so on several machines the run directory must be one
+shared filesystem, and every rank must resolve the recipe the same way (same recipe and
+overrides, same data paths, same plugin versions). Without the check a rank on another machine
+would fail much later and obscurely (a missing checkpoint, a hang in a collective).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import socket
+import time
+import uuid
+from pathlib import Path
+
+from rlhf_plugins.errors import UserError
+from rlhf_plugins.recipe import Recipe
+from rlhf_plugins.stage import is_main_process, num_processes, process_state
+
+PROBE_PREFIX = ".rlhf-shared-"
+SEE_SECONDS = 5.0
+"""How long a rank waits for the probe file to appear (a network filesystem may lag)."""
+
+
+def stage_fingerprints(recipe: Recipe) -> dict[str, str]:
+    """A short hash per stage of what decides how it runs (its resolved table, plugin
+    versions included, and the recipe seed); ``[launch]`` is not part of it."""
+    return {
+        name: hashlib.sha256(
+            json.dumps([spec.resolved, recipe.seed], sort_keys=True, default=str).encode()
+        ).hexdigest()[:16]
+        for name, spec in recipe.stages.items()
+    }
+
+
+def _sees(probe: Path, token: str) -> bool:
+    deadline = time.monotonic() + SEE_SECONDS
+    while True:
+        with contextlib.suppress(OSError):
+            if probe.read_text() == token:
+                return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.2)
+
+
+def check_ranks_agree(recipe: Recipe) -> None:
+    """With several ranks (every rank calls it, before any stage): rank 0 writes a probe file
+    with a random token into the run directory and sends the token to every rank; each rank
+    reports whether it reads the token there and its stage fingerprints. Every rank then raises
+    the same ``UserError`` when some rank does not see the run directory of rank 0, or resolves
+    a stage differently; a no-op with one process."""
+    if num_processes() <= 1:
+        return
+    from accelerate.utils import broadcast_object_list, gather_object
+
+    process_state()
+    run_dir = recipe.run_dir
+    token = [uuid.uuid4().hex if is_main_process() else ""]
+    if is_main_process():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / f"{PROBE_PREFIX}{token[0]}").write_text(token[0])
+    broadcast_object_list(token, from_process=0)
+    probe = run_dir / f"{PROBE_PREFIX}{token[0]}"
+    report = {
+        "host": socket.gethostname(),
+        "run_dir": str(run_dir.resolve()),
+        "sees": _sees(probe, token[0]),
+        "stages": stage_fingerprints(recipe),
+    }
+    reports = gather_object([report])
+    if is_main_process():
+        probe.unlink(missing_ok=True)
+    problem = disagreement(reports)
+    if problem:
+        raise UserError(problem)
+
+
+def disagreement(reports: list[dict]) -> str | None:
+    """The message for the first rank whose report differs from rank 0's, or None."""
+    main = reports[0]
+    for rank, report in enumerate(reports):
+        where = f"rank {rank} on {report['host']}"
+        if not report["sees"]:
+            return (
+                f"the run directory is not shared: {where} does not see in {report['run_dir']} "
+                f"the file that rank 0 on {main['host']} wrote into {main['run_dir']}. Every "
+                "machine must read and write the same run directory: set recipe.output_dir "
+                "(e.g. --set recipe.output_dir=/shared/runs) to a filesystem that all machines "
+                "mount (NFS, Lustre, ...), the same on each"
+            )
+        differ = [n for n in main["stages"] if report["stages"].get(n) != main["stages"][n]]
+        differ += [n for n in report["stages"] if n not in main["stages"]]
+        if differ:
+            return (
+                f"{where} resolves stage '{differ[0]}' differently from rank 0 on "
+                f"{main['host']}: every machine must run the same recipe with the same --set "
+                "overrides, data paths and installed plugin versions"
+            )
+    return None
