@@ -253,12 +253,13 @@ def serve_reward(
     over HTTP, built as rlhf run builds it (from_stage reads the recipe's run directory);
     the remote-reward reward function calls it. POST /v1/score, GET /v1/health
     (docs/serving.md). No authentication: listen on localhost or a private network."""
-    from rlhf_plugins.console import quiet_libraries
+    from rlhf_plugins.console import cpu_only_deepspeed, quiet_libraries
     from rlhf_plugins.recipe import load_recipe
     from rlhf_plugins.reward_server import serve, served_reward
     from rlhf_plugins.shipped import find_recipe
 
     quiet_libraries()
+    cpu_only_deepspeed()
     registry = load_registry()
     loaded = load_recipe(find_recipe(str(recipe)), registry, overrides)
     with sigterm_raises():

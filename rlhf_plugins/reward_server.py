@@ -234,11 +234,13 @@ def validation_message(errors: list[dict[str, Any]]) -> str:
     """FastAPI's validation errors of a request body as one line."""
     parts = []
     for error in errors:
+        where = ".".join(str(part) for part in error["loc"][1:])
         if error["type"] == "json_invalid":
             parts.append(f"the body is not valid JSON ({error.get('ctx', {}).get('error', '')})")
-            continue
-        where = ".".join(str(part) for part in error["loc"][1:]) or "the body"
-        parts.append(f"{where}: {error['msg'].removeprefix('Value error, ')}")
+        elif not where and error["type"] == "model_attributes_type":
+            parts.append("the body must be a JSON object (Content-Type: application/json)")
+        else:
+            parts.append(f"{where or 'the body'}: {error['msg'].removeprefix('Value error, ')}")
     return "malformed request: " + "; ".join(parts)
 
 

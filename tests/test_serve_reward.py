@@ -196,6 +196,7 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_scores(server, lo
     [
         (b'{"prompts": ["a"', "the body is not valid JSON"),
         (b'{"prompts": ["a"]}', "completions: Field required"),
+        (b'["a"]', "the body must be a JSON object"),
         (b'{"prompts": ["a", "b"], "completions": ["x"]}', "1 completions for 2 prompts"),
         (b'{"prompts": [1], "completions": ["x"]}', "prompts.0: Input should be a valid string"),
         (
