@@ -3,13 +3,13 @@
 
 The reward function is ``gptj-reward-head`` on a random tiny GPT-J reward model built from
 config (``--layers`` x ``--hidden``), scoring ``tldr-synthetic`` prompt + summary rows. The
-server is started through the CLI (``--max-batch-size 32``); "local" calls the same recipe
-table built in this process. Each figure is rows / wall time of scoring ``--rows`` rows
+server is started through the CLI (``--max-batch-size 32 --max-wait-ms 5``); "local" calls
+the same recipe table built in this process. Each figure is rows / wall time of scoring ``--rows`` rows
 ``batch`` at a time, by one caller, and, for the server, by ``--clients`` callers at once
 (whose requests the server joins into one call); the best of ``--repeats`` runs.
 
     python bench/remote_reward.py [--layers 8] [--hidden 512] [--rows 256] [--clients 4]
-                                  [--threads 1] [--repeats 3]
+                                  [--threads 1] [--repeats 3] [--max-wait-ms 5]
 """
 
 from __future__ import annotations
@@ -88,11 +88,11 @@ def rate(score, prompts: list[str], completions: list[str], batch: int, callers:
     return len(prompts) / (time.perf_counter() - started)
 
 
-def start_server(recipe: Path, port: int, threads: int) -> subprocess.Popen:
+def start_server(recipe: Path, port: int, threads: int, wait_ms: float) -> subprocess.Popen:
     command = [sys.executable, "-m", "rlhf_plugins.cli", "serve-reward", str(recipe), "ppo"]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     server = subprocess.Popen(
-        [*command, "--port", str(port), "--max-batch-size", "32"],
+        [*command, "--port", str(port), "--max-batch-size", "32", "--max-wait-ms", str(wait_ms)],
         cwd=recipe.parent,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -117,6 +117,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads on each side")
     parser.add_argument("--repeats", type=int, default=3, help="the best of this many runs")
     parser.add_argument("--port", type=int, default=8771)
+    parser.add_argument("--max-wait-ms", type=float, default=5.0, help="the server's wait")
     args = parser.parse_args()
 
     import datasets
@@ -144,7 +145,7 @@ def main() -> None:
         remote = registry.get("reward_function", "remote-reward").factory(
             url=f"http://127.0.0.1:{args.port}", batch_size=32
         )
-        server = start_server(recipe, args.port, args.threads)
+        server = start_server(recipe, args.port, args.threads, args.max_wait_ms)
         try:
             rows = []
             for score in (local, remote):
@@ -163,7 +164,7 @@ def main() -> None:
     print(f"python bench/remote_reward.py {' '.join(sys.argv[1:])}".rstrip())
     print(
         f"\ngptj-reward-head, {args.layers}x{args.hidden} GPT-J, {args.rows} rows, "
-        f"{args.threads} torch thread(s) per process\n"
+        f"{args.threads} torch thread(s) per process, server --max-wait-ms {args.max_wait_ms:g}\n"
     )
     header = ["batch", "local scores/s", "remote scores/s", "remote / local"]
     header.append(f"remote, {args.clients} clients, scores/s")

@@ -15,6 +15,8 @@ from rlhf_builtins.reward.normalizers import OF_THE_COMPLETIONS, is_column
 from rlhf_plugins.errors import RewardUnavailable, StageFailed, UserError
 from rlhf_plugins.reward_api import SCORE_PATH, ErrorResponse, ScoreRequest, ScoreResponse
 
+OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+"""Straight to the server: ``HTTP_PROXY`` and friends, meant for the internet, are ignored."""
 RETRIED_STATUS = (503,)
 """Answers that mean "not now" (the server is stopping): retried like an unreachable server."""
 
@@ -72,7 +74,7 @@ class RemoteReward:
                 self.score_url, data=body, headers={"Content-Type": "application/json"}
             )
             try:
-                with urllib.request.urlopen(http, timeout=self.timeout) as response:
+                with OPENER.open(http, timeout=self.timeout) as response:
                     answer = response.read()
             except urllib.error.HTTPError as exc:
                 why = f"{exc.code} {error_message(exc)}"
