@@ -7,6 +7,8 @@ drift:
     <!-- settings: trainer ppo -->
     <!-- /settings -->
 
+A recipe's own tables are marked the same way: ``<!-- settings: table launch -->``.
+
 ``python -m rlhf_plugins.docs docs/*.md`` rewrites the tables; ``--check`` only reports pages
 whose tables are out of date (exit 1), as the test suite does.
 """
@@ -19,22 +21,29 @@ import sys
 from pathlib import Path
 
 from rlhf_plugins.registry import Registry, load_registry
-from rlhf_plugins.settings import describe, setting_docs
+from rlhf_plugins.settings import Settings, describe, setting_docs
+from rlhf_plugins.stage import LaunchConfig
 
 MARKED = re.compile(
     r"(<!-- settings: (?P<kind>[a-z_ ]+?) (?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /settings -->)",
     re.DOTALL,
 )
 KIND_WORDS = {"reward function": "reward_function"}
+RECIPE_TABLES: dict[str, type[Settings]] = {"launch": LaunchConfig}
+"""The recipe tables a page can mark as ``table <name>``."""
 
 
 def settings_table(registry: Registry, kind: str, name: str) -> str:
-    """The markdown table of one component's settings."""
-    component = registry.get(KIND_WORDS.get(kind, kind), name)
-    if component is None:
-        raise KeyError(f"no {kind} '{name}' is installed")
+    """The markdown table of one component's settings, or of a recipe table (``table``)."""
+    if kind == "table":
+        model = RECIPE_TABLES[name]
+    else:
+        component = registry.get(KIND_WORDS.get(kind, kind), name)
+        if component is None:
+            raise KeyError(f"no {kind} '{name}' is installed")
+        model = describe(component.factory).model
     rows = ["| setting | type | default | constraint | meaning |", "|---|---|---|---|---|"]
-    for doc in setting_docs(describe(component.factory).model):
+    for doc in setting_docs(model):
         cells = [f"`{doc.name}`", doc.type, doc.default, doc.constraint, doc.help]
         rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(rows) + "\n"

@@ -1,5 +1,5 @@
-"""What the ranks of a run must agree on before its first stage: the run directory and the
-recipe.
+"""What the ranks of a run must agree on before its first stage: how many they are, the run
+directory and the recipe.
 
 Stages read what earlier stages wrote, and every rank decides from the state files there
 whether a stage is skipped or resumed, so on several machines the run directory must be one
@@ -13,12 +13,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import socket
 import time
 import uuid
 from pathlib import Path
 
 from rlhf_plugins.errors import UserError
+from rlhf_plugins.launcher import LAUNCHED_ENV
 from rlhf_plugins.recipe import Recipe
 from rlhf_plugins.stage import is_main_process, num_processes, process_state
 
@@ -50,11 +52,25 @@ def _sees(probe: Path, token: str) -> bool:
 
 
 def check_ranks_agree(recipe: Recipe) -> None:
-    """With several ranks (every rank calls it, before any stage): rank 0 writes a probe file
-    with a random token into the run directory and sends the token to every rank; each rank
-    reports whether it reads the token there and its stage fingerprints. Every rank then raises
-    the same ``UserError`` when some rank does not see the run directory of rank 0, or resolves
-    a stage differently; a no-op with one process."""
+    """Every rank calls it before any stage. In a rank our launcher started, ``UserError``
+    unless the world has the size ``[launch]`` asks for (an Accelerate config file can start
+    lone processes instead). With several ranks: rank 0 writes a probe file with a random token
+    into the run directory and sends the token to every rank; each rank reports whether it
+    reads the token there and its stage fingerprints. Every rank then raises the same
+    ``UserError`` when some rank does not see the run directory of rank 0, or resolves a stage
+    differently."""
+    launch = recipe.launch
+    if os.environ.get(LAUNCHED_ENV) and num_processes() != launch.resolved().num_processes:
+        raise UserError(
+            f"accelerate launch started {num_processes()} process(es) in all where [launch] "
+            f"asks for {launch.resolved().num_processes}"
+            + (
+                f": check {launch.config_file} (for CPU ranks use distributed_type: MULTI_GPU; "
+                "without CUDA they run on gloo)"
+                if launch.config_file
+                else ""
+            )
+        )
     if num_processes() <= 1:
         return
     from accelerate.utils import broadcast_object_list, gather_object

@@ -170,6 +170,11 @@ def test_each_machine_launches_its_share_on_the_given_port(tmp_path):
     assert "--multi_gpu" in cmd and env[LAUNCHED_ENV] == "1"
     default_port = launch(tmp_path, num_machines=2, num_processes=2, main_process_ip="h0")
     assert "--main_process_port 29500" in " ".join(launch_command(default_port, [])[0])
+    (tmp_path / "ds.json").write_text("{}")
+    zero = launch(
+        tmp_path, num_machines=2, num_processes=2, main_process_ip="h0", deepspeed="ds.json"
+    )
+    assert "--deepspeed_multinode_launcher standard" in " ".join(launch_command(zero, [])[0])
 
 
 def test_with_a_config_file_only_the_fields_set_are_passed_and_win(tmp_path):
@@ -311,3 +316,15 @@ def test_a_run_directory_the_machines_do_not_share_stops_every_rank_with_one_mes
         assert "set recipe.output_dir" in output and "Traceback" not in output
     assert not (tmp_path / "node0" / "tiny_sft" / "sft").exists(), "no stage started"
     assert [p.name for p in (tmp_path / "node0" / "tiny_sft").iterdir()] == [".rlhf.lock"]
+
+
+def test_a_launch_that_started_lone_processes_stops_with_one_message(run_cli, monkeypatch):
+    """What an Accelerate config file with distributed_type MULTI_CPU does without mpirun:
+    each machine starts one process of a world of one."""
+    monkeypatch.setenv(LAUNCHED_ENV, "1")
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    result = run_cli("run", "tiny_sft", "--num-processes", "2")
+    assert result.exit_code == 2
+    assert "accelerate launch started 1 process(es) in all where [launch] asks for 2" in (
+        result.output
+    )
