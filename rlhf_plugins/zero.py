@@ -7,8 +7,8 @@ a layer's parameters just before it runs and free them after it. That suits one 
 forward; it does not suit generation (one gather per layer per new token, and ranks that stop at
 different lengths would wait for each other's gathers) or code that calls a submodule or reads a
 weight outside the engine's forward. ``gathered_for_generation`` gathers everything once for such
-a span; ``whole_weights_at_load`` keeps a model whole while it is loaded, for code that copies
-weights before ``accelerator.prepare`` partitions them.
+a span; ``load_models_whole`` keeps models whole while they load, for code that copies weights
+before ``accelerator.prepare`` partitions them and for models that never go through it.
 
 Imports torch and deepspeed inside functions only.
 """
@@ -26,27 +26,23 @@ def zero3_enabled(accelerator: Any) -> bool:
     return plugin is not None and plugin.zero_stage == 3
 
 
-@contextmanager
-def whole_weights_at_load(accelerator: Any) -> Iterator[None]:
-    """A context in which models are created and loaded whole on every rank. Under ZeRO-3
-    transformers' ``from_pretrained``/``from_config`` otherwise build them inside
-    ``deepspeed.zero.Init`` (partitioned as they load), because Accelerate registers the
-    DeepSpeed config with transformers; this unregisters it for the block
-    (``transformers.integrations.unset_hf_deepspeed_config``) and registers it again on exit
-    (``DeepSpeedPlugin.set_deepspeed_weakref``). Accelerate's own
-    ``zero3_init_context_manager(enable=False)`` only flips a flag that 1.15 no longer reads
-    there. ``accelerator.prepare`` partitions such a model all the same; until then every rank
-    holds a full copy (as under ZeRO-2). A no-op without ZeRO-3."""
-    if not zero3_enabled(accelerator):
-        yield
-        return
-    from transformers.integrations import unset_hf_deepspeed_config
+def load_models_whole(accelerator: Any) -> None:
+    """Under ZeRO-3, unregister ``accelerator``'s DeepSpeed config from transformers
+    (``transformers.integrations.unset_hf_deepspeed_config``); a no-op otherwise. Accelerate
+    registers it when it creates the accelerator, and while it is registered transformers'
+    ``from_pretrained``/``from_config`` build every model inside ``deepspeed.zero.Init``
+    (partitioned as it loads: a weight copied before ``accelerator.prepare`` is an empty
+    placeholder, and a reward or evaluation model loaded in this or a later stage cannot run
+    outside an engine), and ``generate`` syncs ranks every token. A loop calls this right after
+    creating its accelerator: from then on models load whole on every rank (as under ZeRO-2),
+    ``accelerator.prepare`` partitions the ones it is given, ``gathered_for_generation`` gathers
+    them back, and the registration does not outlive the stage. Accelerate's
+    ``DeepSpeedPlugin.zero3_init_context_manager(enable=False)`` is no substitute: in 1.15 it
+    registers the same config again."""
+    if zero3_enabled(accelerator):
+        from transformers.integrations import unset_hf_deepspeed_config
 
-    unset_hf_deepspeed_config()
-    try:
-        yield
-    finally:
-        accelerator.state.deepspeed_plugin.set_deepspeed_weakref()
+        unset_hf_deepspeed_config()
 
 
 @contextmanager

@@ -31,6 +31,7 @@ from rlhf_plugins import Dataset, Policy, StageContext, UserError
 from rlhf_plugins.context import fit_max_length, model_context
 from rlhf_plugins.loop import eval_shard, fill_deepspeed_config, learning_rate_factor, warmup_count
 from rlhf_plugins.modules import freeze_bottom
+from rlhf_plugins.zero import gathered_parameters, load_models_whole
 
 LOGGED_TERMS = (
     "loss",
@@ -114,17 +115,12 @@ def starting_point(policy: Policy, two_qs: bool) -> tuple[Any, ILQLHeads]:
 
 
 def sync_target_heads(model: Any, accelerator: Any, alpha: float) -> None:
-    """One Polyak step of the target heads (parameters gathered first under ZeRO-3)."""
+    """One Polyak step of the target heads (parameters gathered first under ZeRO-3, the step
+    taken on the main process and broadcast)."""
     heads = accelerator.unwrap_model(model).heads
-    plugin = accelerator.state.deepspeed_plugin
-    if plugin is None or plugin.zero_stage != 3:
-        heads.sync_targets(alpha)
-        return
-    import deepspeed
-
     params = [*heads.q_heads.parameters(), *heads.target_q_heads.parameters()]
-    with deepspeed.zero.GatheredParameters(params, modifier_rank=0):
-        if accelerator.is_main_process:
+    with gathered_parameters(accelerator, params, modified=True) as may_modify:
+        if may_modify:
             heads.sync_targets(alpha)
 
 
@@ -142,6 +138,7 @@ class ILQLStage:
     def __call__(self, stage: StageContext) -> dict[str, Any]:
         s = self.settings
         accelerator = stage.accelerator()
+        load_models_whole(accelerator)
         tokenizer = self.policy.load_tokenizer()
         pad_id = (
             tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

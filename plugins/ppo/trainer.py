@@ -43,7 +43,7 @@ from rlhf_plugins.loop import (
     learning_rate_factor,
     warmup_count,
 )
-from rlhf_plugins.zero import gathered_for_generation, whole_weights_at_load, zero3_enabled
+from rlhf_plugins.zero import gathered_for_generation, load_models_whole, zero3_enabled
 
 logger = logging.getLogger("rlhf_builtins.ppo")
 
@@ -91,6 +91,8 @@ class PPOTrainer:
         self.accelerator = stage.accelerator(
             gradient_accumulation_steps=s.gradient_accumulation_steps
         )
+        # ZeRO-3: the reference copies whole weights before prepare; reward models stay whole
+        load_models_whole(self.accelerator)
         self._configure_deepspeed()
         self.device = self.accelerator.device
         self.tokenizer = ensure_pad_token(policy.load_tokenizer())
@@ -104,9 +106,7 @@ class PPOTrainer:
             if s.lora_r
             else None
         )
-        # whole weights at load under ZeRO-3: the reference copies them before prepare
-        with whole_weights_at_load(self.accelerator):
-            base = policy.load_model(dtype=torch.float32)
+        base = policy.load_model(dtype=torch.float32)
         self.max_prompt_length = prompt_budget(
             s.max_prompt_length,
             s.max_new_tokens,
