@@ -51,14 +51,14 @@ def _sees(probe: Path, token: str) -> bool:
         time.sleep(0.2)
 
 
-def check_ranks_agree(recipe: Recipe) -> None:
+def check_ranks_agree(recipe: Recipe, *, only: str | None, force: bool) -> None:
     """Every rank calls it before any stage. In a rank our launcher started, ``UserError``
     unless the world has the size ``[launch]`` asks for (an Accelerate config file can start
     lone processes instead). With several ranks: rank 0 writes a probe file with a random token
     into the run directory and sends the token to every rank; each rank reports whether it
-    reads the token there and its stage fingerprints. Every rank then raises the same
-    ``UserError`` when some rank does not see the run directory of rank 0, or resolves a stage
-    differently."""
+    reads the token there, its stage fingerprints and its ``--only`` and ``--force``. Every
+    rank then raises the same ``UserError`` when some rank does not see the run directory of
+    rank 0, or resolves a stage or runs the stages differently."""
     launch = recipe.launch
     if os.environ.get(LAUNCHED_ENV) and num_processes() != launch.resolved().num_processes:
         raise UserError(
@@ -88,6 +88,7 @@ def check_ranks_agree(recipe: Recipe) -> None:
         "run_dir": str(run_dir.resolve()),
         "sees": _sees(probe, token[0]),
         "stages": stage_fingerprints(recipe),
+        "options": " ".join((["--only", only] if only else []) + ["--force"] * force),
     }
     reports = gather_object([report])
     if is_main_process():
@@ -117,5 +118,10 @@ def disagreement(reports: list[dict]) -> str | None:
                 f"{where} resolves stage '{differ[0]}' differently from rank 0 on "
                 f"{main['host']}: every machine must run the same recipe with the same --set "
                 "overrides, data paths and installed plugin versions"
+            )
+        if report["options"] != main["options"]:
+            return (
+                f"{where} runs with '{report['options']}', rank 0 on {main['host']} with "
+                f"'{main['options']}': every machine must run the same command"
             )
     return None

@@ -201,7 +201,7 @@ class Runner:
             raise UserError(
                 f"--only: no stage '{only}' in {self.recipe.path}{did_you_mean(only, stages)}"
             )
-        check_ranks_agree(self.recipe)
+        check_ranks_agree(self.recipe, only=only, force=force)
         loggers = self.start_loggers() if is_main_process() else []
         results: dict[str, dict] = {}
         status = "failed"

@@ -217,12 +217,19 @@ def test_machines_agree_on_stage_hashes_whatever_their_rank():
         )
     changed = load_recipe(path, registry, ["stages.ppo.trainer_settings.max_steps=3"])
     reports = [
-        {"host": h, "run_dir": "runs/x", "sees": True, "stages": stage_fingerprints(r)}
+        {"host": h, "run_dir": "r", "sees": True, "stages": stage_fingerprints(r), "options": ""}
         for h, r in (("h0", recipes[0]), ("h1", changed))
     ]
     assert disagreement(reports).startswith(
         "rank 1 on h1 resolves stage 'ppo' differently from rank 0 on h0"
     )
+    reports[1].update(stages=reports[0]["stages"], options="--only ppo")
+    assert disagreement(reports) == (
+        "rank 1 on h1 runs with '--only ppo', rank 0 on h0 with '': every machine must run "
+        "the same command"
+    )
+    reports[1].update(options="")
+    assert disagreement(reports) is None
 
 
 # --- real runs on two simulated machines --------------------------------------------------
