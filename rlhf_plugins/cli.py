@@ -60,6 +60,7 @@ def cli() -> None:
       rlhf run recipes/tiny_sft.toml         run it; finished stages are skipped
       rlhf report runs/tiny_sft              report.html of a run (plots, tables)
       rlhf schema -o recipe.schema.json      a JSON Schema of recipes, for editors
+      rlhf serve-reward tiny_ppo ppo.reward  a stage's reward function over HTTP
     """
 
 
@@ -223,7 +224,11 @@ def runs(directory: Path) -> None:
 @set_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option(
-    "--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="0: any free."
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8000,
+    show_default=True,
+    help="Port to listen on (0: any free one).",
 )
 @click.option(
     "--max-batch-size",

@@ -155,11 +155,14 @@ class Batcher:
         self._thread.start()
 
     def submit(self, request: ScoreRequest) -> Future:
-        """A future of the request's scores (``None`` for a non-finite one), or of a
-        ``ScoringError``: 500 when the reward function failed, 503 once closed."""
+        """A future of the request's scores (``None`` for a non-finite one; no rows: no
+        call), or of a ``ScoringError``: 500 when the reward function failed, 503 once
+        closed."""
         future: Future = Future()
         if self._closed:
             future.set_exception(ScoringError("the server is stopping", 503))
+        elif not len(request):
+            future.set_result([])
         else:
             self._queue.put(_Pending(request, future))
         return future

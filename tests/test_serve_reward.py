@@ -211,6 +211,12 @@ def test_a_malformed_request_gets_400_with_a_message(server, body, message):
     assert status == 400 and message in answer["error"], answer
 
 
+def test_zero_rows_are_answered_without_calling_the_reward_function(server):
+    before = server.health()["batching"]["batches"]
+    assert post(server.url, b'{"prompts": [], "completions": []}') == (200, {"scores": []})
+    assert server.health()["batching"]["batches"] == before
+
+
 def test_a_failing_reward_function_is_a_500_and_unavailable_to_remote_reward(server):
     body = json.dumps({"prompts": PROMPTS[:2], "completions": COMPLETIONS[:2]}).encode()
     status, answer = post(server.url, body)
