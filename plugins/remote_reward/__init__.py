@@ -28,7 +28,7 @@ def remote_reward(
         str,
         Field(
             pattern=r"^https?://\S+$",
-            description="the server's address, e.g. http://10.0.0.5:8000 (rlhf serve-reward)",
+            description="the server's http:// or https:// address, e.g. http://10.0.0.5:8000",
         ),
     ],
     batch_size: Annotated[int, Field(ge=1, description="rows sent per request")] = 32,
