@@ -254,8 +254,8 @@ def serve_reward(
     max_batch_size: int,
     max_wait_ms: float,
 ) -> None:
-    """Serve the reward function of RECIPE's stage STAGE (its slot SLOT, e.g. ppo.reward)
-    over HTTP, built as rlhf run builds it (from_stage reads the recipe's run directory);
+    """Serve the reward function of RECIPE's stage STAGE (its slot SLOT, e.g. ppo.reward,
+    or one nested in it, ppo.reward.base) over HTTP, built as rlhf run builds it (from_stage reads the recipe's run directory);
     the remote-reward reward function calls it. POST /v1/score, GET /v1/health
     (docs/serving.md). No authentication: listen on localhost or a private network."""
     from rlhf_plugins.console import cpu_only_deepspeed, quiet_libraries

@@ -76,30 +76,43 @@ def from_stages(table: Any) -> list[str]:
     return found + [name for value in table.values() for name in from_stages(value)]
 
 
-def served_reward(recipe: Recipe, registry: Registry, target: str) -> ServedReward:
-    """Build the reward function at ``target`` (``STAGE`` or ``STAGE.SLOT``; ``STAGE`` alone
-    when the stage has one reward function) of a validated recipe, as ``rlhf run`` builds it
-    for that stage: ``from_stage`` reads the stage's output under the recipe's run directory,
-    which must have finished (``UserError`` otherwise)."""
-    from rlhf_plugins.runner import Runner, read_state
-    from rlhf_plugins.stage import StageContext
-
+def reward_table(recipe: Recipe, registry: Registry, target: str) -> tuple[str, dict[str, Any]]:
+    """``(where, table)``: the reward-function table at ``target`` of a validated recipe:
+    ``STAGE`` (when the stage has one), ``STAGE.SLOT`` (``ppo.reward``, ``grpo.rewards[0]``)
+    or one nested in it (``ppo.reward.base``); ``UserError`` naming the choices otherwise."""
     stage, _, key = target.partition(".")
     tables = reward_tables(recipe, registry, stage)
     if not tables:
         raise UserError(f"{recipe.path}: stage '{stage}' has no reward function")
     if not key and len(tables) > 1:
         raise UserError(f"stage '{stage}' has several reward functions; name one: {stage}.SLOT")
-    key = key or next(iter(tables))
-    if key not in tables:
+    slot, *nested = key.split(".") if key else [next(iter(tables))]
+    if slot not in tables:
         choices = ", ".join(f"{stage}.{k}" for k in tables)
-        raise UserError(f"stage '{stage}' has no reward function '{key}' (it has: {choices})")
-    table = tables[key]
+        raise UserError(f"stage '{stage}' has no reward function '{slot}' (it has: {choices})")
+    table = tables[slot]
+    for part in nested:
+        param = describe(registry.get(REWARD_SLOT, table["use"]).factory).slots.get(part)
+        if param is None or param.slot != REWARD_SLOT or param.container or part not in table:
+            raise UserError(f"{target}: '{table['use']}' has no reward function '{part}'")
+        table = table[part]
+    return f"stages.{stage}.{'.'.join([slot, *nested])}", table
+
+
+def served_reward(recipe: Recipe, registry: Registry, target: str) -> ServedReward:
+    """Build the reward function at ``target`` (see ``reward_table``) as ``rlhf run`` builds
+    it for that stage: ``from_stage`` reads the stage's output under the recipe's run
+    directory, which must have finished (``UserError`` otherwise)."""
+    from rlhf_plugins.runner import Runner, read_state
+    from rlhf_plugins.stage import StageContext
+
+    where, table = reward_table(recipe, registry, target)
+    stage = target.partition(".")[0]
     runner = Runner(recipe, registry)
     for name in from_stages(table):
         if read_state(runner.stage_dir(name)).get("status") != "finished":
             raise UserError(
-                f"stages.{stage}.{key} reads stage '{name}', which has not finished in "
+                f"{where} reads stage '{name}', which has not finished in "
                 f"{runner.stage_dir(name)}; run the recipe up to it first (rlhf run {recipe.path})"
             )
     spec = recipe.stages[stage]
@@ -115,7 +128,7 @@ def served_reward(recipe: Recipe, registry: Registry, target: str) -> ServedRewa
         recipe_dir=recipe.base_dir,
     )
     reward = runner.build_component(REWARD_SLOT, table, context)
-    return ServedReward(reward, table, f"stages.{stage}.{key} of {recipe.path}")
+    return ServedReward(reward, table, f"{where} of {recipe.path}")
 
 
 class ScoringError(Exception):

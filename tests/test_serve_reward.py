@@ -241,11 +241,26 @@ def test_an_unreachable_server_is_retried_then_a_clear_error():
         score_with(remote, ["a"], ["b"], {}, batch_size=1)
 
 
+def test_a_target_names_a_slot_or_a_reward_function_nested_in_one(served):
+    from rlhf_plugins.recipe import load_recipe
+    from rlhf_plugins.registry import load_registry
+    from rlhf_plugins.reward_server import reward_table
+
+    registry = load_registry()
+    recipe = load_recipe(served, registry)
+    where, table = reward_table(recipe, registry, "ppo")
+    assert where == "stages.ppo.reward" and table["use"] == "delta-reward"
+    where, table = reward_table(recipe, registry, "ppo.reward.base")
+    assert where == "stages.ppo.reward.base" and table["use"] == "gptj-reward-head"
+
+
 def test_serve_reward_refuses_what_it_cannot_serve(served, run_cli):
     result = run_cli("serve-reward", served, "ppx")
     assert result.exit_code == 2 and "no stage 'ppx'; did you mean 'ppo'?" in result.output
     result = run_cli("serve-reward", served, "ppo.rewards")
     assert result.exit_code == 2 and "(it has: ppo.reward)" in result.output
+    result = run_cli("serve-reward", served, "ppo.reward.bas")
+    assert result.exit_code == 2 and "'delta-reward' has no reward function 'bas'" in result.output
     result = run_cli("serve-reward", served, "rm")
     assert result.exit_code == 2 and "stage 'rm' has no reward function" in result.output
     result = run_cli("serve-reward", served, "ppo", "--set", 'recipe.output_dir="elsewhere"')
