@@ -214,6 +214,11 @@ class Batcher:
         return same_columns and rows + len(item.request) <= self.max_batch_size
 
     def _score(self, batch: list[_Pending]) -> None:
+        # a request whose caller has gone (its future cancelled) is dropped; the rest can no
+        # longer be cancelled
+        batch = [pending for pending in batch if pending.future.set_running_or_notify_cancel()]
+        if not batch:
+            return
         requests = [pending.request for pending in batch]
         prompts = [p for r in requests for p in r.prompts]
         completions = [c for r in requests for c in r.completions]

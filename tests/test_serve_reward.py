@@ -241,6 +241,31 @@ def test_an_unreachable_server_is_retried_then_a_clear_error():
         score_with(remote, ["a"], ["b"], {}, batch_size=1)
 
 
+def test_a_request_whose_caller_has_gone_is_dropped_and_the_worker_goes_on():
+    from rlhf_plugins.reward_api import ScoreRequest
+    from rlhf_plugins.reward_server import Batcher
+
+    calling, release = threading.Event(), threading.Event()
+
+    def reward(prompts, completions, **columns):
+        calling.set()
+        release.wait(10)
+        return [float(len(c)) for c in completions]
+
+    batcher = Batcher(reward, max_batch_size=4, max_wait=0)
+    try:
+        busy = batcher.submit(ScoreRequest(prompts=["p"], completions=["x"]))
+        assert calling.wait(10)
+        gone = batcher.submit(ScoreRequest(prompts=["p"], completions=["xx"]))
+        kept = batcher.submit(ScoreRequest(prompts=["p"], completions=["xxx"]))
+        assert gone.cancel()  # queued behind the busy call: its caller gave up
+        release.set()
+        assert busy.result(10) == [1.0] and kept.result(10) == [3.0]
+    finally:
+        batcher.close()
+    assert batcher.stats.requests == 2
+
+
 def test_a_target_names_a_slot_or_a_reward_function_nested_in_one(served):
     from rlhf_plugins.recipe import load_recipe
     from rlhf_plugins.registry import load_registry
