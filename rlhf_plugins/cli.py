@@ -276,7 +276,9 @@ def serve_reward(
             max_wait_ms=max_wait_ms,
             echo=click.echo,
         )
-    click.echo(f"stopped: {stats.requests} requests, {stats.rows} rows in {stats.batches} calls")
+    click.echo(
+        f"stopped; scored: requests {stats.requests}, rows {stats.rows}, calls {stats.batches}"
+    )
 
 
 @cli.command()

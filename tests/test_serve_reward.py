@@ -329,7 +329,7 @@ def test_ppo_keeps_its_run_when_the_reward_server_fails_and_dies(toy, run_cli, t
         result = run_cli("run", recipe, "--set", limit)
         server.process.send_signal(signal.SIGINT)
         assert server.process.wait(timeout=30) == 0
-    assert "stopped: 2 requests, 8 rows in 2 calls" in server.output()
+    assert "stopped; scored: requests 2, rows 8, calls 2" in server.output()
     assert result.exit_code == 0 and "resuming" in result.output
     final = json.loads((out / "stage_state.json").read_text())["metrics"]
     assert final["resumed_from_step"] == 4 and final["steps"] == 8
