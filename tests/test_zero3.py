@@ -16,15 +16,16 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from rlhf_plugins import UserError
+from rlhf_plugins.loop import fill_deepspeed_config
 from tests.conftest import PPO_TOY_RECIPE, REPO_ROOT, TOY_PLUGIN
 from tests.test_ppo_recipes import metrics, state
-
-pytestmark = pytest.mark.slow
 
 # Measured max abs difference between the ZeRO-3 and ZeRO-2 final weights (fp32, the same on
 # reruns): 2.1e-6 for ppo here (4.6e-7 without the eval prompts, which change the tiny
@@ -136,6 +137,7 @@ def max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> fl
     return max(float((a[k] - b[k]).abs().max()) for k in a)
 
 
+@pytest.mark.slow
 def test_ppo_under_zero3_matches_zero2(runs):
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -163,6 +165,7 @@ def test_ppo_under_zero3_matches_zero2(runs):
     assert final3["eval/reward_mean"] == pytest.approx(final2["eval/reward_mean"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_ppo_resumes_from_a_zero3_checkpoint_where_an_uninterrupted_run_ends(runs):
     text = ppo_recipe("resumed", zero_config(runs.root, 3))
     out = runs.run("resumed", text, PPO_TOY_FAIL_AT_CALL="3")  # the second update's first call
@@ -178,6 +181,7 @@ def test_ppo_resumes_from_a_zero3_checkpoint_where_an_uninterrupted_run_ends(run
         assert weights[name].equal(tensor), name
 
 
+@pytest.mark.slow
 def test_ilql_under_zero3_matches_zero2_and_its_model_generates(runs):
     zero2, zero3 = runs.stage("ilql2", "ilql"), runs.stage("ilql3", "ilql")
     for weights in ("model.safetensors", "ilql_heads.safetensors"):
@@ -192,3 +196,25 @@ def test_ilql_under_zero3_matches_zero2_and_its_model_generates(runs):
         generated = [s["generated"] for s in result["samples"]]
         assert len(generated) == 6
         assert generated == [s["generated"] for s in evals[0][label]["samples"]]
+
+
+def test_zero3_configs_gather_the_whole_model_to_save_it():
+    """The loops save the final model with ``accelerator.get_state_dict``: under ZeRO-3 that
+    needs the gathering switch, on by default and refused when a config turns it off."""
+
+    def filled(zero: dict) -> dict:
+        plugin = SimpleNamespace(deepspeed_config={"zero_optimization": zero})
+        accelerator = SimpleNamespace(state=SimpleNamespace(deepspeed_plugin=plugin))
+        fill_deepspeed_config(
+            accelerator,
+            micro_batch_size=1,
+            gradient_accumulation_steps=1,
+            num_processes=2,
+            max_grad_norm=None,
+        )
+        return plugin.deepspeed_config["zero_optimization"]
+
+    assert filled({"stage": 3})["stage3_gather_16bit_weights_on_model_save"] is True
+    assert filled({"stage": 2}) == {"stage": 2}
+    with pytest.raises(UserError, match="stage3_gather_16bit_weights_on_model_save = false"):
+        filled({"stage": 3, "stage3_gather_16bit_weights_on_model_save": False})
