@@ -65,18 +65,16 @@ def gathered_for_generation(accelerator: Any, model: Any) -> Iterator[Any]:
 
 
 @contextmanager
-def gathered_parameters(
-    accelerator: Any, params: Iterable[Any], *, modified: bool = False
-) -> Iterator[bool]:
-    """Make ``params`` whole inside the block (``deepspeed.zero.GatheredParameters`` under
-    ZeRO-3, nothing otherwise). With ``modified``, changes made on the main process are
-    broadcast to the others on exit and only the main process should make them: yields True
-    where the caller may change the parameters (every rank without ZeRO-3, the main process
-    with it). Every rank must enter it."""
+def gathered_parameters(accelerator: Any, params: Iterable[Any]) -> Iterator[bool]:
+    """Make ``params`` whole inside the block so that they can be changed in place: under
+    ZeRO-3 ``deepspeed.zero.GatheredParameters`` with the main process as the modifier (its
+    changes are broadcast to every rank and partitioned again on exit). Yields True where the
+    caller must make the change: on the main process under ZeRO-3, on every rank otherwise
+    (each holds its own whole copy). Every rank must enter it."""
     if not zero3_enabled(accelerator):
         yield True
         return
     import deepspeed
 
-    with deepspeed.zero.GatheredParameters(list(params), modifier_rank=0 if modified else None):
-        yield accelerator.is_main_process or not modified
+    with deepspeed.zero.GatheredParameters(list(params), modifier_rank=0):
+        yield accelerator.is_main_process

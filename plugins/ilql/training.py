@@ -119,8 +119,8 @@ def sync_target_heads(model: Any, accelerator: Any, alpha: float) -> None:
     taken on the main process and broadcast)."""
     heads = accelerator.unwrap_model(model).heads
     params = [*heads.q_heads.parameters(), *heads.target_q_heads.parameters()]
-    with gathered_parameters(accelerator, params, modified=True) as may_modify:
-        if may_modify:
+    with gathered_parameters(accelerator, params) as changes_here:
+        if changes_here:
             heads.sync_targets(alpha)
 
 
