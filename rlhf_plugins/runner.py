@@ -33,6 +33,7 @@ from rlhf_plugins.settings import (
 from rlhf_plugins.stage import (
     StageContext,
     checkpoint_step,
+    forget_stage_configuration,
     is_main_process,
     wait_for_everyone,
     write_json_atomically,
@@ -369,6 +370,8 @@ class Runner:
             if error is exc:
                 raise
             raise error from exc
+        finally:
+            forget_stage_configuration()
         wait_for_everyone()
         run_id = uuid.uuid4().hex[:12]
         elapsed = time.monotonic() - started

@@ -9,6 +9,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -241,6 +242,27 @@ def process_state() -> Any:
     if deepspeed_launched():
         return PartialState(backend="gloo")
     return PartialState(cpu=True)
+
+
+def forget_stage_configuration() -> None:
+    """Forget what the stage that just ended configured in Accelerate and transformers, keeping
+    the process group: the accelerator state (its DeepSpeed plugin, mixed precision), the
+    gradient-accumulation state and the DeepSpeed config registered with transformers. The
+    next stage in this process then configures its own; otherwise Accelerate refuses a second
+    accelerator with a DeepSpeed plugin, and a ZeRO-3 registration left behind would make
+    every later ``from_pretrained`` partition its model. Uses Accelerate's
+    ``AcceleratorState._reset_state`` / ``GradientState._reset_state`` (what its own tests
+    call between accelerators); a no-op before accelerate is imported."""
+    if "accelerate" not in sys.modules:
+        return
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
+    if "transformers" in sys.modules:
+        from transformers.integrations import unset_hf_deepspeed_config
+
+        unset_hf_deepspeed_config()
 
 
 @dataclass

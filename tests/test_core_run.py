@@ -151,26 +151,26 @@ def test_two_cpu_ranks_through_accelerate(recipe, tmp_path, run_rlhf):
 
 
 @pytest.mark.slow
-def test_deepspeed_zero2_on_two_cpu_ranks(recipe, tmp_path, run_rlhf):
-    shutil.copy(REPO_ROOT / "recipes" / "deepspeed" / "zero2.json", tmp_path / "zero2.json")
+@pytest.mark.parametrize("config", ["zero2.json", "zero3.json"])
+def test_deepspeed_runs_every_stage_of_a_recipe_on_two_cpu_ranks(
+    config, recipe, tmp_path, run_rlhf
+):
+    """Both stages in one process: each gets its own DeepSpeed accelerator (Accelerate refuses a
+    second one unless the first stage's state is forgotten), and under ZeRO-3 the second stage
+    loads the first one's saved model whole."""
+    shutil.copy(REPO_ROOT / "recipes" / "deepspeed" / config, tmp_path / config)
     text = recipe.read_text().replace(
-        "[stages.sft]", '[launch]\ndeepspeed = "zero2.json"\n\n[stages.sft]'
+        "[stages.sft]", f'[launch]\ndeepspeed = "{config}"\n\n[stages.sft]'
     )
     recipe.write_text(text)
     run_rlhf(
-        "run",
-        recipe,
-        "--only",
-        "sft",
-        "--num-processes",
-        "2",
-        "--set",
-        "stages.sft.trainer_settings.save_steps=6",
+        "run", recipe, "--num-processes", "2", "--set", "stages.sft.trainer_settings.save_steps=6"
     )
     checkpoint = tmp_path / "runs" / "demo" / "sft" / "checkpoint-6"
     assert (checkpoint / "global_step6").is_dir(), "the DeepSpeed engine wrote the checkpoint"
-    assert (tmp_path / "runs" / "demo" / "sft" / "model.safetensors").is_file()
-    assert state(tmp_path, "sft")["metrics"]["steps"] == 12
+    for stage, steps in (("sft", 12), ("polish", 2)):
+        assert (tmp_path / "runs" / "demo" / stage / "model.safetensors").is_file()
+        assert state(tmp_path, stage)["metrics"]["steps"] == steps
 
 
 def test_local_model_path_is_relative_to_the_recipe(run_cli, recipe, tmp_path, sft_jsonl):
