@@ -15,6 +15,7 @@ from typing import Any
 
 from rlhf_plugins.components import Policy, require_columns
 from rlhf_plugins.context import fit_max_length, model_context
+from rlhf_plugins.errors import UserError
 from rlhf_plugins.hf import StageCallback, peft_config, run_trainer, save_final, training_arguments
 from rlhf_plugins.lora import LoraSettings
 from rlhf_plugins.stage import StageContext
@@ -76,6 +77,8 @@ class TrainerStage:
         if lora is not None:
             options["peft_config"] = lora
         trainer = self.trainer_class(**options)
+        self.check_rows_left(trainer.train_dataset, train, "dataset")
+        self.check_rows_left(trainer.eval_dataset, evaluation, "eval_dataset")
         metrics = run_trainer(stage, trainer)
         metrics.update(self.logged(trainer))
         # save_final merges LoRA adapters into the model in place: evaluate before that
@@ -94,6 +97,19 @@ class TrainerStage:
         require_columns(data, self.columns, component=self.component, slot=slot, view=self.view)
         extra = [c for c in data.column_names if c not in self.columns]
         return data.remove_columns(extra) if extra else data
+
+    def check_rows_left(self, prepared: Any, given: Any, slot: str) -> None:
+        """A ``UserError`` when TRL's preparation of ``given`` (``slot``'s rows) left no row at
+        all, instead of the sampler's error at the first step."""
+        if given is None or prepared is None or len(prepared) > 0:
+            return
+        max_length = getattr(self.settings, "max_length", None)
+        raise UserError(
+            f"{self.component}: no row of {slot} is left after {self.trainer_class.__name__} "
+            f"prepared its {len(given)} rows: TRL drops rows with no token left to learn from "
+            f"once cut to max_length ({max_length}), e.g. a prompt that fills it alone; raise "
+            "max_length, shorten the prompts, or use a tokenizer with more tokens per word"
+        )
 
     def lora(self) -> Any | None:
         """peft's config when the settings turn ``use_peft`` on, else None."""

@@ -233,3 +233,12 @@ def test_save_steps_zero_writes_no_checkpoint_in_a_trainer_stage(run_cli, recipe
     )
     assert result.exit_code == 0, result.output
     assert not list((tmp_path / "runs" / "demo" / "sft").glob("checkpoint-*"))
+
+
+def test_a_dataset_trl_drops_whole_is_one_message(run_cli, recipe):
+    result = run_cli(
+        "run", recipe, "--only", "sft", "--set", "stages.sft.trainer_settings.max_length=2"
+    )
+    assert result.exit_code == 2, result.output
+    assert "sft: no row of dataset is left after SFTTrainer prepared its" in result.output
+    assert "max_length (2)" in result.output
