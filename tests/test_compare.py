@@ -1,6 +1,7 @@
 """``recipes/tiny_compare.toml`` unchanged, as a user runs it: SFT -> reward model -> ppo, grpo,
 dpo, kto, ilql from the same SFT policy and reward model -> one table in which every RL row
-beats SFT's reward and reports its KL to SFT."""
+beats SFT's reward and reports its KL to SFT. The one-algorithm recipes that train the same
+stages are held to it by their tables, so that their claim is tested by this one run."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import shutil
 
 import pytest
+import tomllib
 
 from tests.conftest import REPO_ROOT
 
@@ -31,3 +33,29 @@ def test_every_algorithm_beats_sft_in_one_table(run_rlhf, tmp_path):
     table = (run_dir / "eval" / "eval.md").read_text()
     assert all(f"| {label} |" in table for label in ("sft", *ALGORITHMS))
     assert (run_dir / "report.html").is_file()
+
+
+# each of these recipes trains exactly these stages of tiny_compare and evaluates a subset of
+# its policies with its evaluation: their results are the rows of tiny_compare's table
+SAME_STAGES = {
+    "tiny_dpo": ("sft", "reward_model", "dpo"),
+    "tiny_kto": ("sft", "reward_model", "kto"),
+    "tiny_grpo": ("sft", "reward_model", "grpo"),
+    "tiny_ppo": ("sft", "reward_model", "ppo"),
+}
+
+
+def recipe_table(name: str) -> dict:
+    return tomllib.loads((REPO_ROOT / "recipes" / f"{name}.toml").read_text())
+
+
+@pytest.mark.parametrize("name", sorted(SAME_STAGES))
+def test_a_one_algorithm_recipe_is_a_part_of_tiny_compare(name):
+    own, compare = recipe_table(name), recipe_table("tiny_compare")
+    assert own["recipe"]["seed"] == compare["recipe"]["seed"]
+    for stage in SAME_STAGES[name]:
+        assert own["stages"][stage] == compare["stages"][stage], f"{name}: stage {stage}"
+    own_eval, compare_eval = own["stages"]["eval"], compare["stages"]["eval"]
+    for key in ("evaluator", "dataset", "reward", "evaluator_settings"):
+        assert own_eval[key] == compare_eval[key], f"{name}: eval {key}"
+    assert own_eval["policies"].items() <= compare_eval["policies"].items()

@@ -13,7 +13,6 @@ import pytest
 
 from tests.conftest import REPO_ROOT
 from tests.test_ppo_recipes import metrics, state
-from tests.test_recipes_end_to_end import run_recipe
 
 ONE_STAGE = """
 [recipe]
@@ -234,9 +233,3 @@ def test_dpo_on_deepspeed_zero2_on_two_cpu_ranks(write_recipe, run_rlhf, tmp_pat
     out = tmp_path / "runs" / "dpo" / "dpo"
     assert (out / "checkpoint-4" / "global_step4").is_dir(), "the DeepSpeed engine saved it"
     assert_plain_policy(out)
-
-
-@pytest.mark.slow
-def test_tiny_dpo_beats_sft_on_held_out_reward(run_cli, tmp_path):
-    evaluation = run_recipe(run_cli, tmp_path, "tiny_dpo")["eval"]
-    assert evaluation["dpo/reward"] > evaluation["sft/reward"]

@@ -16,7 +16,6 @@ from rlhf_plugins import UserError
 from tests.conftest import REPO_ROOT, build_component
 from tests.test_dpo import assert_plain_policy, one_stage
 from tests.test_ppo_recipes import metrics, state
-from tests.test_recipes_end_to_end import run_recipe
 
 
 def prepared(data: dict[str, list], **settings) -> dict[str, list]:
@@ -148,9 +147,3 @@ def test_kto_on_deepspeed_zero2_on_two_cpu_ranks(write_recipe, run_rlhf, tmp_pat
     assert (stage / "checkpoint-4" / "global_step4").is_dir(), "the DeepSpeed engine saved it"
     assert state(stage)["metrics"]["steps"] == 4
     assert_plain_policy(stage)
-
-
-@pytest.mark.slow
-def test_tiny_kto_beats_sft_on_held_out_reward(run_cli, tmp_path):
-    evaluation = run_recipe(run_cli, tmp_path, "tiny_kto")["eval"]
-    assert evaluation["kto/reward"] > evaluation["sft/reward"]
