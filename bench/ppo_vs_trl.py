@@ -36,6 +36,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from tables import print_table
+
 HERE = Path(__file__).resolve().parent
 TRL_TARGET = HERE / ".trl112"
 TRL_VERSION = "1.12.0"
@@ -236,9 +238,7 @@ def main() -> None:
                         f"{100 * achieved / peak:.1f}",
                     )
                 )
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    for row in [header, tuple("-" * w for w in widths), *rows]:
-        print("| " + " | ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
+    print_table(header, rows)
 
 
 # -- the children: one trainer, one size, one process ----------------------------------------

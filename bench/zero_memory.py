@@ -33,6 +33,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from tables import print_table
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
@@ -159,9 +161,7 @@ def main() -> None:
                         f"`{shown(command(name, unfrozen, work)[0], work)}`",
                     )
                 )
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    for row in [header, tuple("-" * w for w in widths), *rows]:
-        print("| " + " | ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
+    print_table(header, rows)
 
 
 # -- the child: one rank of one measurement ----------------------------------------------------
