@@ -25,8 +25,10 @@ from rlhf_plugins.recipe import Recipe
 from rlhf_plugins.stage import is_main_process, num_processes, process_state
 
 PROBE_PREFIX = ".rlhf-shared-"
-SEE_SECONDS = 5.0
-"""How long a rank waits for the probe file to appear (a network filesystem may lag)."""
+SEE_SECONDS_ENV = "RLHF_SHARED_DIR_WAIT"
+SEE_SECONDS = 60.0
+"""How long a rank waits for the probe file to appear, unless ``RLHF_SHARED_DIR_WAIT`` says
+otherwise: NFS caches a failed lookup and a directory's attributes for 30-60 s by default."""
 
 
 def stage_fingerprints(recipe: Recipe) -> dict[str, str]:
@@ -41,9 +43,10 @@ def stage_fingerprints(recipe: Recipe) -> dict[str, str]:
 
 
 def _sees(probe: Path, token: str) -> bool:
-    deadline = time.monotonic() + SEE_SECONDS
+    deadline = time.monotonic() + float(os.environ.get(SEE_SECONDS_ENV, SEE_SECONDS))
     while True:
         with contextlib.suppress(OSError):
+            os.listdir(probe.parent)  # refreshes a network filesystem's view of the directory
             if probe.read_text() == token:
                 return True
         if time.monotonic() >= deadline:
@@ -77,11 +80,17 @@ def check_ranks_agree(recipe: Recipe, *, only: str | None, force: bool) -> None:
 
     process_state()
     run_dir = recipe.run_dir
-    token = [uuid.uuid4().hex if is_main_process() else ""]
+    # rank 0 sends the probe's token and, when it could not write the probe, why
+    token = [uuid.uuid4().hex if is_main_process() else "", ""]
     if is_main_process():
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / f"{PROBE_PREFIX}{token[0]}").write_text(token[0])
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / f"{PROBE_PREFIX}{token[0]}").write_text(token[0])
+        except OSError as exc:
+            token[1] = f"rank 0 on {socket.gethostname()} cannot write into {run_dir}: {exc}"
     broadcast_object_list(token, from_process=0)
+    if token[1]:
+        raise UserError(token[1])
     probe = run_dir / f"{PROBE_PREFIX}{token[0]}"
     report = {
         "host": socket.gethostname(),

@@ -34,6 +34,7 @@ from rlhf_plugins.stage import (
     StageContext,
     checkpoint_step,
     forget_stage_configuration,
+    free_memory,
     is_main_process,
     wait_for_everyone,
     write_json_atomically,
@@ -306,6 +307,7 @@ class Runner:
             )
             self.echo(f"{label}: {'resuming' if resume else 'running'}")
             metrics, run_id = self.run_stage(spec, config_hash, resume=resume)
+            free_memory()
             run_ids[name] = run_id
             results[name] = metrics
             finished.add(name)

@@ -163,6 +163,8 @@ class LaunchConfig(Machines):
         elif kind in ("FSDP", "MEGATRON_LM"):
             problems.append(f"{name}: distributed_type {kind} is not supported by the stages")
         file_precision = data.get("mixed_precision", self.mixed_precision)
+        if file_precision is False:  # YAML reads an unquoted `no` as false
+            file_precision = "no"
         if file_precision != self.mixed_precision:
             problems.append(
                 f"{name} sets mixed_precision = {file_precision!r} but [launch] has "
@@ -263,6 +265,20 @@ def forget_stage_configuration() -> None:
         from transformers.integrations import unset_hf_deepspeed_config
 
         unset_hf_deepspeed_config()
+
+
+def free_memory() -> None:
+    """Collect the objects of a stage that has returned (a DeepSpeed engine holds reference
+    cycles, so its memory would wait for the cyclic collector) and hand CUDA's cached blocks
+    back, so the next stage in this process starts with the device's memory free."""
+    import gc
+
+    gc.collect()
+    if "torch" in sys.modules:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
 @dataclass

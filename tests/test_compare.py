@@ -9,8 +9,8 @@ import json
 import shutil
 
 import pytest
-import tomllib
 
+from rlhf_plugins.recipe import tomllib
 from tests.conftest import REPO_ROOT
 
 ALGORITHMS = ("ppo", "grpo", "dpo", "kto", "ilql[beta=2]")

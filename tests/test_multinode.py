@@ -309,7 +309,7 @@ def test_a_run_directory_the_machines_do_not_share_stops_every_rank_with_one_mes
     """Ranks started by the environment alone (as a SLURM script does), with rank 1 writing
     elsewhere: what a machine without the shared filesystem sees."""
     world = dict(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), WORLD_SIZE="2")
-    world.update(LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
+    world.update(LOCAL_RANK="0", LOCAL_WORLD_SIZE="1", RLHF_SHARED_DIR_WAIT="1")
     run = ["-m", "rlhf_plugins.cli", "run", "tiny_sft", *sets(TINY_SFT)]
     ranks = [
         start([*run, f"--set=recipe.output_dir='node{r}'"], tmp_path, RANK=str(r), **world)
@@ -335,3 +335,11 @@ def test_a_launch_that_started_lone_processes_stops_with_one_message(run_cli, mo
     assert "accelerate launch started 1 process(es) in all where [launch] asks for 2" in (
         result.output
     )
+
+
+def test_an_unquoted_no_in_the_accelerate_config_file_is_no_mixed_precision(run_cli, tmp_path):
+    """``mixed_precision: no``, as ``accelerate config`` writes it, loads as YAML's false."""
+    (tmp_path / "accelerate.yaml").write_text("mixed_precision: no\nnum_machines: 1\n")
+    config = f"launch.config_file='{tmp_path / 'accelerate.yaml'}'"
+    result = run_cli("validate", "tiny_sft", f"--set={config}")
+    assert result.exit_code == 0, result.output

@@ -167,10 +167,9 @@ class PPOTrainer:
     # -- distributed helpers -------------------------------------------------------------
 
     def _configure_deepspeed(self) -> None:
-        plugin = self.accelerator.state.deepspeed_plugin
-        if plugin is None:
+        if self.accelerator.state.deepspeed_plugin is None:
             return
-        if plugin.zero_stage == 3 and self.s.lora_r:
+        if zero3_enabled(self.accelerator) and self.s.lora_r:
             raise UserError(
                 "ppo: lora_r > 0 runs with DeepSpeed ZeRO stages 0-2 (merging the adapter "
                 "into partitioned ZeRO-3 weights is not supported); use a ZeRO-2 config such "
