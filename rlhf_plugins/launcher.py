@@ -53,13 +53,17 @@ def _free_port() -> int:
 
 def machine_flags(launch: LaunchConfig) -> list[str]:
     """``accelerate launch`` flags for the machines and processes. With a config file only the
-    fields ``[launch]`` sets explicitly are passed (they win over the file); without one all,
-    and on one machine a free port unless one is given."""
+    fields ``[launch]`` sets explicitly are passed (they win over the file); without one all.
+    On one machine a free port unless ``[launch]`` or the file gives one (two runs at once must
+    not meet on Accelerate's default port)."""
     explicit = launch.model_fields_set if launch.config_file is not None else None
     machines = launch.resolved()
     port = machines.main_process_port
-    if port is None and explicit is None:
-        port = _free_port() if machines.num_machines == 1 else MULTI_MACHINE_PORT
+    if port is None and machines.num_machines == 1:
+        port = _free_port()
+        explicit = None if explicit is None else {*explicit, "main_process_port"}
+    elif port is None and explicit is None:
+        port = MULTI_MACHINE_PORT
     values = {
         "num_processes": machines.num_processes,
         "num_machines": machines.num_machines,

@@ -189,6 +189,17 @@ def test_with_a_config_file_only_the_fields_set_are_passed_and_win(tmp_path):
     assert "--num_processes" not in flags and "--multi_gpu" not in flags
 
 
+def test_a_config_file_for_one_machine_without_a_port_gets_a_free_one(tmp_path):
+    """Two runs on one machine must not both take Accelerate's default port."""
+    (tmp_path / "acc.yaml").write_text("num_machines: 1\nnum_processes: 2\n")
+    cmd, _ = launch_command(launch(tmp_path, config_file="acc.yaml"), [])
+    port = int(cmd[cmd.index("--main_process_port") + 1])
+    assert port != 29500 and 0 < port < 65536
+    (tmp_path / "acc.yaml").write_text("num_machines: 1\nmain_process_port: 29411\n")
+    cmd, _ = launch_command(launch(tmp_path, config_file="acc.yaml"), [])
+    assert "--main_process_port" not in cmd, "the file's port stands"
+
+
 def test_only_machine_rank_0_locks_the_shared_run_directory(tmp_path, monkeypatch):
     for key in (LAUNCHED_ENV, "LOCAL_RANK", "RANK"):
         monkeypatch.delenv(key, raising=False)
