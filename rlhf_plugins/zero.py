@@ -53,7 +53,9 @@ def gathered_for_generation(accelerator: Any, model: Any) -> Iterator[Any]:
     removed while inside (so forwards run no collectives, whichever submodule is called and
     however many tokens each rank generates) and registered again on exit, which also
     invalidates the engine's recorded parameter trace. Nothing inside may change the weights or
-    run a backward pass; each rank holds the whole model meanwhile. Without ZeRO-3 it yields
+    run a backward pass; each rank holds the whole model meanwhile. ``model`` must have been
+    prepared with an optimizer (DeepSpeed's context needs it), and an exception inside ends the
+    stage: the engine's hooks are not registered again. Without ZeRO-3 it yields
     ``accelerator.unwrap_model(model)`` and does nothing else."""
     if not zero3_enabled(accelerator):
         yield accelerator.unwrap_model(model)
