@@ -3,7 +3,9 @@ that can be told to misbehave. Installed per test with the ``plugin_dist`` fixtu
 
 ``ppo-toy-reward`` scores the share of the letter ``target`` among a completion's characters.
 ``fault`` turns the scores of the calls listed in ``fault_calls`` (1-based, per process) into
-NaN (``nan``), one score too few (``short``) or numeric strings (``string``). When the environment variable
+NaN (``nan``), one score too few (``short``) or numeric strings (``string``), or makes them raise
+``RewardUnavailable`` (``unavailable``); with ``fault_rank``, only on the process of that rank
+(``RANK``). ``delay`` seconds are slept at each call (a slow reward model). When the environment variable
 ``PPO_TOY_FAIL_AT_CALL`` is set, call number N raises, which interrupts the run; with
 ``PPO_TOY_EXIT_AT_CALL``, call number N ends the process at once (a reward server that dies).
 """
@@ -11,9 +13,10 @@ NaN (``nan``), one score too few (``short``) or numeric strings (``string``). Wh
 from __future__ import annotations
 
 import os
+import time
 from typing import Literal
 
-from rlhf_plugins import Dataset, RewardFunction, hookimpl
+from rlhf_plugins import Dataset, RewardFunction, RewardUnavailable, hookimpl
 
 WORDS = ["apple", "banana", "cherry", "date", "fig", "grape", "kiwi", "lemon", "mango", "pear"]
 
@@ -42,8 +45,10 @@ def toy_prompts(rows: int = 48, offset: int = 0) -> Dataset:
 
 def toy_reward(
     target: str = "a",
-    fault: Literal["none", "nan", "short", "string"] = "none",
+    fault: Literal["none", "nan", "short", "string", "unavailable"] = "none",
     fault_calls: list[int] | None = None,
+    fault_rank: int | None = None,
+    delay: float = 0.0,
 ) -> RewardFunction:
     calls = {"n": 0}
     fail_at = int(os.environ.get("PPO_TOY_FAIL_AT_CALL", "0"))
@@ -55,9 +60,13 @@ def toy_reward(
             raise RuntimeError(f"interrupted at reward call {fail_at}")
         if calls["n"] == exit_at:
             os._exit(1)
+        time.sleep(delay)
         assert len(columns["reference"]) == len(prompts)
         scores = [c.count(target) / (len(c) + 1) for c in completions]
-        if calls["n"] in (fault_calls or []):
+        here = fault_rank is None or int(os.environ.get("RANK", "0")) == fault_rank
+        if calls["n"] in (fault_calls or []) and here:
+            if fault == "unavailable":
+                raise RewardUnavailable(f"toy fault at call {calls['n']}")
             if fault == "nan":
                 scores[0] = float("nan")
             elif fault == "short":

@@ -118,6 +118,26 @@ def test_two_processes_stay_in_sync(toy, run_cli, tmp_path):
     assert metrics(out)[0]["rollout/samples"] == 16  # 8 experiences on each of 2 processes
 
 
+def test_running_norm_unavailable_on_one_rank_skips_the_chunk_on_both(toy, run_rlhf, tmp_path):
+    """``running-norm`` all-reduces its moments; its base raises ``RewardUnavailable`` at call
+    2 on rank 1 only. Both ranks still meet in the all-reduce, both skip that chunk together
+    (no mismatched collectives: no gloo error, no hang) and the run finishes."""
+    recipe = toy(name="norm")
+    text = recipe.read_text()
+    reward_line = next(line for line in text.splitlines() if line.startswith("reward = "))
+    faulty = 'fault = "unavailable", fault_calls = [2], fault_rank = 1'
+    norm = f'reward = {{ use = "running-norm", base = {{ use = "ppo-toy-reward", {faulty} }} }}'
+    recipe.write_text(text.replace(reward_line, norm))
+    out = run_rlhf("run", recipe, "--num-processes", "2", timeout=300)
+    logs = out.stdout + out.stderr
+    assert "the reward function is unavailable (toy fault at call 2)" in logs
+    assert "unavailable on 1 other process(es)" in logs
+    run = tmp_path / "runs" / "norm" / "ppo"
+    final = state(run)["metrics"]
+    assert final["skipped_chunks"] == 1 and final["rank_param_spread"] == 0
+    assert metrics(run)[0]["rollout/samples"] == 16  # the skipped chunk was replaced
+
+
 def test_deepspeed_zero2_on_two_processes_resumes(toy, run_cli, tmp_path, monkeypatch):
     """ZeRO-2 (sharded optimizer states) through Accelerate on 2 CPU processes, interrupted
     after the first checkpoint and resumed from DeepSpeed's checkpoint."""

@@ -116,3 +116,58 @@ def test_running_norm_syncs_moments_across_processes():
     std = math.sqrt(14 / 3)  # lengths 1, 3, 2, 6: mean 3, sample variance 14 / 3
     assert results[0] == pytest.approx([(1 - 3) / std, 0.0])
     assert results[1] == pytest.approx([(2 - 3) / std, (6 - 3) / std])
+
+
+def _rank_failures(rank: int, port: int, results) -> None:
+    """Rank 1's base fails at its first call (``RewardUnavailable``) and its second (a
+    ``ValueError``); rank 0's never does. The third call works on both."""
+    import torch.distributed as dist
+
+    from rlhf_builtins.reward.normalizers import RunningNorm
+    from rlhf_plugins.errors import RewardUnavailable
+
+    calls = {"n": 0}
+
+    def base(prompts, completions, **columns):
+        calls["n"] += 1
+        if rank == 1 and calls["n"] == 1:
+            raise RewardUnavailable("server down")
+        if rank == 1 and calls["n"] == 2:
+            raise ValueError("broken")
+        return completion_length(prompts, completions)
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    norm = RunningNorm(base)
+    seen = []
+    for _ in range(2):
+        try:
+            norm(["p", "p"], ["a", "abc"])
+        except Exception as exc:
+            seen.append(f"{type(exc).__name__}: {exc}")
+    seen.append(norm(["p", "p"], ["a", "abc"]))
+    results[rank] = seen
+    dist.destroy_process_group()
+
+
+def test_running_norm_raises_on_every_rank_when_the_base_fails_on_one():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    results = mp.Manager().dict()
+    mp.spawn(_rank_failures, args=(port, results), nprocs=2)
+    assert results[1][:2] == ["RewardUnavailable: server down", "ValueError: broken"]
+    assert results[0][:2] == [
+        "RewardUnavailable: running-norm: the reward function is unavailable on 1 other process(es)",
+        "StageFailed: running-norm: the reward function failed on 1 other process(es)",
+    ]
+    std = math.sqrt(4 / 3)  # only the third call's lengths 1, 3, 1, 3 were added: mean 2
+    assert results[0][2] == results[1][2] == pytest.approx([-1 / std, 1 / std])
+
+
+def test_running_norm_leaves_non_finite_scores_out_of_its_moments(factories):
+    scores = iter([[float("nan"), 1.0], [1.0, 3.0]])
+    norm = factories["running-norm"](base=lambda prompts, completions, **c: next(scores))
+    first = norm(["p", "p"], ["a", "b"])
+    assert math.isnan(first[0]) and first[1] == 0.0  # the trainer skips this batch
+    std = math.sqrt(4 / 3)  # moments of 1, 1, 3 (not of NaN): mean 5 / 3
+    assert norm(["p", "p"], ["a", "b"]) == pytest.approx([(1 - 5 / 3) / std, (3 - 5 / 3) / std])

@@ -5,7 +5,8 @@
 - ``RunningNorm``: (score - running mean) / running std over every score seen so far
   (``rlhf_plugins.loop.RunningMoments``: the sample std, as ``ppo``'s ``scale_reward``), the
   moments summed over all processes when running distributed (every rank must call it the
-  same number of times, as a training loop does).
+  same number of times, as a training loop does). A base that fails on one rank still lets
+  that rank take part in the sum, and the failure is raised on every rank.
 - ``Clip``: scores clamped to [min, max].
 """
 
@@ -17,7 +18,7 @@ from typing import Any
 
 from rlhf_plugins import RewardFunction, UserError
 from rlhf_plugins.components import checked_scores
-from rlhf_plugins.errors import StageFailed
+from rlhf_plugins.errors import RewardUnavailable, StageFailed
 from rlhf_plugins.loop import RunningMoments
 
 
@@ -75,33 +76,83 @@ def is_column(values: Any, count: int) -> bool:
     return isinstance(values, (list, tuple)) and len(values) == count
 
 
-def global_sums(values: list[float]) -> tuple[float, float, float]:
-    """``(count, sum, sum of squares)`` of ``values`` summed over all processes."""
-    sums = (float(len(values)), math.fsum(values), math.fsum(v * v for v in values))
+@dataclass
+class Sums:
+    """What ``global_sums`` adds up over the processes."""
+
+    count: float
+    total: float
+    squares: float
+    unavailable: int = 0
+    """Processes whose base raised ``RewardUnavailable``."""
+    failed: int = 0
+    """Processes whose base raised anything else."""
+
+
+def global_sums(values: list[float], *, unavailable: bool = False, failed: bool = False) -> Sums:
+    """``values``' count, sum and sum of squares summed over all processes, with how many
+    processes had no scores: ``unavailable`` (their base raised ``RewardUnavailable``) or
+    ``failed`` (it raised anything else). Every process calls it, failed or not, so that the
+    collective pairs up. Non-finite values are left out (the trainer skips their batch)."""
+    finite = [v for v in values if math.isfinite(v)]
+    sums = (
+        float(len(finite)),
+        math.fsum(finite),
+        math.fsum(v * v for v in finite),
+        float(unavailable),
+        float(failed),
+    )
     import torch.distributed as dist
 
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-        return sums
-    import torch
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        import torch
 
-    device = "cpu"
-    if dist.get_backend() == "nccl":
-        device = torch.device("cuda", torch.cuda.current_device())
-    tensor = torch.tensor(sums, dtype=torch.float64, device=device)
-    dist.all_reduce(tensor)
-    return tuple(tensor.tolist())
+        device = "cpu"
+        if dist.get_backend() == "nccl":
+            device = torch.device("cuda", torch.cuda.current_device())
+        tensor = torch.tensor(sums, dtype=torch.float64, device=device)
+        dist.all_reduce(tensor)
+        sums = tuple(tensor.tolist())
+    count, total, squares, unavailable_ranks, failed_ranks = sums
+    return Sums(count, total, squares, int(unavailable_ranks), int(failed_ranks))
 
 
 @dataclass
 class RunningNorm:
+    """``base`` scores normalised by running moments summed over every process. When the base
+    fails on some process, every process raises and none adds to the moments: when each
+    failure was ``RewardUnavailable``, ``RewardUnavailable`` (the trainer skips the batch on
+    every rank together); else ``StageFailed`` (a process whose base raised something else
+    re-raises that)."""
+
     base: RewardFunction
     center: bool = True
     epsilon: float = 1e-8
     moments: RunningMoments = field(default_factory=RunningMoments)
 
     def __call__(self, prompts: list[str], completions: list[str], **columns: list) -> list[float]:
-        scores = base_scores(self.base, prompts, completions, **columns)
-        self.moments.add(*global_sums(scores))
+        scores: list[float] = []
+        error: Exception | None = None
+        try:
+            scores = base_scores(self.base, prompts, completions, **columns)
+        except Exception as exc:  # re-raised below, after the collective
+            error = exc
+        unavailable = isinstance(error, RewardUnavailable)
+        sums = global_sums(
+            scores, unavailable=unavailable, failed=error is not None and not unavailable
+        )
+        if error is not None and (not unavailable or not sums.failed):
+            raise error
+        if sums.failed:  # a failure elsewhere fails the stage here too, not a skipped batch
+            raise StageFailed(
+                f"running-norm: the reward function failed on {sums.failed} other process(es)"
+            )
+        if sums.unavailable:
+            raise RewardUnavailable(
+                f"running-norm: the reward function is unavailable on {sums.unavailable} "
+                "other process(es)"
+            )
+        self.moments.add(sums.count, sums.total, sums.squares)
         shift = self.moments.mean if self.center else 0.0
         scale = self.moments.std + self.epsilon
         return [(s - shift) / scale for s in scores]
