@@ -4,11 +4,14 @@ answers."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -239,6 +242,88 @@ def test_an_unreachable_server_is_retried_then_a_clear_error():
     assert time.monotonic() - started >= 0.3  # 0.1 s, then 0.2 s between the attempts
     with pytest.raises(StageFailed, match="rouge evaluator: the reward function is unavailable"):
         score_with(remote, ["a"], ["b"], {}, batch_size=1)
+
+
+@contextmanager
+def scripted_server(answers: list[bytes], tls: ssl.SSLContext | None = None) -> Iterator[dict]:
+    """A TCP server on 127.0.0.1 that reads one request per connection and writes the next of
+    ``answers`` raw, then closes; yields ``{"url", "connections"}``."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    seen = {"url": f"{'https' if tls else 'http'}://127.0.0.1:{listener.getsockname()[1]}"}
+    seen["connections"] = 0
+
+    def run() -> None:
+        for answer in answers:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            seen["connections"] += 1
+            try:
+                if tls is not None:
+                    conn = tls.wrap_socket(conn, server_side=True)
+                conn.recv(65536)
+                conn.sendall(answer)
+            except OSError:  # the client refused the handshake
+                pass
+            finally:
+                conn.close()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        yield seen
+    finally:
+        with contextlib.suppress(OSError):
+            listener.shutdown(socket.SHUT_RDWR)  # wakes the thread's accept()
+        listener.close()
+        thread.join(5)
+
+
+def http_answer(body: bytes, length: int | None = None) -> bytes:
+    head = f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {length or len(body)}"
+    return head.encode() + b"\r\nConnection: close\r\n\r\n" + body
+
+
+def test_an_answer_that_breaks_off_is_retried_like_an_unreachable_server():
+    truncated = http_answer(b'{"sco', length=100)  # http.client.IncompleteRead
+    garbled = b"garbage\r\n\r\n"  # http.client.BadStatusLine
+    good = http_answer(b'{"scores": [0.5]}')
+    with scripted_server([truncated, garbled, good]) as server:
+        remote = build_component(
+            "reward_function", "remote-reward", url=server["url"], retries=2, backoff=0
+        )
+        assert remote(["a"], ["b"]) == [0.5]
+        assert server["connections"] == 3
+    with scripted_server([truncated, truncated]) as server:
+        remote = build_component(
+            "reward_function", "remote-reward", url=server["url"], retries=1, backoff=0
+        )
+        with pytest.raises(RewardUnavailable, match=r"after 2 attempts \(IncompleteRead"):
+            remote(["a"], ["b"])
+
+
+def test_an_untrusted_tls_certificate_fails_at_once_without_retrying(tmp_path):
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command to make a self-signed certificate")
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    make = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+    subprocess.run(
+        [*make, "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1"],
+        check=True,
+        capture_output=True,
+    )
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(cert, key)
+    with scripted_server([http_answer(b'{"scores": [0.5]}')] * 4, tls=tls) as server:
+        remote = build_component(
+            "reward_function", "remote-reward", url=server["url"], retries=3, backoff=1
+        )
+        started = time.monotonic()
+        with pytest.raises(StageFailed, match=r"TLS certificate was not accepted .*self.signed"):
+            remote(["a"], ["b"])
+        assert time.monotonic() - started < 1  # no backoff: not retried
+        assert server["connections"] == 1
 
 
 def test_a_request_whose_caller_has_gone_is_dropped_and_the_worker_goes_on():

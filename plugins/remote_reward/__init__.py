@@ -46,10 +46,11 @@ def remote_reward(
     """``fn(prompts, completions, **columns)`` answered by the server at ``url``: the rows go
     ``batch_size`` at a time, with every keyword list that has one entry per row (dataset
     columns such as ``reference``). A request that cannot reach the server (refused, reset,
-    timed out after ``timeout`` seconds, 503) is retried ``retries`` times, ``backoff``
-    seconds apart and doubling; then, or when the server's reward function fails (500), the
-    call raises ``RewardUnavailable``: PPO skips the chunk and counts it, an evaluator fails.
-    A request the server calls malformed (400) fails the stage."""
+    timed out after ``timeout`` seconds, an answer that breaks off, 503) is retried
+    ``retries`` times, ``backoff`` seconds apart and doubling; then, or when the server's
+    reward function fails (500), the call raises ``RewardUnavailable``: PPO skips the chunk
+    and counts it, an evaluator fails. A request the server calls malformed (400) and a TLS
+    certificate this machine does not trust fail the stage at once."""
     from rlhf_builtins.remote_reward.client import RemoteReward
 
     return RemoteReward(

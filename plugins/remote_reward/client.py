@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import http.client
 import math
+import ssl
 import time
 import urllib.error
 import urllib.request
@@ -62,19 +64,21 @@ class RemoteReward:
         return scores
 
     def post(self, request: ScoreRequest) -> ScoreResponse:
-        """The server's answer to ``request``; retried while the server cannot be reached,
-        then ``RewardUnavailable`` (also for a 500); ``StageFailed`` for any other error."""
+        """The server's answer to ``request``; retried while the server cannot be reached or
+        its answer breaks off, then ``RewardUnavailable`` (also for a 500); ``StageFailed``
+        for any other error, and at once for a TLS certificate this machine does not trust
+        or an invalid URL (configuration, not an outage)."""
         body = request.model_dump_json().encode()
         attempts = self.retries + 1
         why = ""
         for attempt in range(attempts):
             if attempt:
                 time.sleep(self.backoff * 2 ** (attempt - 1))
-            http = urllib.request.Request(
+            sending = urllib.request.Request(
                 self.score_url, data=body, headers={"Content-Type": "application/json"}
             )
             try:
-                with OPENER.open(http, timeout=self.timeout) as response:
+                with OPENER.open(sending, timeout=self.timeout) as response:
                     answer = response.read()
             except urllib.error.HTTPError as exc:
                 why = f"{exc.code} {error_message(exc)}"
@@ -82,8 +86,19 @@ class RemoteReward:
                     continue
                 failure = RewardUnavailable if exc.code >= 500 else StageFailed
                 raise failure(f"remote-reward: {self.score_url} answered {why}") from None
-            except OSError as exc:  # refused, reset, timed out, unknown host
-                why = str(getattr(exc, "reason", None) or exc)
+            except http.client.InvalidURL as exc:
+                raise StageFailed(f"remote-reward: url {self.url!r} is not valid: {exc}") from None
+            except (OSError, http.client.HTTPException) as exc:
+                # refused, reset, timed out, unknown host; a truncated or garbled answer
+                # (IncompleteRead, BadStatusLine: a server that died mid-answer)
+                reason = getattr(exc, "reason", None) or exc
+                if isinstance(reason, ssl.SSLCertVerificationError):
+                    raise StageFailed(
+                        f"remote-reward: {self.score_url}: the server's TLS certificate was "
+                        f"not accepted ({reason.verify_message or reason}); retrying cannot "
+                        "help: use a certificate this machine trusts (SSL_CERT_FILE) or http://"
+                    ) from None
+                why = str(reason) or type(reason).__name__
                 continue
             try:
                 return ScoreResponse.model_validate_json(answer)
@@ -101,5 +116,5 @@ def error_message(exc: urllib.error.HTTPError) -> str:
     """The ``error`` of an ``ErrorResponse`` body, else the HTTP reason."""
     try:
         return ErrorResponse.model_validate_json(exc.read()).error
-    except (ValidationError, OSError):
+    except (ValidationError, OSError, http.client.HTTPException):
         return str(exc.reason)
