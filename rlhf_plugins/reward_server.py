@@ -315,6 +315,7 @@ def create_app(served: ServedReward, batcher: Batcher) -> Any:
 def listening_socket(host: str, port: int) -> socket.socket:
     """A TCP socket listening on ``host:port`` (port 0: any free one); ``UserError`` when the
     address cannot be used (in use, not this machine's)."""
+    sock = None
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         family, kind, proto, _, address = infos[0]
@@ -323,6 +324,8 @@ def listening_socket(host: str, port: int) -> socket.socket:
         sock.bind(address)
         sock.listen(128)
     except OSError as exc:
+        if sock is not None:
+            sock.close()
         raise UserError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     return sock
 
@@ -347,20 +350,18 @@ def serve(
             f"rlhf serve-reward needs FastAPI and uvicorn ({exc}): "
             'pip install "rlhf-plugins[serve]"'
         ) from None
-    sock = listening_socket(host, port)
-    batcher = Batcher(served.reward, max_batch_size=max_batch_size, max_wait=max_wait_ms / 1000)
-    config = uvicorn.Config(
-        create_app(served, batcher), log_level="warning", access_log=False, lifespan="off"
-    )
-    bound = sock.getsockname()
-    address = f"http://{'[' + bound[0] + ']' if ':' in bound[0] else bound[0]}:{bound[1]}"
-    echo(f"serving reward function '{served.table['use']}' ({served.source})")
-    echo(f"  POST {address}{SCORE_PATH}   GET {address}{HEALTH_PATH}")
-    echo(f"  batches of up to {max_batch_size} rows, {max_wait_ms:g} ms wait; Ctrl-C stops")
-    try:
+    with contextlib.ExitStack() as cleanup:  # whatever fails, the socket and worker go
+        sock = cleanup.enter_context(listening_socket(host, port))
+        batcher = Batcher(served.reward, max_batch_size=max_batch_size, max_wait=max_wait_ms / 1000)
+        cleanup.callback(batcher.close)
+        config = uvicorn.Config(
+            create_app(served, batcher), log_level="warning", access_log=False, lifespan="off"
+        )
+        bound = sock.getsockname()
+        address = f"http://{'[' + bound[0] + ']' if ':' in bound[0] else bound[0]}:{bound[1]}"
+        echo(f"serving reward function '{served.table['use']}' ({served.source})")
+        echo(f"  POST {address}{SCORE_PATH}   GET {address}{HEALTH_PATH}")
+        echo(f"  batches of up to {max_batch_size} rows, {max_wait_ms:g} ms wait; Ctrl-C stops")
         with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises the signal it handled
             uvicorn.Server(config).run(sockets=[sock])
-    finally:
-        batcher.close()
-        sock.close()
     return batcher.stats

@@ -384,6 +384,46 @@ def test_serve_reward_refuses_what_it_cannot_serve(served, run_cli):
     assert result.exit_code == 2 and "cannot listen on 127.0.0.1:" in result.output
 
 
+def test_a_port_in_use_leaves_no_socket_open():
+    import gc
+    import warnings
+
+    from rlhf_plugins.errors import UserError
+    from rlhf_plugins.reward_server import listening_socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ResourceWarning)
+            with pytest.raises(UserError, match=r"cannot listen on 127\.0\.0\.1:"):
+                listening_socket("127.0.0.1", taken.getsockname()[1])
+            gc.collect()
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
+
+
+def test_a_server_that_fails_to_start_closes_its_socket_and_stops_its_worker(monkeypatch):
+    from rlhf_plugins import reward_server
+    from rlhf_plugins.reward_server import ServedReward, serve
+
+    opened = []
+
+    def listening(host, port):
+        opened.append(reward_server.socket.create_server((host, port)))
+        return opened[-1]
+
+    def broken_app(served, batcher):
+        raise RuntimeError("no app")
+
+    monkeypatch.setattr(reward_server, "listening_socket", listening)
+    monkeypatch.setattr(reward_server, "create_app", broken_app)
+    served = ServedReward(lambda prompts, completions, **c: [0.0] * len(c), {"use": "x"}, "here")
+    with pytest.raises(RuntimeError, match="no app"):
+        serve(served, host="127.0.0.1", port=0, max_batch_size=4, max_wait_ms=0, echo=print)
+    assert opened[0].fileno() == -1  # closed
+    assert not [t for t in threading.enumerate() if t.name == "reward-worker"]
+
+
 def test_ppo_keeps_its_run_when_the_reward_server_fails_and_dies(toy, run_cli, tmp_path, caplog):
     """The server's reward raises at its call 2 (a 500: the chunk is skipped and counted) and
     the server dies at call 5 (after checkpoint-4: unreachable, retried, skipped, then the
