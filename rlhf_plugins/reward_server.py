@@ -146,7 +146,8 @@ class _Pending:
 
 
 _STOP = object()
-"""Queued by ``Batcher.close``: the worker ends after the requests queued before it."""
+"""Queued by ``Batcher.stop``, last: the worker answers 503 to any request it had taken
+but not yet started scoring, then ends."""
 
 
 class Batcher:
@@ -154,7 +155,8 @@ class Batcher:
     ``reward``: the first waiting request, then those that arrive within ``max_wait``
     seconds of it while the rows stay within ``max_batch_size`` and the column names match.
     A request is never split (one larger than ``max_batch_size`` is scored alone).
-    ``stats`` counts what was scored."""
+    ``stats`` counts what was scored. ``stop`` (shutdown begins) lets the call in progress
+    finish and answers every other request, queued or later, with 503."""
 
     def __init__(self, reward: RewardFunction, *, max_batch_size: int, max_wait: float):
         self.reward = reward
@@ -164,31 +166,55 @@ class Batcher:
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._carry: Any = None
         self._closed = False
+        self._lock = threading.Lock()  # nothing is queued after _STOP
         self._thread = threading.Thread(target=self._work, name="reward-worker", daemon=True)
         self._thread.start()
 
     def submit(self, request: ScoreRequest) -> Future:
         """A future of the request's scores (``None`` for a non-finite one; no rows: no
         call), or of a ``ScoringError``: 500 when the reward function failed, 503 once
-        closed."""
+        stopping (``stop``)."""
         future: Future = Future()
-        if self._closed:
-            future.set_exception(ScoringError("the server is stopping", 503))
-        elif not len(request):
-            future.set_result([])
-        else:
-            self._queue.put(_Pending(request, future))
+        with self._lock:
+            if self._closed:
+                future.set_exception(_stopping())
+            elif not len(request):
+                future.set_result([])
+            else:
+                self._queue.put(_Pending(request, future))
         return future
 
-    def close(self) -> None:
-        """Score what is queued, then stop the worker; later requests get 503."""
-        self._closed = True
-        self._queue.put(_STOP)
-        self._thread.join()
+    def stop(self) -> None:
+        """Stop accepting: the call in progress finishes and answers its requests; those
+        still queued and any submitted later get 503 (which ``remote-reward`` retries)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            while True:  # answered now, not after the call in progress
+                try:
+                    self._refuse([self._queue.get_nowait()])
+                except queue.Empty:
+                    break
+            self._queue.put(_STOP)
+
+    def close(self, *, wait: bool = True) -> None:
+        """``stop``, then (unless not ``wait``) wait for the call in progress to finish."""
+        self.stop()
+        if wait:
+            self._thread.join()
 
     def _work(self) -> None:
         while (batch := self._next_batch()) is not None:
-            self._score(batch)
+            if self._closed:
+                self._refuse(batch)
+            else:
+                self._score(batch)
+
+    def _refuse(self, batch: list[_Pending]) -> None:
+        for pending in batch:
+            if pending.future.set_running_or_notify_cancel():
+                pending.future.set_exception(_stopping())
 
     def _next_batch(self) -> list[_Pending] | None:
         first = self._carry if self._carry is not None else self._queue.get()
@@ -249,6 +275,10 @@ class Batcher:
         s.failed_batches += failed
         s.largest_batch_requests = max(s.largest_batch_requests, requests)
         s.largest_batch_rows = max(s.largest_batch_rows, rows)
+
+
+def _stopping() -> ScoringError:
+    return ScoringError("the server is stopping", 503)
 
 
 def validation_message(errors: list[dict[str, Any]]) -> str:
@@ -339,9 +369,11 @@ def serve(
     max_wait_ms: float,
     echo: Callable[[str], None] = print,
 ) -> BatchStats:
-    """Serve ``served`` on ``host:port`` until Ctrl-C or SIGTERM, which finish the requests in
-    flight and return what was scored. ``UserError`` when FastAPI or uvicorn is missing or
-    the address cannot be used."""
+    """Serve ``served`` on ``host:port`` until Ctrl-C or SIGTERM; then stop accepting (new
+    connections are refused; requests still queued and any more on open connections get
+    503), finish the reward call in progress and answer its requests, and return what was
+    scored. A second Ctrl-C stops at once. ``UserError`` when FastAPI or uvicorn is missing
+    or the address cannot be used."""
     try:
         import fastapi  # noqa: F401
         import uvicorn
@@ -353,7 +385,10 @@ def serve(
     with contextlib.ExitStack() as cleanup:  # whatever fails, the socket and worker go
         sock = cleanup.enter_context(listening_socket(host, port))
         batcher = Batcher(served.reward, max_batch_size=max_batch_size, max_wait=max_wait_ms / 1000)
-        cleanup.callback(batcher.close)
+        server = None
+        # after a second Ctrl-C (uvicorn's force_exit) the call in progress is not waited
+        # for: the worker is a daemon thread and goes with the process
+        cleanup.callback(lambda: batcher.close(wait=not getattr(server, "force_exit", False)))
         config = uvicorn.Config(
             create_app(served, batcher), log_level="warning", access_log=False, lifespan="off"
         )
@@ -362,6 +397,24 @@ def serve(
         echo(f"serving reward function '{served.table['use']}' ({served.source})")
         echo(f"  POST {address}{SCORE_PATH}   GET {address}{HEALTH_PATH}")
         echo(f"  batches of up to {max_batch_size} rows, {max_wait_ms:g} ms wait; Ctrl-C stops")
+        server = _server_class(uvicorn)(config, batcher)
         with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises the signal it handled
-            uvicorn.Server(config).run(sockets=[sock])
+            server.run(sockets=[sock])
     return batcher.stats
+
+
+def _server_class(uvicorn: Any) -> type:
+    """``uvicorn.Server`` that stops ``batcher`` when shutdown begins, before it closes the
+    listening socket and waits for the requests in flight: those waiting in the queue are
+    answered 503 at once rather than scored for callers that will retry anyway."""
+
+    class StoppingServer(uvicorn.Server):
+        def __init__(self, config: Any, batcher: Batcher):
+            super().__init__(config)
+            self.batcher = batcher
+
+        async def shutdown(self, sockets: Any = None) -> None:
+            self.batcher.stop()
+            await super().shutdown(sockets=sockets)
+
+    return StoppingServer

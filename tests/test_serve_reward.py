@@ -351,6 +351,66 @@ def test_a_request_whose_caller_has_gone_is_dropped_and_the_worker_goes_on():
     assert batcher.stats.requests == 2
 
 
+def test_stopping_finishes_the_call_in_progress_and_answers_the_queued_503():
+    from rlhf_plugins.reward_api import ScoreRequest
+    from rlhf_plugins.reward_server import Batcher, ScoringError
+
+    calling, release = threading.Event(), threading.Event()
+
+    def reward(prompts, completions, **columns):
+        calling.set()
+        release.wait(10)
+        return [float(len(c)) for c in completions]
+
+    batcher = Batcher(reward, max_batch_size=1, max_wait=0)
+    busy = batcher.submit(ScoreRequest(prompts=["p"], completions=["x"]))
+    assert calling.wait(10)
+    queued = batcher.submit(ScoreRequest(prompts=["p"], completions=["xx"]))
+    batcher.stop()
+    late = batcher.submit(ScoreRequest(prompts=["p"], completions=["xxx"]))
+    for future in (queued, late):
+        with pytest.raises(ScoringError, match="the server is stopping") as stopping:
+            future.result(10)  # answered while the call in progress still runs
+        assert stopping.value.status == 503
+    assert not busy.done()
+    release.set()
+    batcher.close()
+    assert busy.result(0) == [1.0]
+    assert batcher.stats.requests == 1 and batcher.stats.batches == 1
+
+
+def test_ctrl_c_answers_the_request_in_flight_and_the_queued_one_503(toy):
+    """A slow reward (2 s a call), batches of one row: request A is being scored, B waits
+    behind it; Ctrl-C then lets A finish (200), answers B 503 without scoring it, and the
+    server exits 0 having called the reward function once."""
+    recipe = toy(name="slow")
+    text = recipe.read_text()
+    reward_line = next(line for line in text.splitlines() if line.startswith("reward = "))
+    recipe.write_text(text.replace(reward_line, 'reward = { use = "ppo-toy-reward", delay = 2.0 }'))
+    body = json.dumps({"prompts": ["p"], "completions": ["a"], "columns": {"reference": ["r"]}})
+    answers: dict[str, tuple[int, dict]] = {}
+    with reward_server(recipe, "ppo", "--max-batch-size", "1", "--max-wait-ms", "0") as server:
+
+        def send(name: str) -> None:
+            answers[name] = post(server.url, body.encode())
+
+        first = threading.Thread(target=send, args=("in flight",))
+        first.start()
+        time.sleep(0.5)
+        second = threading.Thread(target=send, args=("queued",))
+        second.start()
+        time.sleep(0.5)
+        started = time.monotonic()
+        server.process.send_signal(signal.SIGINT)
+        first.join(30)
+        second.join(30)
+        assert server.process.wait(timeout=30) == 0
+        assert time.monotonic() - started < 3.5  # the queued request was not scored (2 s)
+    assert answers["in flight"] == (200, {"scores": [pytest.approx(0.5)]})
+    assert answers["queued"] == (503, {"error": "the server is stopping"})
+    assert "stopped; scored: requests 1, rows 1, calls 1" in server.output()
+
+
 def test_a_target_names_a_slot_or_a_reward_function_nested_in_one(served):
     from rlhf_plugins.recipe import load_recipe
     from rlhf_plugins.registry import load_registry
