@@ -22,7 +22,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
-from rlhf_plugins.components import RewardFunction, checked_scores
+from rlhf_plugins.components import RewardFunction, reward_scores
 from rlhf_plugins.errors import UserError
 from rlhf_plugins.recipe import Recipe, slot_tables
 from rlhf_plugins.registry import Registry
@@ -126,7 +126,8 @@ def served_reward(recipe: Recipe, registry: Registry, target: str) -> ServedRewa
         launch=recipe.launch,
         logging=recipe.logging,
         recipe_dir=recipe.base_dir,
-    )
+        hooks=registry.hooks,
+    )  # as Runner.run_stage builds it (not resuming)
     reward = runner.build_component(REWARD_SLOT, table, context)
     return ServedReward(reward, table, f"{where} of {recipe.path}")
 
@@ -252,8 +253,9 @@ class Batcher:
             name: [v for r in requests for v in r.columns[name]] for name in requests[0].columns
         }
         try:
-            values = self.reward(prompts, completions, **columns)
-            scores, problem = checked_scores(values, len(prompts), finite=False)
+            scores, problem = reward_scores(
+                self.reward, prompts, completions, columns, finite=False
+            )
         except Exception as exc:
             scores, problem = None, f"raised {type(exc).__name__}: {exc}"
         self._count(len(batch), len(prompts), failed=scores is None)

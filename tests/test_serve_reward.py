@@ -411,6 +411,40 @@ def test_ctrl_c_answers_the_request_in_flight_and_the_queued_one_503(toy):
     assert "stopped; scored: requests 1, rows 1, calls 1" in server.output()
 
 
+def test_a_served_reward_that_is_unavailable_is_a_500_saying_so():
+    from rlhf_plugins.reward_api import ScoreRequest
+    from rlhf_plugins.reward_server import Batcher, ScoringError
+
+    def reward(prompts, completions, **columns):
+        raise RewardUnavailable("upstream down")
+
+    batcher = Batcher(reward, max_batch_size=4, max_wait=0)
+    try:
+        future = batcher.submit(ScoreRequest(prompts=["p"], completions=["x"]))
+        with pytest.raises(ScoringError, match=r"is unavailable \(upstream down\)") as failed:
+            future.result(10)
+        assert failed.value.status == 500
+    finally:
+        batcher.close()
+    assert batcher.stats.failed_batches == 1
+
+
+def test_the_served_reward_is_built_with_the_run_hooks(served, monkeypatch):
+    from rlhf_plugins.recipe import load_recipe
+    from rlhf_plugins.registry import load_registry
+    from rlhf_plugins.reward_server import served_reward
+    from rlhf_plugins.runner import Runner
+
+    contexts = []
+    monkeypatch.setattr(
+        Runner, "build_component", lambda self, kind, table, stage: contexts.append(stage)
+    )
+    monkeypatch.chdir(served.parent)
+    registry = load_registry()
+    served_reward(load_recipe(served, registry), registry, "ppo")
+    assert contexts[0].hooks is registry.hooks and contexts[0].name == "ppo"
+
+
 def test_a_target_names_a_slot_or_a_reward_function_nested_in_one(served):
     from rlhf_plugins.recipe import load_recipe
     from rlhf_plugins.registry import load_registry
