@@ -104,7 +104,6 @@ def served_reward(recipe: Recipe, registry: Registry, target: str) -> ServedRewa
     it for that stage: ``from_stage`` reads the stage's output under the recipe's run
     directory, which must have finished (``UserError`` otherwise)."""
     from rlhf_plugins.runner import Runner, read_state
-    from rlhf_plugins.stage import StageContext
 
     where, table = reward_table(recipe, registry, target)
     stage = target.partition(".")[0]
@@ -115,19 +114,7 @@ def served_reward(recipe: Recipe, registry: Registry, target: str) -> ServedRewa
                 f"{where} reads stage '{name}', which has not finished in "
                 f"{runner.stage_dir(name)}; run the recipe up to it first (rlhf run {recipe.path})"
             )
-    spec = recipe.stages[stage]
-    context = StageContext(
-        recipe_name=recipe.name,
-        name=stage,
-        output_dir=runner.stage_dir(stage),
-        seed=recipe.seed,
-        config=spec.table,
-        inputs={name: runner.stage_dir(name) for name in spec.needs},
-        launch=recipe.launch,
-        logging=recipe.logging,
-        recipe_dir=recipe.base_dir,
-        hooks=registry.hooks,
-    )  # as Runner.run_stage builds it (not resuming)
+    context = runner.stage_context(recipe.stages[stage])
     reward = runner.build_component(REWARD_SLOT, table, context)
     return ServedReward(reward, table, f"{where} of {recipe.path}")
 

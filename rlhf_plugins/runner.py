@@ -312,6 +312,23 @@ class Runner:
             results[name] = metrics
             finished.add(name)
 
+    def stage_context(self, spec: StageSpec, *, resume: bool = False) -> StageContext:
+        """What the components of ``spec`` get when the stage runs (``resume``: it continues
+        an interrupted run)."""
+        return StageContext(
+            recipe_name=self.recipe.name,
+            name=spec.name,
+            output_dir=self.stage_dir(spec.name),
+            seed=self.recipe.seed,
+            config=spec.table,
+            inputs={n: self.stage_dir(n) for n in spec.needs},
+            launch=self.recipe.launch,
+            logging=self.recipe.logging,
+            resume=resume,
+            recipe_dir=self.recipe.base_dir,
+            hooks=self.registry.hooks,
+        )
+
     def run_stage(self, spec: StageSpec, config_hash: str, *, resume: bool) -> tuple[dict, str]:
         out = self.stage_dir(spec.name)
         # every rank has read this stage's old state (skip/resume) before rank 0 replaces it
@@ -323,19 +340,7 @@ class Runner:
             "stage": spec.table,
         }
         seed = self.recipe.seed
-        context = StageContext(
-            recipe_name=self.recipe.name,
-            name=spec.name,
-            output_dir=out,
-            seed=seed,
-            config=spec.table,
-            inputs={n: self.stage_dir(n) for n in spec.needs},
-            launch=self.recipe.launch,
-            logging=self.recipe.logging,
-            resume=resume,
-            recipe_dir=self.recipe.base_dir,
-            hooks=self.registry.hooks,
-        )
+        context = self.stage_context(spec, resume=resume)
         if is_main_process():
             if resume:
                 self.prepare_resume(context)
