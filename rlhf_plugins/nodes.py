@@ -104,6 +104,12 @@ def check_ranks_agree(recipe: Recipe, *, only: str | None, force: bool) -> None:
         probe.unlink(missing_ok=True)
     problem = disagreement(reports)
     if problem:
+        # every rank stops here: leave the process group together, so that none of them is
+        # aborted by a peer's connection closing while it exits
+        process_state().wait_for_everyone()
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
         raise UserError(problem)
 
 
