@@ -326,10 +326,9 @@ def test_an_untrusted_tls_certificate_fails_at_once_without_retrying(tmp_path):
         assert server["connections"] == 1
 
 
-def test_a_request_whose_caller_has_gone_is_dropped_and_the_worker_goes_on():
-    from rlhf_plugins.reward_api import ScoreRequest
-    from rlhf_plugins.reward_server import Batcher
-
+def blocking_reward():
+    """A reward function (scores: completion lengths) that sets ``calling`` when a call starts
+    and returns once ``release`` is set; returns ``(reward, calling, release)``."""
     calling, release = threading.Event(), threading.Event()
 
     def reward(prompts, completions, **columns):
@@ -337,6 +336,14 @@ def test_a_request_whose_caller_has_gone_is_dropped_and_the_worker_goes_on():
         release.wait(10)
         return [float(len(c)) for c in completions]
 
+    return reward, calling, release
+
+
+def test_a_request_whose_caller_has_gone_is_dropped_and_the_worker_goes_on():
+    from rlhf_plugins.reward_api import ScoreRequest
+    from rlhf_plugins.reward_server import Batcher
+
+    reward, calling, release = blocking_reward()
     batcher = Batcher(reward, max_batch_size=4, max_wait=0)
     try:
         busy = batcher.submit(ScoreRequest(prompts=["p"], completions=["x"]))
@@ -355,13 +362,7 @@ def test_stopping_finishes_the_call_in_progress_and_answers_the_queued_503():
     from rlhf_plugins.reward_api import ScoreRequest
     from rlhf_plugins.reward_server import Batcher, ScoringError
 
-    calling, release = threading.Event(), threading.Event()
-
-    def reward(prompts, completions, **columns):
-        calling.set()
-        release.wait(10)
-        return [float(len(c)) for c in completions]
-
+    reward, calling, release = blocking_reward()
     batcher = Batcher(reward, max_batch_size=1, max_wait=0)
     busy = batcher.submit(ScoreRequest(prompts=["p"], completions=["x"]))
     assert calling.wait(10)
