@@ -63,10 +63,11 @@ def check_ranks_agree(recipe: Recipe, *, only: str | None, force: bool) -> None:
     rank then raises the same ``UserError`` when some rank does not see the run directory of
     rank 0, or resolves a stage or runs the stages differently."""
     launch = recipe.launch
-    if os.environ.get(LAUNCHED_ENV) and num_processes() != launch.resolved().num_processes:
+    wanted = launch.resolved().num_processes if os.environ.get(LAUNCHED_ENV) else None
+    if wanted is not None and num_processes() != wanted:
         raise UserError(
             f"accelerate launch started {num_processes()} process(es) in all where [launch] "
-            f"asks for {launch.resolved().num_processes}"
+            f"asks for {wanted}"
             + (
                 f": check {launch.config_file} (for CPU ranks use distributed_type: MULTI_GPU; "
                 "without CUDA they run on gloo)"
