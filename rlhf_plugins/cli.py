@@ -13,6 +13,7 @@ import sys
 import traceback
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 import click
 
@@ -37,14 +38,22 @@ def handle_errors(command: Callable) -> Callable:
         except UserError as exc:
             if debug:
                 traceback.print_exc()
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(exc.exit_code)
+            end(f"error: {exc}", exc.exit_code)
         except KeyboardInterrupt as exc:
             cause = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
-            click.echo(f"{cause}; run the same command again to resume", err=True)
-            sys.exit(getattr(exc, "exit_code", 130))
+            end(f"{cause}; run the same command again to resume", getattr(exc, "exit_code", 130))
 
     return wrapper
+
+
+def end(line: str, code: int) -> NoReturn:
+    """Exit with ``code`` after ``line`` on stderr; a rank that ``rlhf run`` launched leaves
+    the line to it instead, which prints each rank's line once."""
+    from rlhf_plugins.launcher import report_rank_end
+
+    if not report_rank_end(line, code):
+        click.echo(line, err=True)
+    sys.exit(code)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -122,12 +131,16 @@ def run(
     """Run RECIPE (a file, or the name of a shipped recipe: rlhf recipes): every stage in
     order, outputs under runs/<recipe>/<stage>/."""
     from rlhf_plugins.console import VERBOSE_ENV, cpu_only_deepspeed, quiet_libraries
+    from rlhf_plugins.launcher import attach_rank_console
 
+    attach_rank_console()
     if verbose:
         os.environ[VERBOSE_ENV] = "1"
     quiet_libraries()
 
     from rlhf_plugins.launcher import holds_run_lock, launching_line, needs_launcher, relaunch
+
+    debug = click.get_current_context().params["debug"]
     from rlhf_plugins.recipe import load_recipe
     from rlhf_plugins.runner import Runner
     from rlhf_plugins.shipped import find_recipe
@@ -143,13 +156,14 @@ def run(
         if needs_launcher(loaded.launch):
             args = ["run", str(recipe), *(f"--set={o}" for o in overrides)]
             args += ["--force"] * force + (["--only", only] if only else [])
-            args += ["--debug"] * click.get_current_context().params["debug"]
+            args += ["--debug"] * debug
             args += ["--verbose"] * verbose
             click.echo(launching_line(loaded.launch))
-            code = relaunch(loaded.launch, args)
-            if code != 0:
-                click.echo(f"error: the launched run exited with code {code}", err=True)
-                sys.exit(code if code in PASSED_ON_EXIT_CODES else 1)
+            ended = relaunch(loaded.launch, args, show_launcher=debug or verbose)
+            for line in ended.lines:
+                click.echo(line, err=True)
+            if ended.code != 0:
+                sys.exit(ended.code if ended.code in PASSED_ON_EXIT_CODES else 1)
             return
         cpu_only_deepspeed()
         results = Runner(loaded, registry, echo=click.echo).run(force=force, only=only)
@@ -244,6 +258,19 @@ def runs(directory: Path) -> None:
     show_default=True,
     help="How long the first queued request waits for others to join it.",
 )
+@click.option(
+    "--token-file",
+    type=click.Path(path_type=Path),
+    metavar="FILE",
+    help="Read the token clients must send (Authorization: Bearer) from FILE instead of "
+    "$RLHF_REWARD_TOKEN (FILE wins when both are there).",
+)
+@click.option(
+    "--insecure",
+    is_flag=True,
+    help="Listen on an address other than loopback without a token (anyone who can reach it "
+    "can score).",
+)
 @handle_errors
 def serve_reward(
     recipe: Path,
@@ -253,16 +280,24 @@ def serve_reward(
     port: int,
     max_batch_size: int,
     max_wait_ms: float,
+    token_file: Path | None,
+    insecure: bool,
 ) -> None:
     """Serve the reward function of RECIPE's stage STAGE (its slot SLOT, e.g. ppo.reward,
     or one nested in it, ppo.reward.base) over HTTP, built as rlhf run builds it (from_stage reads the recipe's run directory);
     the remote-reward reward function calls it. POST /v1/score, GET /v1/health
-    (docs/serving.md). No authentication: listen on localhost or a private network."""
+    (docs/serving.md). With a token ($RLHF_REWARD_TOKEN or --token-file), /v1/score needs
+    Authorization: Bearer <token>; without one, only a loopback --host is allowed unless
+    --insecure."""
     from rlhf_plugins.console import cpu_only_deepspeed, quiet_libraries
     from rlhf_plugins.recipe import load_recipe
-    from rlhf_plugins.reward_server import serve, served_reward
+    from rlhf_plugins.reward_server import check_exposure, serve, served_reward, server_token
     from rlhf_plugins.shipped import find_recipe
 
+    token = server_token(token_file)
+    warning = check_exposure(host, token, insecure=insecure)
+    if warning:
+        click.echo(warning, err=True)
     quiet_libraries()
     cpu_only_deepspeed()
     registry = load_registry()
@@ -274,6 +309,7 @@ def serve_reward(
             port=port,
             max_batch_size=max_batch_size,
             max_wait_ms=max_wait_ms,
+            token=token,
             echo=click.echo,
         )
     click.echo(
@@ -313,8 +349,8 @@ def list_plugins(as_json: bool, verbose: bool) -> None:
         version = plugin.version or "-"
         if plugin.error:
             rows.append((plugin.name, version, "ERROR", plugin.error))
-        for hook, names in plugin.components.items():
-            rows.append((plugin.name, version, hook.removeprefix("register_"), ", ".join(names)))
+        for kinds, names in plugin.components.items():
+            rows.append((plugin.name, version, kinds, ", ".join(names)))
         if not plugin.components and not plugin.error:
             rows.append((plugin.name, version, "-", "(registers nothing)"))
     header = ("plugin", "version", "hook", "components")

@@ -3,17 +3,37 @@ machine's share of a run on several machines (gloo ranks on CPU)."""
 
 from __future__ import annotations
 
+import codecs
+import collections
+import contextlib
+import fcntl
+import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
 
 from rlhf_plugins.runlock import Terminated
 from rlhf_plugins.stage import MULTI_MACHINE_PORT, LaunchConfig, is_main_process
 
 LAUNCHED_ENV = "RLHF_PLUGINS_LAUNCHED"
 STOP_GRACE_SECONDS = 60
+RANK_STDOUT_ENV = "RLHF_RANK_STDOUT"
+RANK_STDERR_ENV = "RLHF_RANK_STDERR"
+RANK_REPORTS_ENV = "RLHF_RANK_REPORTS"
+"""Set for the ranks ``relaunch`` starts: where they write their output (the terminal of
+``rlhf run`` or a FIFO it relays), and the folder where each rank leaves the line and exit
+code it ended with, so that ``rlhf run`` prints them once instead of the launcher's trace."""
+INTERRUPTED_CODES = (130, 143)
+LAUNCHER_LINES_KEPT = 200
 
 
 def already_launched() -> bool:
@@ -118,20 +138,164 @@ def launching_line(launch: LaunchConfig) -> str:
     )
 
 
-def relaunch(launch: LaunchConfig, cli_args: list[str]) -> int:
-    """Run ``rlhf <cli_args>`` as this machine's ranks of the run; return the exit code.
+@dataclass
+class LaunchOutcome:
+    """How the launched ranks ended: the exit code ``rlhf run`` should end with and the lines
+    it prints for them (empty when they succeeded)."""
+
+    code: int
+    lines: list[str] = field(default_factory=list)
+
+
+class _Relay:
+    """A FIFO whose bytes a thread copies to ``stream`` (text, decoded incrementally) until
+    every writer has closed it."""
+
+    def __init__(self, path: Path, stream: IO[str]):
+        os.mkfifo(path)
+        self.reader = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        # held open until close(), so the FIFO does not end before the ranks have opened it
+        self.keeper = os.open(path, os.O_WRONLY)
+        fcntl.fcntl(
+            self.reader, fcntl.F_SETFL, fcntl.fcntl(self.reader, fcntl.F_GETFL) & ~os.O_NONBLOCK
+        )
+        self.stream = stream
+        self.thread = threading.Thread(target=self.copy, daemon=True)
+        self.thread.start()
+
+    def copy(self) -> None:
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        while chunk := os.read(self.reader, 65536):
+            self.stream.write(decoder.decode(chunk))
+            self.stream.flush()
+
+    def close(self) -> None:
+        os.close(self.keeper)
+        self.thread.join(timeout=10)
+        if not self.thread.is_alive():
+            os.close(self.reader)
+
+
+class RankConsole:
+    """Where the launched ranks' output goes, apart from the launcher's own: each rank points
+    its stdout and stderr at this process's terminal (when it is one) or at a FIFO relayed to
+    this process's streams, and leaves its last line and exit code in a reports folder."""
+
+    def __init__(self) -> None:
+        self.folder = Path(tempfile.mkdtemp(prefix="rlhf-ranks-"))
+        self.env: dict[str, str] = {RANK_REPORTS_ENV: str(self.folder)}
+        self.relays: list[_Relay] = []
+        for key, stream in ((RANK_STDOUT_ENV, sys.stdout), (RANK_STDERR_ENV, sys.stderr)):
+            terminal = _terminal_of(stream)
+            if terminal is not None:
+                self.env[key] = terminal
+                continue
+            path = self.folder / key.lower()
+            self.relays.append(_Relay(path, stream))
+            self.env[key] = str(path)
+
+    def reports(self) -> list[dict]:
+        """What the ranks reported, first written first."""
+        found = []
+        for path in self.folder.glob("rank-*.json"):
+            with contextlib.suppress(OSError, ValueError):
+                found.append(json.loads(path.read_text()))
+        return sorted(found, key=lambda r: r.get("time", 0))
+
+    def close(self) -> None:
+        for relay in self.relays:
+            relay.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _terminal_of(stream: IO[str]) -> str | None:
+    try:
+        return os.ttyname(stream.fileno()) if stream.isatty() else None
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def attach_rank_console() -> None:
+    """In a rank ``relaunch`` started: write stdout and stderr where ``rlhf run`` shows them,
+    past the launcher (whose own output ``rlhf run`` keeps back)."""
+    for fd, key in ((1, RANK_STDOUT_ENV), (2, RANK_STDERR_ENV)):
+        path = os.environ.get(key)
+        if not path:
+            continue
+        sys.stdout.flush()
+        sys.stderr.flush()
+        target = os.open(path, os.O_WRONLY | os.O_APPEND)
+        os.dup2(target, fd)
+        os.close(target)
+
+
+def report_rank_end(line: str, code: int) -> bool:
+    """In a rank ``relaunch`` started: leave the line it would print and its exit code for
+    ``rlhf run`` to print once for all ranks. False (nothing written) elsewhere."""
+    folder = os.environ.get(RANK_REPORTS_ENV)
+    if not folder or not Path(folder).is_dir():
+        return False
+    rank = os.environ.get("RANK", str(os.getpid()))
+    report = {"line": line, "code": code, "rank": rank, "time": time.time()}
+    path = Path(folder) / f"rank-{rank}.json"
+    try:
+        path.with_suffix(".tmp").write_text(json.dumps(report))
+        path.with_suffix(".tmp").replace(path)
+    except OSError:
+        return False
+    return True
+
+
+def outcome(code: int, reports: list[dict], launcher_lines: list[str]) -> LaunchOutcome:
+    """The exit code and lines of a launch that exited with ``code``: the ranks' own lines,
+    each once, and the code of the first rank that failed (a rank the launcher stopped because
+    another failed reports an interruption, which is not the cause); when no rank said why, the
+    launcher's own output and its code."""
+    if code == 0:
+        return LaunchOutcome(0)
+    causes = [r for r in reports if r["code"] not in INTERRUPTED_CODES] or reports
+    if causes:
+        return LaunchOutcome(causes[0]["code"], list(dict.fromkeys(r["line"] for r in causes)))
+    return LaunchOutcome(
+        code, [*launcher_lines, f"error: the launched run exited with code {code}"]
+    )
+
+
+def relaunch(launch: LaunchConfig, cli_args: list[str], *, show_launcher: bool) -> LaunchOutcome:
+    """Run ``rlhf <cli_args>`` as this machine's ranks of the run; return how they ended.
+
+    The ranks' output reaches this process's stdout and stderr as it comes; the launcher's own
+    (torchrun's agent log and its ``ChildFailedError`` trace) only with ``show_launcher``, or
+    when no rank said why the launch failed.
 
     Ctrl-C or SIGTERM arriving here is passed on to the launcher (which stops the ranks, and
     they record the stage as interrupted); once it has exited the interrupt is re-raised."""
     cmd, env = launch_command(launch, cli_args)
-    process = subprocess.Popen(cmd, env=env)
+    console = RankConsole()
+    kept: collections.deque[str] = collections.deque(maxlen=LAUNCHER_LINES_KEPT)
+    quiet = {} if show_launcher else {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT}
     try:
-        return process.wait()
-    except KeyboardInterrupt as exc:
-        process.send_signal(signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
+        process = subprocess.Popen(
+            cmd, env={**env, **console.env}, text=True, errors="replace", **quiet
+        )
+        reader = threading.Thread(target=_keep_lines, args=(process.stdout, kept), daemon=True)
+        reader.start()
         try:
-            process.wait(timeout=STOP_GRACE_SECONDS)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        raise
+            code = process.wait()
+        except KeyboardInterrupt as exc:
+            process.send_signal(signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
+            try:
+                process.wait(timeout=STOP_GRACE_SECONDS)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            raise
+        reader.join(timeout=10)
+        return outcome(code, console.reports(), list(kept))
+    finally:
+        console.close()
+
+
+def _keep_lines(stream: IO[str] | None, kept: collections.deque[str]) -> None:
+    for line in stream or ():
+        kept.append(line.rstrip("\n"))

@@ -30,6 +30,8 @@ class PluginInfo:
     version: str | None = None
     hooks: list[str] = field(default_factory=list)
     components: dict[str, list[str]] = field(default_factory=dict)
+    """Registered names by plural kind (``trainers``, ``reward_functions``, ...), the keys
+    ``rlhf list-plugins`` prints and ``--json`` writes."""
     error: str | None = None
     traceback: str | None = None
 
@@ -186,7 +188,7 @@ def _register_components(pm: pluggy.PluginManager, registry: Registry, info: Plu
         if not impls:
             continue
         info.hooks.append(hook_name)
-        names = info.components.setdefault(hook_name, [])
+        names = info.components.setdefault(hook_name.removeprefix("register_"), [])
 
         def register(
             name: str,

@@ -55,14 +55,6 @@ def read_json(path: Path) -> dict[str, Any]:
         return {}
 
 
-def stages_of(run_dir: Path) -> list[Path]:
-    """The stage directories of a run, in the order they started."""
-    found = [p for p in run_dir.iterdir() if (p / "stage_state.json").is_file()]
-    return sorted(
-        found, key=lambda p: (read_json(p / "stage_state.json").get("started_at", 0), p.name)
-    )
-
-
 def curves(records: list[dict[str, Any]]) -> dict[str, dict[str, list[tuple[float, float]]]]:
     """Panel -> metric -> (step, value) points of the numeric metrics in ``records``."""
     panels: dict[str, dict[str, list[tuple[float, float]]]] = {}

@@ -6,20 +6,30 @@ only one that ever calls the reward function: torch models are not safe to call 
 threads) joins the rows of queued requests into one call, up to ``max_batch_size`` rows or
 ``max_wait`` seconds after the first, and hands each request its own scores. FastAPI and
 uvicorn (the ``serve`` extra) are imported only when a server starts.
+
+With a token (``$RLHF_REWARD_TOKEN`` or ``--token-file``), every request but the open ones
+(``OPEN_PATHS``: health and the OpenAPI documents) must carry ``Authorization: Bearer
+<token>``, checked before its body is parsed; without one, a server listens on a loopback
+address only, unless told ``insecure``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
+import ipaddress
 import math
+import os
 import queue
+import re
 import socket
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from rlhf_plugins.components import RewardFunction, reward_scores
@@ -39,6 +49,83 @@ from rlhf_plugins.reward_api import (
 from rlhf_plugins.settings import describe, did_you_mean
 
 REWARD_SLOT = "reward_function"
+TOKEN_ENV = "RLHF_REWARD_TOKEN"
+"""The environment variable the server reads its token from (``remote-reward``'s default
+``token_env``)."""
+TOKEN_CHARS = re.compile(r"[\x21-\x7e]+")
+"""What a token may hold: visible ASCII, as it travels in a header (no spaces, no newline)."""
+MAKE_TOKEN = 'python -c "import secrets; print(secrets.token_urlsafe(32))"'
+OPEN_PATHS = frozenset({HEALTH_PATH, "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
+"""Answered without a token: liveness checks and the API's description; nothing scores."""
+
+
+@dataclass(frozen=True)
+class Token:
+    """The shared secret clients send as ``Authorization: Bearer <value>``; ``source`` says
+    where it came from (``$RLHF_REWARD_TOKEN``, ``--token-file FILE``). Never printed."""
+
+    value: str = field(repr=False)
+    source: str
+
+
+def server_token(token_file: Path | None, environ: dict[str, str] | None = None) -> Token | None:
+    """The token from ``token_file`` (its text without the trailing newline), which wins over
+    ``$RLHF_REWARD_TOKEN``, else from that variable, else ``None``. ``UserError`` for a file
+    that cannot be read or is empty, an empty variable, or a token with characters other
+    than visible ASCII."""
+    environ = os.environ if environ is None else environ
+    if token_file is not None:
+        source = f"--token-file {token_file}"
+        try:
+            value = token_file.read_bytes().decode("ascii").rstrip("\r\n")
+        except UnicodeDecodeError:
+            value = " "  # refused below
+        except OSError as exc:
+            raise UserError(f"{source}: cannot read it ({exc.strerror or exc})") from None
+        if not value:
+            raise UserError(f"{source} is empty; write a token into it ({MAKE_TOKEN} > FILE)")
+    elif TOKEN_ENV in environ:
+        source, value = f"${TOKEN_ENV}", environ[TOKEN_ENV]
+        if not value:
+            raise UserError(
+                f"${TOKEN_ENV} is set but empty; set a token ({MAKE_TOKEN}) or unset it"
+            )
+    else:
+        return None
+    if not TOKEN_CHARS.fullmatch(value):
+        raise UserError(
+            f"the token from {source} must be visible ASCII characters, without spaces or line "
+            f"breaks ({MAKE_TOKEN} makes one)"
+        )
+    return Token(value, source)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is ``localhost`` or an address in 127.0.0.0/8 or ::1. Host names
+    other than ``localhost`` are not looked up: they count as reachable from elsewhere."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(host: str, token: Token | None, *, insecure: bool) -> str | None:
+    """``UserError`` when ``host`` is not a loopback address and there is no token, unless
+    ``insecure``; then the warning to print (``None`` when there is nothing to warn about)."""
+    if token is not None or is_loopback(host):
+        return None
+    if not insecure:
+        raise UserError(
+            f"refusing to listen on {host} without a token: set ${TOKEN_ENV} here and on the "
+            f"clients (make one with {MAKE_TOKEN}) or pass --token-file FILE; --insecure "
+            "listens without one"
+        )
+    return (
+        f"warning: listening on {host} without a token (--insecure): anyone who can reach it "
+        "can score"
+    )
 
 
 @dataclass
@@ -284,16 +371,84 @@ def validation_message(errors: list[dict[str, Any]]) -> str:
     return "malformed request: " + "; ".join(parts)
 
 
-def create_app(served: ServedReward, batcher: Batcher) -> Any:
+class BearerGuard:
+    """ASGI middleware: a request to any path but ``OPEN_PATHS`` without ``Authorization:
+    Bearer <token>`` (compared in constant time) is answered 401 without its body being
+    parsed, and reported to ``refused`` as who asked for what and why, never with the
+    header. The body is read and dropped first (up to ``DRAIN_LIMIT`` bytes): a client
+    still sending it would otherwise see the connection close, not the answer."""
+
+    DRAIN_LIMIT = 64 * 2**20
+
+    def __init__(self, app: Any, token: Token, refused: Callable[[str], None]):
+        self.app = app
+        self.expected = token.value.encode()
+        self.refused = refused
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] not in OPEN_PATHS:
+            why = self._problem(dict(scope["headers"]).get(b"authorization"))
+            if why is not None:
+                await self._drain(receive)
+                await self._refuse(scope, why)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    async def _drain(self, receive: Any) -> None:
+        read = 0
+        while read <= self.DRAIN_LIMIT:
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body"):
+                return
+            read += len(message.get("body", b""))
+
+    def _problem(self, header: bytes | None) -> str | None:
+        scheme, _, credentials = (header or b"").partition(b" ")
+        if scheme.lower() != b"bearer" or not credentials.strip():
+            return "no token"
+        if not hmac.compare_digest(credentials.strip(), self.expected):
+            return "wrong token"
+        return None
+
+    def _refuse(self, scope: Any, why: str) -> Any:
+        from fastapi.responses import JSONResponse
+
+        client = ":".join(map(str, scope.get("client") or ("unknown",)))
+        path = scope.get("raw_path", scope["path"].encode()).decode("latin-1")[:200]  # one line
+        self.refused(f"refused {scope['method']} {path} from {client} (401: {why})")
+        if why == "no token":
+            message, challenge = "a token is required: send Authorization: Bearer <token>", "Bearer"
+        else:
+            message, challenge = "the token was not accepted", 'Bearer error="invalid_token"'
+        return JSONResponse(
+            status_code=401, content={"error": message}, headers={"WWW-Authenticate": challenge}
+        )
+
+
+def create_app(
+    served: ServedReward,
+    batcher: Batcher,
+    token: Token | None = None,
+    refused: Callable[[str], None] = print,
+) -> Any:
     """The FastAPI application: ``POST /v1/score`` and ``GET /v1/health``; every error is
-    an ``ErrorResponse``."""
-    from fastapi import FastAPI
+    an ``ErrorResponse``. With a ``token``, every path but ``OPEN_PATHS`` needs it
+    (``BearerGuard``, which reports each refusal to ``refused``)."""
+    from fastapi import FastAPI, Security
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
+    from fastapi.security import HTTPBearer
     from starlette.exceptions import HTTPException
 
     app = FastAPI(title="rlhf serve-reward", version=str(API_VERSION))
-    errors = {status: {"model": ErrorResponse} for status in (400, 500, 503)}
+    statuses = (400, 500, 503) if token is None else (400, 401, 500, 503)
+    errors = {status: {"model": ErrorResponse} for status in statuses}
+    guarded: dict[str, Any] = {}
+    if token is not None:
+        app.add_middleware(BearerGuard, token=token, refused=refused)
+        # declares the scheme in the OpenAPI document (and /docs' Authorize button); the
+        # check itself is BearerGuard's, before the body is parsed
+        guarded["dependencies"] = [Security(HTTPBearer(auto_error=False))]
 
     def error(status: int, message: str) -> JSONResponse:
         return JSONResponse(status_code=status, content={"error": message})
@@ -310,7 +465,7 @@ def create_app(served: ServedReward, batcher: Batcher) -> Any:
     async def _not_scored(request, exc):
         return error(exc.status, str(exc))
 
-    @app.post(SCORE_PATH, response_model=ScoreResponse, responses=errors)
+    @app.post(SCORE_PATH, response_model=ScoreResponse, responses=errors, **guarded)
     async def score(request: ScoreRequest) -> ScoreResponse:
         """One score per row of the request."""
         return ScoreResponse(scores=await asyncio.wrap_future(batcher.submit(request)))
@@ -356,13 +511,15 @@ def serve(
     port: int,
     max_batch_size: int,
     max_wait_ms: float,
+    token: Token | None = None,
     echo: Callable[[str], None] = print,
 ) -> BatchStats:
     """Serve ``served`` on ``host:port`` until Ctrl-C or SIGTERM; then stop accepting (new
     connections are refused; requests still queued and any more on open connections get
     503), finish the reward call in progress and answer its requests, and return what was
-    scored. A second Ctrl-C stops at once. ``UserError`` when FastAPI or uvicorn is missing
-    or the address cannot be used."""
+    scored. A second Ctrl-C stops at once. With a ``token``, requests without it get 401
+    and a line on ``echo`` (``BearerGuard``). ``UserError`` when FastAPI or uvicorn is
+    missing or the address cannot be used."""
     try:
         import fastapi  # noqa: F401
         import uvicorn
@@ -378,14 +535,24 @@ def serve(
         # after a second Ctrl-C (uvicorn's force_exit) the call in progress is not waited
         # for: the worker is a daemon thread and goes with the process
         cleanup.callback(lambda: batcher.close(wait=not getattr(server, "force_exit", False)))
-        config = uvicorn.Config(
-            create_app(served, batcher), log_level="warning", access_log=False, lifespan="off"
+        config = uvicorn.Config(  # no access log: nothing prints a request's headers
+            create_app(served, batcher, token=token, refused=echo),
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
         )
         bound = sock.getsockname()
         address = f"http://{'[' + bound[0] + ']' if ':' in bound[0] else bound[0]}:{bound[1]}"
         echo(f"serving reward function '{served.table['use']}' ({served.source})")
         echo(f"  POST {address}{SCORE_PATH}   GET {address}{HEALTH_PATH}")
         echo(f"  batches of up to {max_batch_size} rows, {max_wait_ms:g} ms wait; Ctrl-C stops")
+        if token is None:
+            echo(f"  no token required (set ${TOKEN_ENV} or --token-file to require one)")
+        else:
+            echo(
+                f"  {SCORE_PATH} needs Authorization: Bearer <the token from {token.source}>; "
+                f"{HEALTH_PATH} is open"
+            )
         server = _server_class(uvicorn)(config, batcher)
         with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises the signal it handled
             server.run(sockets=[sock])

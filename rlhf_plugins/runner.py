@@ -11,6 +11,7 @@ import contextlib
 import errno
 import hashlib
 import json
+import math
 import shutil
 import time
 import uuid
@@ -126,10 +127,17 @@ def free_space(path: Path) -> str:
 
 
 def stage_dirs(run_dir: Path) -> list[Path]:
-    """The stage directories of a run (those with a state file), in the order they started."""
+    """The stage directories of a run (those with a state file), in the recipe's order (each
+    state records its stage's ``position`` in the recipe that last ran it); stages without one
+    come last, in the order they started."""
     found = [(p, read_state(p)) for p in run_dir.iterdir() if (p / STATE_FILE).is_file()]
-    found.sort(key=lambda pair: (pair[1].get("started_at") or 0, pair[0].name))
-    return [path for path, _ in found]
+
+    def order(pair: tuple[Path, dict[str, Any]]) -> tuple[float, float, str]:
+        position = pair[1].get("position")
+        known = isinstance(position, int) and not isinstance(position, bool)
+        return (position if known else math.inf, pair[1].get("started_at") or 0, pair[0].name)
+
+    return [path for path, _ in sorted(found, key=order)]
 
 
 def run_overview(directory: Path) -> list[tuple[str, str, str, str, str, str]]:
@@ -271,7 +279,7 @@ class Runner:
         finished: set[str] = set()
         total = len(stages) if only is None else 1
         position = 0
-        for name, spec in stages.items():
+        for index, (name, spec) in enumerate(stages.items()):
             # stages come in dependency order, so every need already has its run id here
             state = read_state(self.stage_dir(name))
             config_hash = stage_hash(self.recipe, spec, {n: run_ids[n] for n in spec.needs})
@@ -306,7 +314,7 @@ class Runner:
                 and state.get("config_hash") == config_hash
             )
             self.echo(f"{label}: {'resuming' if resume else 'running'}")
-            metrics, run_id = self.run_stage(spec, config_hash, resume=resume)
+            metrics, run_id = self.run_stage(spec, config_hash, resume=resume, position=index)
             free_memory()
             run_ids[name] = run_id
             results[name] = metrics
@@ -329,12 +337,17 @@ class Runner:
             hooks=self.registry.hooks,
         )
 
-    def run_stage(self, spec: StageSpec, config_hash: str, *, resume: bool) -> tuple[dict, str]:
+    def run_stage(
+        self, spec: StageSpec, config_hash: str, *, resume: bool, position: int
+    ) -> tuple[dict, str]:
+        """Run one stage (``position``: its index in the recipe, kept in its state so that
+        reports and ``rlhf runs`` list stages in the recipe's order)."""
         out = self.stage_dir(spec.name)
         # every rank has read this stage's old state (skip/resume) before rank 0 replaces it
         wait_for_everyone()
         running = {
             "status": "running",
+            "position": position,
             "config_hash": config_hash,
             "started_at": time.time(),
             "stage": spec.table,
@@ -387,6 +400,7 @@ class Runner:
                 out,
                 {
                     "status": "finished",
+                    "position": position,
                     "config_hash": config_hash,
                     "run_id": run_id,
                     "started_at": running["started_at"],

@@ -8,7 +8,9 @@ forward; it does not suit generation (one gather per layer per new token, and ra
 different lengths would wait for each other's gathers) or code that calls a submodule or reads a
 weight outside the engine's forward. ``gathered_for_generation`` gathers everything once for such
 a span; ``load_models_whole`` keeps models whole while they load, for code that copies weights
-before ``accelerator.prepare`` partitions them and for models that never go through it.
+before ``accelerator.prepare`` partitions them and for models that never go through it;
+``loading_whole`` does the same for one load inside a stage that keeps its registration (a TRL
+trainer's).
 
 Imports torch and deepspeed inside functions only.
 """
@@ -43,6 +45,32 @@ def load_models_whole(accelerator: Any) -> None:
         from transformers.integrations import unset_hf_deepspeed_config
 
         unset_hf_deepspeed_config()
+
+
+@contextmanager
+def loading_whole() -> Iterator[None]:
+    """Models that transformers builds inside this block load whole on this rank, even while
+    a DeepSpeed ZeRO-3 config is registered with transformers (a TRL trainer's stage: its
+    ``TrainingArguments`` and Accelerate's DeepSpeed plugin register one). For models that
+    never go through an engine and are loaded lazily while such a stage runs, e.g. a reward
+    function's model scoring completions for ``grpo``/``rloo``: built inside
+    ``deepspeed.zero.Init`` each would be partitioned, its weights empty placeholders that no
+    engine gathers (``'weight' must be 2-D`` at its first forward). The registration is taken
+    away with ``transformers.integrations.unset_hf_deepspeed_config`` and registered again on
+    exit (``set_hf_deepspeed_config``), so the stage's own models are unaffected. A no-op
+    where none is registered; collective-free, so one rank may load alone."""
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    # transformers keeps the registration as a module-level weak reference and has no public
+    # getter for the registered object, only for its config dict
+    reference = hf_deepspeed._hf_deepspeed_config_weak_ref
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        registered = reference() if reference is not None else None
+        if registered is not None:
+            hf_deepspeed.set_hf_deepspeed_config(registered)
 
 
 @contextmanager

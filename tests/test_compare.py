@@ -1,5 +1,5 @@
 """``recipes/tiny_compare.toml`` unchanged, as a user runs it: SFT -> reward model -> ppo, grpo,
-dpo, kto, ilql from the same SFT policy and reward model -> one table in which every RL row
+rloo, dpo, kto, ilql from the same SFT policy and reward model -> one table in which every RL row
 beats SFT's reward and reports its KL to SFT. The one-algorithm recipes that train the same
 stages are held to it by their tables, so that their claim is tested by this one run."""
 
@@ -13,7 +13,7 @@ import pytest
 from rlhf_plugins.recipe import tomllib
 from tests.conftest import REPO_ROOT
 
-ALGORITHMS = ("ppo", "grpo", "dpo", "kto", "ilql[beta=2]")
+ALGORITHMS = ("ppo", "grpo", "rloo", "dpo", "kto", "ilql[beta=2]")
 
 
 @pytest.mark.slow
@@ -42,6 +42,7 @@ SAME_STAGES = {
     "tiny_kto": ("sft", "reward_model", "kto"),
     "tiny_grpo": ("sft", "reward_model", "grpo"),
     "tiny_ppo": ("sft", "reward_model", "ppo"),
+    "tiny_rloo": ("sft", "reward_model", "rloo"),
 }
 
 

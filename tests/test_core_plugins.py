@@ -7,6 +7,8 @@ import json
 import subprocess
 import sys
 
+from rlhf_plugins.components import KINDS
+
 THIRD_PARTY = """
 from rlhf_plugins import RewardFunction, hookimpl
 
@@ -41,8 +43,8 @@ def plugins_by_name(run_cli) -> dict:
 
 def test_builtin_plugins_are_listed_with_their_components(run_cli):
     plugins = plugins_by_name(run_cli)
-    assert plugins["sft"]["components"] == {"register_trainers": ["sft"]}
-    assert plugins["hf-policies"]["components"]["register_policies"] == [
+    assert plugins["sft"]["components"] == {"trainers": ["sft"]}
+    assert plugins["hf-policies"]["components"]["policies"] == [
         "hf-causal-lm",
         "tiny-causal-lm",
     ]
@@ -56,6 +58,11 @@ def test_builtin_plugins_are_listed_with_their_components(run_cli):
         "components",
         "error",
     }
+    kinds = {hook.removeprefix("register_") for hook in KINDS.values()}
+    for plugin in plugins.values():
+        assert set(plugin["components"]) <= kinds, plugin
+        assert all(isinstance(n, str) for names in plugin["components"].values() for n in names)
+    assert plugins["ppo"]["components"] == {"trainers": ["ppo"]}
 
 
 def test_third_party_plugin_registers_through_entry_points(run_cli, plugin_dist):
@@ -65,7 +72,7 @@ def test_third_party_plugin_registers_through_entry_points(run_cli, plugin_dist)
     assert info["error"] is None
     assert info["version"] == "0.4.0" and info["distribution"] == "rlhf-length"
     assert info["hooks"] == ["register_reward_functions"]
-    assert info["components"] == {"register_reward_functions": ["length-reward"]}
+    assert info["components"] == {"reward_functions": ["length-reward"]}
     table = run_cli("list-plugins")
     assert "rlhf-length" in table.output and "length-reward" in table.output
 

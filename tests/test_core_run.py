@@ -4,7 +4,10 @@ failures, and 2 CPU ranks through Accelerate."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -148,6 +151,69 @@ def test_two_cpu_ranks_through_accelerate(recipe, tmp_path, run_rlhf):
     assert out.stdout.count("finished demo") == 1, "only the main rank reports"
     sft = state(tmp_path, "sft")
     assert sft["status"] == "finished" and sft["metrics"]["steps"] == 12
+
+
+def launched(tmp_path: Path, recipe: Path, *args: str, site: Path | None = None):
+    """``rlhf run RECIPE --num-processes 2 ARGS`` as a real process, whatever it exits with."""
+    env = {**os.environ, "PYTHONPATH": str(site)} if site else None
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rlhf_plugins.cli",
+            "run",
+            str(recipe),
+            "--num-processes",
+            "2",
+            *args,
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+
+
+def test_a_stage_failing_on_two_ranks_ends_as_on_one(tmp_path, write_recipe, plugin_dist):
+    """Our one error line (once, not once per rank), the summary table and exit 1; torchrun's
+    agent log and ChildFailedError trace only with -v."""
+    site = plugin_dist("rlhf-explode", "rlhf_explode", FAILING_TRAINER)
+    recipe = write_recipe('[recipe]\nname = "demo"\n\n[stages.boom]\ntrainer = "explode"\n')
+    out = launched(tmp_path, recipe, site=site)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert out.stderr.splitlines() == ["error: stage 'boom' failed: RuntimeError: boom"]
+    assert "boom   failed" in out.stdout
+    verbose = launched(tmp_path, recipe, "-v", site=site)
+    assert verbose.returncode == 1
+    assert "ChildFailedError" in verbose.stderr
+    assert verbose.stderr.count("error: stage 'boom' failed: RuntimeError: boom") == 1
+
+
+def test_bad_data_on_two_ranks_exits_2_with_one_line(recipe, tmp_path):
+    with (tmp_path / "data.jsonl").open("a") as data:
+        data.write('{"q": 3, "a": "x"}\n')
+    out = launched(tmp_path, recipe, "--only", "sft")
+    assert out.returncode == 2, out.stdout + out.stderr
+    (line,) = out.stderr.splitlines()
+    assert line.startswith("error: ") and "data.jsonl" in line and "line " in line
+    for noise in ("Traceback", "ChildFailedError", "SIGTERM", "exited with code"):
+        assert noise not in out.stdout + out.stderr
+
+
+def test_the_first_rank_that_failed_gives_the_exit_code():
+    """A rank the launcher stopped because another one failed reports an interruption: the
+    failure is the cause; every rank's line once; without reports, the launcher's own."""
+    from rlhf_plugins.launcher import outcome
+
+    stopped = {"line": "terminated (SIGTERM); run ...", "code": 143, "time": 1.0}
+    failed = {"line": "error: bad row", "code": 2, "time": 2.0}
+    assert outcome(1, [stopped, failed, {**failed, "time": 3.0}], []).lines == ["error: bad row"]
+    assert outcome(1, [stopped, failed], []).code == 2
+    assert outcome(143, [stopped], []).code == 143
+    assert outcome(0, [failed], ["log"]).lines == []
+    ended = outcome(1, [], ["torchrun: no such host"])
+    assert ended.code == 1 and ended.lines[0] == "torchrun: no such host"
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from tests.conftest import REPO_ROOT
-from tests.test_packaging import sh
+from tests.test_packaging import make_venv, sh
 
 EXAMPLE = REPO_ROOT / "examples" / "rlhf-orpo"
 
@@ -37,8 +37,7 @@ def test_the_example_plugin_installs_with_pip_and_its_tests_pass(tmp_path):
     )
     (wheel,) = dist.glob("rlhf_orpo-*.whl")
     venv = tmp_path / "venv"
-    sh(sys.executable, "-m", "venv", "--system-site-packages", str(venv))
-    python = str(venv / "bin" / "python")
+    python = make_venv(venv)
     sh(python, "-m", "pip", "install", "-q", "--no-deps", str(wheel))
     where = sh(python, "-c", "import rlhf_orpo; print(rlhf_orpo.__file__)", cwd=tmp_path)
     assert str(venv) in where, where

@@ -21,6 +21,23 @@ def sh(*args: str, cwd: Path | None = None, timeout: int = 600) -> str:
     return out.stdout
 
 
+def make_venv(path: Path) -> str:
+    """A fresh virtual environment at ``path`` that also sees this interpreter's packages (torch,
+    transformers, ...), wherever they are installed: the base interpreter, a venv or conda.
+    ``--system-site-packages`` would show the *base* interpreter's, not an enclosing venv's, so
+    a ``.pth`` file adds this interpreter's site directories after the new environment's own
+    (their ``.pth`` files processed too). Returns the new environment's python."""
+    import site
+
+    sh(sys.executable, "-m", "venv", str(path))
+    python = str(path / "bin" / "python")
+    purelib = sh(python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))").strip()
+    ours = [*site.getsitepackages(), site.getusersitepackages()]
+    lines = [f"import site; site.addsitedir({d!r})" for d in ours if Path(d).is_dir()]
+    (Path(purelib) / "zz_enclosing_environment.pth").write_text("\n".join(lines) + "\n")
+    return python
+
+
 @pytest.mark.slow
 def test_the_wheel_runs_a_built_in_recipe_by_name(tmp_path):
     sh(
@@ -36,9 +53,7 @@ def test_the_wheel_runs_a_built_in_recipe_by_name(tmp_path):
     )
     (wheel,) = (tmp_path / "dist").glob("rlhf_plugins-*.whl")
     venv = tmp_path / "venv"
-    # the dependencies (torch, transformers, ...) come from this interpreter's site-packages
-    sh(sys.executable, "-m", "venv", "--system-site-packages", str(venv))
-    python = str(venv / "bin" / "python")
+    python = make_venv(venv)
     sh(python, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", str(wheel))
     where = json.loads(
         sh(

@@ -49,6 +49,7 @@ def test_tiny_rm_ranks_held_out_pairs(run_cli, tmp_path):
     evaluation = metrics["evaluate"]
     assert evaluation["reference/reward"] > evaluation["sft/reward"] - 5
     assert (tmp_path / "runs" / "tiny_rm" / "evaluate" / "eval.md").is_file()
+    assert evaluation["sft/kl"] == pytest.approx(0, abs=1e-4)  # its reference is itself
 
 
 @pytest.mark.slow
@@ -60,6 +61,9 @@ def test_tiny_ppo_beats_sft_on_held_out_reward(run_cli, tmp_path):
     assert metrics["ppo"]["skipped_chunks"] == 0
     table = (tmp_path / "runs" / "tiny_ppo" / "eval" / "eval.md").read_text()
     assert "| sft |" in table and "| ppo |" in table
+    # the shipped evaluation has a reference policy: KL to SFT and the reward-vs-KL chart
+    assert evaluation["ppo/kl"] > 0.1 and evaluation["sft/kl"] == pytest.approx(0, abs=1e-4)
+    assert 'alt="reward vs KL"' in (tmp_path / "runs" / "tiny_ppo" / "report.html").read_text()
 
 
 @pytest.mark.slow
@@ -69,3 +73,4 @@ def test_tiny_ilql_guidance_raises_reward(run_cli, tmp_path):
     for beta in (1, 2, 4):
         assert evaluation[f"ilql[beta={beta}]/reward"] > base
     assert evaluation["ilql[beta=2]/reward"] > base + 0.5
+    assert evaluation["ilql[beta=4]/kl"] > evaluation["ilql[beta=0]/kl"] >= 0

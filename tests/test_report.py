@@ -120,3 +120,20 @@ def test_chromium_loads_the_report_decodes_every_image_and_draws_it(run_dir, chr
 
     pixels = imread(shot)
     assert pixels.shape[0] >= 1000 and pixels.std() > 0.05, "the screenshot is blank"
+
+
+def test_a_rerun_stage_keeps_its_place_in_the_recipe_order(run_cli, write_recipe, sft_jsonl):
+    """``--only sft --force`` after a whole run: sft starts last, yet the report, its resolved
+    recipe and ``rlhf runs`` list the stages as the recipe does."""
+    recipe = write_recipe(RECIPE)
+    assert run_cli("run", recipe).exit_code == 0
+    result = run_cli("run", recipe, "--only", "sft", "--force")
+    assert result.exit_code == 0, result.output
+    run_dir = recipe.parent / "runs" / "demo"
+    text = (run_dir / "report.md").read_text()
+    assert text.index("## sft (") < text.index("## polish (")
+    page = (run_dir / "report.html").read_text()
+    resolved = page[page.index("Resolved recipe") :]
+    assert resolved.index("&quot;sft&quot;") < resolved.index("&quot;polish&quot;")
+    listed = [line.split()[1] for line in run_cli("runs").output.splitlines()[1:] if line.strip()]
+    assert listed == ["sft", "polish"]

@@ -17,6 +17,15 @@ else:  # pragma: no cover
 
 jsonschema = pytest.importorskip("jsonschema")
 
+THIRD_PARTY = """
+from rlhf_plugins import hookimpl
+
+
+@hookimpl
+def register_reward_functions(register):
+    register("extra-reward", lambda scale=1.0: None, description="A third party's reward.")
+"""
+
 RECIPES = sorted((REPO_ROOT / "recipes").glob("*.toml"))
 SHIPPED_SCHEMA = REPO_ROOT / "recipes" / "recipe.schema.json"
 DIRECTIVE = "#:schema ./recipe.schema.json"
@@ -32,6 +41,19 @@ def schema() -> dict:
     return made
 
 
+def builtin_schema() -> dict:
+    """The schema of the built-in plugins alone, whatever else is installed: what the shipped
+    recipe.schema.json holds."""
+    from rlhf_plugins.registry import load_registry
+    from rlhf_plugins.schema import recipe_schema
+
+    registry = load_registry()
+    for table in registry.components.values():
+        for name in [n for n, c in table.items() if c.distribution != "rlhf-plugins"]:
+            del table[name]
+    return recipe_schema(registry)
+
+
 def errors(schema: dict, data: dict) -> list[str]:
     return [e.message for e in jsonschema.Draft202012Validator(schema).iter_errors(data)]
 
@@ -42,10 +64,19 @@ def test_the_cli_prints_the_schema(run_cli, schema, tmp_path):
     assert json.loads((tmp_path / "s.json").read_text()) == schema
 
 
-def test_the_shipped_schema_is_up_to_date(schema):
-    assert json.loads(SHIPPED_SCHEMA.read_text()) == schema, (
-        "run: rlhf schema -o recipes/recipe.schema.json"
+def test_the_shipped_schema_is_up_to_date():
+    assert json.loads(SHIPPED_SCHEMA.read_text()) == builtin_schema(), (
+        "run (with no third-party plugin installed): rlhf schema -o recipes/recipe.schema.json"
     )
+
+
+def test_a_third_party_plugin_leaves_the_shipped_schema_up_to_date(plugin_dist, schema):
+    plugin_dist("rlhf-extra", "rlhf_extra", THIRD_PARTY)
+    from rlhf_plugins.registry import load_registry
+    from rlhf_plugins.schema import recipe_schema
+
+    assert recipe_schema(load_registry()) != schema, "the plugin is in the full schema"
+    test_the_shipped_schema_is_up_to_date()
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)

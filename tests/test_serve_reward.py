@@ -8,6 +8,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -21,6 +22,7 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from email.message import Message
 from pathlib import Path
 
 import pytest
@@ -108,15 +110,30 @@ def reward_server(
             process.wait(timeout=30)
 
 
-def post(url: str, body: bytes) -> tuple[int, dict]:
-    request = urllib.request.Request(
-        url + SCORE_PATH, data=body, headers={"Content-Type": "application/json"}
-    )
+def send(url: str, body: bytes, token: str | None = None) -> tuple[int, dict, Message]:
+    """POST ``body`` to the score endpoint at ``url`` (with ``Authorization: Bearer token``):
+    the status, the JSON answer and the answer's headers."""
+    headers = {"Content-Type": "application/json"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(url + SCORE_PATH, data=body, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.load(response)
+            return response.status, json.load(response), response.headers
     except urllib.error.HTTPError as exc:
-        return exc.code, json.load(exc)
+        return exc.code, json.load(exc), exc.headers
+
+
+def post(url: str, body: bytes) -> tuple[int, dict]:
+    return send(url, body)[:2]
+
+
+def with_reward(recipe: Path, table: str) -> Path:
+    """``recipe`` (a ``toy`` one) with its reward table replaced by ``table``."""
+    text = recipe.read_text()
+    line = next(line for line in text.splitlines() if line.startswith("reward = "))
+    recipe.write_text(text.replace(line, f"reward = {table}"))
+    return recipe
 
 
 @pytest.fixture(scope="module")
@@ -384,10 +401,7 @@ def test_ctrl_c_answers_the_request_in_flight_and_the_queued_one_503(toy):
     """A slow reward (2 s a call), batches of one row: request A is being scored, B waits
     behind it; Ctrl-C then lets A finish (200), answers B 503 without scoring it, and the
     server exits 0 having called the reward function once."""
-    recipe = toy(name="slow")
-    text = recipe.read_text()
-    reward_line = next(line for line in text.splitlines() if line.startswith("reward = "))
-    recipe.write_text(text.replace(reward_line, 'reward = { use = "ppo-toy-reward", delay = 2.0 }'))
+    recipe = with_reward(toy(name="slow"), '{ use = "ppo-toy-reward", delay = 2.0 }')
     body = json.dumps({"prompts": ["p"], "completions": ["a"], "columns": {"reference": ["r"]}})
     answers: dict[str, tuple[int, dict]] = {}
     with reward_server(recipe, "ppo", "--max-batch-size", "1", "--max-wait-ms", "0") as server:
@@ -507,7 +521,7 @@ def test_a_server_that_fails_to_start_closes_its_socket_and_stops_its_worker(mon
         opened.append(reward_server.socket.create_server((host, port)))
         return opened[-1]
 
-    def broken_app(served, batcher):
+    def broken_app(served, batcher, **options):
         raise RuntimeError("no app")
 
     monkeypatch.setattr(reward_server, "listening_socket", listening)
@@ -528,10 +542,7 @@ def test_ppo_keeps_its_run_when_the_reward_server_fails_and_dies(toy, run_cli, t
     remote = (
         f'{{ use = "remote-reward", url = "http://127.0.0.1:{port}", retries = 1, backoff = 0.05 }}'
     )
-    recipe = toy(name="remote")
-    text = recipe.read_text()
-    reward_line = next(line for line in text.splitlines() if line.startswith("reward = "))
-    recipe.write_text(text.replace(reward_line, f"reward = {remote}"))
+    recipe = with_reward(toy(name="remote"), remote)
     limit = "stages.ppo.trainer_settings.max_skipped_chunks=2"
     faults = {"PPO_TOY_FAIL_AT_CALL": "2", "PPO_TOY_EXIT_AT_CALL": "5"}
     with reward_server(scorer, "ppo", port=port, env=faults) as server:
@@ -554,3 +565,132 @@ def test_ppo_keeps_its_run_when_the_reward_server_fails_and_dies(toy, run_cli, t
     final = json.loads((out / "stage_state.json").read_text())["metrics"]
     assert final["resumed_from_step"] == 4 and final["steps"] == 8
     assert final["skipped_chunks"] == 1  # the 500 before the checkpoint
+
+
+TOKEN = "Zm9vYmFy-test-token_0123456789"
+ZERO_ROWS = b'{"prompts": [], "completions": []}'
+
+
+@pytest.fixture(scope="module")
+def token_server(served) -> Iterator[Server]:
+    """``served``'s ``ppo.reward`` on every address behind ``TOKEN``, read from a
+    ``--token-file``, which wins over ``$RLHF_REWARD_TOKEN`` (``"ignored"``)."""
+    token_file = served.parent / "token"
+    token_file.write_text(TOKEN + "\n")
+    args = ("--host", "0.0.0.0", "--token-file", str(token_file))
+    with reward_server(served, "ppo.reward", *args, env={"RLHF_REWARD_TOKEN": "ignored"}) as up:
+        yield up
+
+
+def refusals(server: Server) -> int:
+    return server.output().count("(401: ")
+
+
+def test_a_token_server_answers_401_without_the_token_and_never_shows_it(token_server, local):
+    rows = {"prompts": PROMPTS[:2], "completions": COMPLETIONS[:2]}
+    body = json.dumps({**rows, "columns": {"reference": REFERENCES[:2]}}).encode()
+    status, answer, headers = send(token_server.url, body)
+    assert (status, headers["WWW-Authenticate"]) == (401, "Bearer")
+    assert answer == {"error": "a token is required: send Authorization: Bearer <token>"}
+    # 2 MiB that is not JSON: refused before the body is parsed (else a 400)
+    status, answer, headers = send(token_server.url, b"{" * 2**21, token=TOKEN[:-1])
+    assert (status, answer) == (401, {"error": "the token was not accepted"})
+    assert headers["WWW-Authenticate"] == 'Bearer error="invalid_token"'
+    status, answer, _ = send(token_server.url, body, token=TOKEN)
+    expected = local(PROMPTS[:2], COMPLETIONS[:2], reference=REFERENCES[:2])
+    assert status == 200 and answer["scores"] == pytest.approx(expected, abs=1e-5)
+    assert send(token_server.url, ZERO_ROWS, token="ignored")[0] == 401  # the file won
+    assert token_server.health()["status"] == "ok"  # open: no token
+    output = token_server.output()
+    token_file = token_server.log.with_name("token")
+    assert (
+        f"/v1/score needs Authorization: Bearer <the token from --token-file {token_file}>"
+        in output
+    )
+    assert re.search(r"refused POST /v1/score from 127\.0\.0\.1:\d+ \(401: no token\)", output)
+    assert "(401: wrong token)" in output and TOKEN[:-1] not in output  # nor TOKEN
+    assert "warning" not in output  # 0.0.0.0 with a token
+
+
+def test_remote_reward_sends_the_token_from_its_variable_and_never_retries_a_401(
+    token_server, local, monkeypatch
+):
+    url = token_server.url
+    remote = build_component(
+        "reward_function", "remote-reward", url=url, token_env="SERVED_TOKEN", backoff=5
+    )
+    monkeypatch.setenv("SERVED_TOKEN", TOKEN)
+    expected = local(PROMPTS, COMPLETIONS, reference=REFERENCES)
+    assert remote(PROMPTS, COMPLETIONS, reference=REFERENCES) == expected
+    before, started = refusals(token_server), time.monotonic()
+    monkeypatch.setenv("SERVED_TOKEN", "not-" + TOKEN)
+    refused = f"^remote-reward: the reward server at {re.escape(url)} refused the token"
+    with pytest.raises(StageFailed, match=refused + r" from \$SERVED_TOKEN \(401\)$"):
+        remote(PROMPTS, COMPLETIONS, reference=REFERENCES)
+    monkeypatch.delenv("SERVED_TOKEN")
+    with pytest.raises(StageFailed, match=r"at \S+ requires a token: set \$SERVED_TOKEN \(401\)$"):
+        remote(PROMPTS, COMPLETIONS, reference=REFERENCES)
+    assert time.monotonic() - started < 5  # no backoff
+    assert refusals(token_server) == before + 2  # one request each: not retried
+
+
+def test_rlhf_run_fails_the_stage_when_the_reward_server_wants_a_token(
+    token_server, toy, run_cli, monkeypatch
+):
+    monkeypatch.delenv("RLHF_REWARD_TOKEN", raising=False)
+    remote = f'{{ use = "remote-reward", url = "{token_server.url}", retries = 3, backoff = 5 }}'
+    recipe = with_reward(toy(name="refused"), remote)
+    before = refusals(token_server)
+    result = run_cli("run", recipe)
+    assert result.exit_code == 1
+    assert [line for line in result.output.splitlines() if "401" in line] == [
+        f"error: remote-reward: the reward server at {token_server.url} requires a token: "
+        "set $RLHF_REWARD_TOKEN (401)"
+    ]
+    assert refusals(token_server) == before + 1
+
+
+def test_serve_reward_needs_a_token_to_listen_beyond_loopback(served, run_cli, monkeypatch):
+    from rlhf_plugins.reward_server import server_token
+
+    monkeypatch.delenv("RLHF_REWARD_TOKEN", raising=False)
+    unbuilt = ["--set", 'recipe.output_dir="elsewhere"']  # fails at the build, after the checks
+    for host in ("0.0.0.0", "::", "10.0.0.5", "reward.example"):
+        result = run_cli("serve-reward", served, "ppo", "--host", host, *unbuilt)
+        assert result.exit_code == 2 and result.output.splitlines() == [
+            f"error: refusing to listen on {host} without a token: set $RLHF_REWARD_TOKEN here "
+            'and on the clients (make one with python -c "import secrets; '
+            'print(secrets.token_urlsafe(32))") or pass --token-file FILE; --insecure listens '
+            "without one"
+        ]
+    for host in ("127.0.0.2", "::1", "localhost"):
+        result = run_cli("serve-reward", served, "ppo", "--host", host, *unbuilt)
+        assert result.exit_code == 2 and "reads stage 'rm', which has not finished" in result.output
+    empty = served.parent / "empty-token"
+    empty.write_text("\n")
+    problems = {
+        ("--token-file", empty): f"error: --token-file {empty} is empty; write a token into it",
+        ("--token-file", empty.with_name("none")): "none: cannot read it (No such file",
+        ("--token-file", served.parent): ": cannot read it (Is a directory)",
+    }
+    for args, message in problems.items():
+        result = run_cli("serve-reward", served, "ppo", *args, *unbuilt)
+        assert result.exit_code == 2 and len(result.output.splitlines()) == 1, result.output
+        assert message in result.output
+    for value, message in [("", " is set but empty"), ("a b", " must be visible ASCII")]:
+        monkeypatch.setenv("RLHF_REWARD_TOKEN", value)
+        result = run_cli("serve-reward", served, "ppo", *unbuilt)
+        assert result.exit_code == 2 and len(result.output.splitlines()) == 1, result.output
+        assert "$RLHF_REWARD_TOKEN" + message in result.output
+    token = server_token(None, {"RLHF_REWARD_TOKEN": TOKEN})  # as the file's (token_server)
+    assert (token.value, token.source) == (TOKEN, "$RLHF_REWARD_TOKEN") and TOKEN not in repr(token)
+
+
+def test_insecure_lets_it_listen_on_every_address_without_a_token(served, monkeypatch):
+    monkeypatch.delenv("RLHF_REWARD_TOKEN", raising=False)
+    with reward_server(served, "ppo.reward", "--host", "0.0.0.0", "--insecure") as server:
+        assert post(server.url, ZERO_ROWS) == (200, {"scores": []})
+    assert (
+        "warning: listening on 0.0.0.0 without a token (--insecure): anyone who can reach it "
+        "can score"
+    ) in server.output()

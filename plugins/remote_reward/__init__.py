@@ -42,6 +42,14 @@ def remote_reward(
     backoff: Annotated[
         float, Field(ge=0, description="seconds before the first retry, doubled for each next one")
     ] = 1.0,
+    token_env: Annotated[
+        str,
+        Field(
+            pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+            description="the environment variable holding the server's token, sent as "
+            "Authorization: Bearer when set (the name, never the token)",
+        ),
+    ] = "RLHF_REWARD_TOKEN",
 ) -> RewardFunction:
     """``fn(prompts, completions, **columns)`` answered by the server at ``url``: the rows go
     ``batch_size`` at a time, with every keyword list that has one entry per row (dataset
@@ -50,9 +58,15 @@ def remote_reward(
     ``retries`` times, ``backoff`` seconds apart and doubling; then, or when the server's
     reward function fails (500), the call raises ``RewardUnavailable``: PPO skips the chunk
     and counts it, an evaluator fails. A request the server calls malformed (400) and a TLS
-    certificate this machine does not trust fail the stage at once."""
+    certificate this machine does not trust fail the stage at once, and so does a 401: the
+    server wants the token that ``$token_env`` (read at each request) lacks or holds wrong."""
     from rlhf_builtins.remote_reward.client import RemoteReward
 
     return RemoteReward(
-        url, batch_size=batch_size, timeout=timeout, retries=retries, backoff=backoff
+        url,
+        batch_size=batch_size,
+        timeout=timeout,
+        retries=retries,
+        backoff=backoff,
+        token_env=token_env,
     )

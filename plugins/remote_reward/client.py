@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import http.client
 import math
+import os
+import re
 import ssl
 import time
 import urllib.error
@@ -21,6 +23,8 @@ OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 """Straight to the server: ``HTTP_PROXY`` and friends, meant for the internet, are ignored."""
 RETRIED_STATUS = (503,)
 """Answers that mean "not now" (the server is stopping): retried like an unreachable server."""
+TOKEN_CHARS = re.compile(r"[\x21-\x7e]+")
+"""What a token may hold: visible ASCII, as it travels in a header (as rlhf serve-reward)."""
 
 
 @dataclass
@@ -33,10 +37,28 @@ class RemoteReward:
     timeout: float = 120.0
     retries: int = 3
     backoff: float = 1.0
+    token_env: str = "RLHF_REWARD_TOKEN"
 
     @property
     def score_url(self) -> str:
         return self.url.rstrip("/") + SCORE_PATH
+
+    def token(self) -> str | None:
+        """The token in ``$token_env`` now (unset or empty: none); ``StageFailed`` when it
+        cannot travel in a header. Read at each request and never kept or shown."""
+        token = os.environ.get(self.token_env) or None
+        if token is not None and not TOKEN_CHARS.fullmatch(token):
+            raise StageFailed(
+                f"remote-reward: ${self.token_env} holds characters a token cannot have "
+                "(only visible ASCII, no spaces or line breaks)"
+            )
+        return token
+
+    def refused(self, token: str | None) -> str:
+        """Why the server answered 401, naming ``$token_env``."""
+        if token is None:
+            return f"the reward server at {self.url} requires a token: set ${self.token_env} (401)"
+        return f"the reward server at {self.url} refused the token from ${self.token_env} (401)"
 
     def __call__(self, prompts: list[str], completions: list[str], **columns: Any) -> list[float]:
         if len(prompts) != len(completions):
@@ -67,8 +89,9 @@ class RemoteReward:
         """The server's answer to ``request``; retried while the server cannot be reached or
         its answer breaks off, then ``RewardUnavailable`` (also for a 500); ``StageFailed``
         for any other error, and at once for a TLS certificate this machine does not trust
-        or an invalid URL (configuration, not an outage)."""
+        or an invalid URL (configuration, not an outage), or a 401 (the token)."""
         body = request.model_dump_json().encode()
+        token = self.token()
         attempts = self.retries + 1
         why = ""
         for attempt in range(attempts):
@@ -77,10 +100,14 @@ class RemoteReward:
             sending = urllib.request.Request(
                 self.score_url, data=body, headers={"Content-Type": "application/json"}
             )
+            if token is not None:  # unredirected: never sent on to where a redirect points
+                sending.add_unredirected_header("Authorization", f"Bearer {token}")
             try:
                 with OPENER.open(sending, timeout=self.timeout) as response:
                     answer = response.read()
             except urllib.error.HTTPError as exc:
+                if exc.code == 401:  # retrying with the same token cannot help
+                    raise StageFailed(f"remote-reward: {self.refused(token)}") from None
                 why = f"{exc.code} {error_message(exc)}"
                 if exc.code in RETRIED_STATUS:
                     continue

@@ -141,19 +141,34 @@ class HeadOutputs:
     ``...ForSequenceClassification`` models apply the head to all positions and return only
     one pooled value; a forward hook captures the per-token rewards inside the model's own
     forward, so DDP and DeepSpeed wrappers see an ordinary call.
+
+    The hook is registered again before every forward so that it runs after every other
+    forward hook of the head, and keeps the output the module call really returns. Under
+    DeepSpeed ZeRO-3 that matters: the engine (created after this object, by the Trainer's
+    ``accelerator.prepare``) adds its own forward hook to the head, which returns the output
+    passed through DeepSpeed's pre-backward function, the one that gathers the head's
+    partitioned weight before its backward. A hook that ran before it kept the raw output,
+    and the backward through it met the weight still partitioned (an empty placeholder).
     """
 
     def __init__(self, model: Any):
         self._latest: torch.Tensor | None = None
-        self._handle = score_head(model).register_forward_hook(self._keep)
+        self._head = score_head(model)
+        self._handle = self._head.register_forward_hook(self._keep)
 
     def _keep(self, module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
         self._latest = output
+
+    def _hook_last(self) -> None:
+        """Register the hook again, after every forward hook the head has now."""
+        self._handle.remove()
+        self._handle = self._head.register_forward_hook(self._keep)
 
     def __call__(
         self, model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor
     ) -> torch.Tensor:
         """Per-token rewards ``[batch, length]`` (float32) of a right-padded batch."""
+        self._hook_last()
         model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         rewards, self._latest = self._latest, None
         return rewards.squeeze(-1).float()

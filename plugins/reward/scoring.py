@@ -19,6 +19,7 @@ from rlhf_builtins.reward.loss import end_rewards
 from rlhf_builtins.reward.model import HeadOutputs, encode_groups, pad_right
 from rlhf_plugins import UserError
 from rlhf_plugins.generation import batched, ensure_pad_token
+from rlhf_plugins.zero import loading_whole
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 TRLX_PREFIX, TRLX_SUFFIX = "<|startoftext|>", "<|endoftext|>"
@@ -75,12 +76,16 @@ class RewardHead:
 
     @cached_property
     def loaded(self) -> tuple[Any, Any, HeadOutputs]:
-        if self.base_model is not None:
-            from rlhf_builtins.reward.legacy import load_trlx_reward_model
+        """Model, tokenizer and head hook. The model loads whole on every rank, also where a
+        stage runs under DeepSpeed ZeRO-3 (``rlhf_plugins.zero.loading_whole``): it only
+        scores, outside any engine, and each rank scores its own rows."""
+        with loading_whole():
+            if self.base_model is not None:
+                from rlhf_builtins.reward.legacy import load_trlx_reward_model
 
-            model, tokenizer = load_trlx_reward_model(self.source, self.base_model)
-        else:
-            model, tokenizer = load_saved_reward_model(self.source)
+                model, tokenizer = load_trlx_reward_model(self.source, self.base_model)
+            else:
+                model, tokenizer = load_saved_reward_model(self.source)
         model = model.to(device=self.device, dtype=self.dtype)
         return model, tokenizer, HeadOutputs(model)
 
