@@ -25,11 +25,11 @@ from transformers import AutoModelForCausalLM
 from rlhf_builtins.hf_policies.policies import _config, train_tokenizer
 from rlhf_builtins.ilql.batches import collate, episodes
 from rlhf_builtins.ilql.decoding import attach_q_guidance
-from rlhf_builtins.ilql.modeling import ILQLModel, heads_for
+from rlhf_builtins.ilql.models import ILQLModel, heads_for
 from rlhf_builtins.ilql.settings import ILQLSettings
-from rlhf_builtins.ilql.training import batch_losses
+from rlhf_builtins.ilql.trainer import batch_losses
 from rlhf_builtins.tldr.synthetic import synthetic_dataset
-from rlhf_plugins.generation import encode_prompts
+from rlhf_plugins._engine.generation import encode_prompts
 
 SHAPES = {"2x128, V=1024": (2, 128, 1024), "4x256, V=4096": (4, 256, 4096)}
 WEIGHTS = ILQLSettings(tau=0.7, gamma=0.99, cql_scale=0.1, awac_scale=1.0, awac_beta=0.0)

@@ -41,10 +41,10 @@ BATCH_SIZES = (1, 8, 32)
 def build_reward_model(root: Path, data, layers: int, hidden: int) -> Path:
     """A random reward model on a tiny GPT-J trunk, saved as a ``reward-model`` stage saves
     one, with a tokenizer trained on ``data``."""
-    from rlhf_builtins.reward.model import load_reward_model
+    from rlhf_builtins.reward.models import load_reward_model
     from rlhf_plugins import StageContext
-    from rlhf_plugins.registry import load_registry
-    from rlhf_plugins.settings import describe
+    from rlhf_plugins._engine.factories import describe
+    from rlhf_plugins._engine.registry import load_registry
 
     stage = StageContext(
         recipe_name="bench",
@@ -124,9 +124,9 @@ def main() -> None:
     import torch
     import transformers
 
-    from rlhf_plugins.recipe import load_recipe
-    from rlhf_plugins.registry import load_registry
-    from rlhf_plugins.reward_server import served_reward
+    from rlhf_plugins._engine.recipe import load_recipe
+    from rlhf_plugins._engine.registry import load_registry
+    from rlhf_plugins._engine.reward_server import served_reward
 
     torch.set_num_threads(args.threads)
     transformers.logging.set_verbosity_error()

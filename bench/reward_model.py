@@ -28,7 +28,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from trl import RewardConfig, RewardTrainer
 
 from rlhf_plugins import StageContext
-from rlhf_plugins.registry import load_registry
+from rlhf_plugins._engine.registry import load_registry
 
 
 def print_table(header: list[str], rows: list[list[str]]) -> None:
@@ -86,7 +86,7 @@ def ours(registry, root: Path, trunk: Path, data, args, freeze: float) -> float:
 
 
 def trl(root: Path, trunk: Path, data, args, freeze: float, checkpointing: bool) -> float:
-    from rlhf_builtins.reward.model import freeze_bottom
+    from rlhf_builtins.reward.models import freeze_bottom
 
     model = AutoModelForSequenceClassification.from_pretrained(trunk, num_labels=1)
     freeze_bottom(model, freeze)

@@ -26,7 +26,7 @@ import torch
 
 from rlhf_builtins.rouge.scoring import ROUGE_TYPES, mean, rouge_fmeasures
 from rlhf_plugins import StageContext
-from rlhf_plugins.registry import load_registry
+from rlhf_plugins._engine.registry import load_registry
 
 DATA = Path(
     os.environ.get("RLHF_TLDR_DATA", Path(__file__).resolve().parents[1] / "../shared/data/tldr")

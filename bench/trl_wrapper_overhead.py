@@ -10,7 +10,7 @@ steps and the final model and tokenizer saved.
 
 - stage: ``rlhf run recipe.toml`` (a one-stage recipe; the run's report and summary included);
 - direct: this script's ``--direct`` child, which builds the same ``GRPOConfig`` the stage does
-  (``rlhf_plugins.hf.training_arguments``' defaults: seed, data seed, logging, checkpoints,
+  (``rlhf_plugins._engine.hf.training_arguments``' defaults: seed, data seed, logging, checkpoints,
   no reporting, single process) and calls ``GRPOTrainer(...).train()`` and ``save_model``.
 
 Reported per side (median of ``--repeats`` alternating runs): the process wall time (imports,

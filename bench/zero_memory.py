@@ -185,7 +185,7 @@ def child(config: Path, unfrozen: int, work: Path) -> None:
     from rlhf_builtins.ppo.settings import PPOSettings
     from rlhf_builtins.ppo.trainer import PPOTrainer
     from rlhf_plugins import StageContext
-    from rlhf_plugins.stage import LaunchConfig
+    from rlhf_plugins._engine.recipe_tables import LaunchConfig
 
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as out:

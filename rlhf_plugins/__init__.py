@@ -1,33 +1,105 @@
-"""rlhf-plugins: a small pluggy core for RLHF recipes.
+"""rlhf-plugins: a small pluggy core for RLHF recipes. This module is the public plugin API's
+pure-Python part (it imports neither torch nor transformers); the torch-importing helpers are in
+``rlhf_plugins.torch_helpers``. docs/plugins.md documents every name; everything under
+``rlhf_plugins._engine`` is the engine's own and may change in any release.
 
-Public plugin API (stable; see docs/plugins.md):
-
-- ``hookimpl``: decorate ``register_*`` functions in a module named by an entry point in the
-  ``rlhf_plugins`` group.
-- ``Policy``, ``Dataset``, ``RewardFunction``, ``StageContext``, ``StageFn``: the types that
-  factory signatures use to declare component slots and to receive the running stage.
-- ``UserError`` (a problem the user can fix), ``RewardUnavailable`` (a reward function cannot
-  score a batch now: trainers skip it, evaluators fail).
-
-This module imports neither torch nor transformers.
+- hooks: ``hookimpl`` marks the ``register_*`` and lifecycle hook implementations of a module
+  named by an entry point in the ``rlhf_plugins`` group;
+- component contracts: ``Dataset``, ``Policy``, ``RewardFunction``, ``StageFn`` and the running
+  stage ``StageContext``; ``require_columns``, ``TEXT_COLUMNS``; reward scores: ``as_score``,
+  ``checked_scores``, ``reward_scores``;
+- errors: ``UserError``, ``StageFailed``, ``RewardUnavailable``;
+- settings: ``Settings``, ``LocalPath``, ``FromDataclass``, ``did_you_mean``, the shared
+  trainer settings ``TrainingSettings``, ``EpochTrainingSettings``, ``LearningRateFloor``,
+  ``LoraSettings``, ``PreferenceSettings`` (with ``TRAINING_ARGUMENTS``, ``EXCLUDED``,
+  ``REFERENCE_BOUNDS``);
+- capabilities declared at registration: ``Length`` and the length readers
+  (``max_length_setting``, ``generation_settings``, ``saved_model_context``, ``model_context``,
+  ``fit_max_length``, ``prompt_budget``), stage rules (``Problem``, ``view_problems``);
+- ranks: ``is_main_process``, ``wait_for_everyone``;
+- the reward server's HTTP contract: ``SCORE_PATH``, ``ScoreRequest``, ``ScoreResponse``,
+  ``ErrorResponse``.
 """
 
-from rlhf_plugins.components import Dataset, Policy, RewardFunction, StageFn, require_columns
-from rlhf_plugins.errors import RewardUnavailable, UserError
-from rlhf_plugins.hookspecs import hookimpl
-from rlhf_plugins.stage import StageContext
+from rlhf_plugins._engine.components import (
+    TEXT_COLUMNS,
+    Dataset,
+    Policy,
+    RewardFunction,
+    StageFn,
+    as_score,
+    checked_scores,
+    require_columns,
+    reward_scores,
+)
+from rlhf_plugins._engine.errors import RewardUnavailable, StageFailed, UserError
+from rlhf_plugins._engine.hookspecs import hookimpl
+from rlhf_plugins._engine.lengths import (
+    Length,
+    fit_max_length,
+    generation_settings,
+    max_length_setting,
+    model_context,
+    prompt_budget,
+    saved_model_context,
+)
+from rlhf_plugins._engine.lora import LoraSettings
+from rlhf_plugins._engine.preference import (
+    EXCLUDED,
+    REFERENCE_BOUNDS,
+    TRAINING_ARGUMENTS,
+    PreferenceSettings,
+)
+from rlhf_plugins._engine.ranks import is_main_process, wait_for_everyone
+from rlhf_plugins._engine.reward_api import SCORE_PATH, ErrorResponse, ScoreRequest, ScoreResponse
+from rlhf_plugins._engine.rules import Problem, view_problems
+from rlhf_plugins._engine.settings import FromDataclass, LocalPath, Settings, did_you_mean
+from rlhf_plugins._engine.stage_context import StageContext
+from rlhf_plugins._engine.training import EpochTrainingSettings, LearningRateFloor, TrainingSettings
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "EXCLUDED",
+    "REFERENCE_BOUNDS",
+    "SCORE_PATH",
+    "TEXT_COLUMNS",
+    "TRAINING_ARGUMENTS",
     "Dataset",
+    "EpochTrainingSettings",
+    "ErrorResponse",
+    "FromDataclass",
+    "LearningRateFloor",
+    "Length",
+    "LocalPath",
+    "LoraSettings",
     "Policy",
+    "PreferenceSettings",
+    "Problem",
     "RewardFunction",
     "RewardUnavailable",
+    "ScoreRequest",
+    "ScoreResponse",
+    "Settings",
     "StageContext",
+    "StageFailed",
     "StageFn",
+    "TrainingSettings",
     "UserError",
     "__version__",
+    "as_score",
+    "checked_scores",
+    "did_you_mean",
+    "fit_max_length",
+    "generation_settings",
     "hookimpl",
+    "is_main_process",
+    "max_length_setting",
+    "model_context",
+    "prompt_budget",
     "require_columns",
+    "reward_scores",
+    "saved_model_context",
+    "view_problems",
+    "wait_for_everyone",
 ]

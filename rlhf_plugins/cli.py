@@ -18,10 +18,10 @@ from typing import NoReturn
 import click
 
 from rlhf_plugins import __version__
-from rlhf_plugins.components import KINDS
-from rlhf_plugins.errors import UserError
-from rlhf_plugins.registry import Component, load_registry
-from rlhf_plugins.runlock import Terminated, run_lock, sigterm_raises
+from rlhf_plugins._engine.components import KINDS
+from rlhf_plugins._engine.errors import UserError
+from rlhf_plugins._engine.registry import Component, load_registry
+from rlhf_plugins._engine.runlock import Terminated, run_lock, sigterm_raises
 
 # exit codes of launched ranks that mean the same to the user: bad recipe, interrupted
 PASSED_ON_EXIT_CODES = (2, 130, 143)
@@ -49,7 +49,7 @@ def handle_errors(command: Callable) -> Callable:
 def end(line: str, code: int) -> NoReturn:
     """Exit with ``code`` after ``line`` on stderr; a rank that ``rlhf run`` launched leaves
     the line to it instead, which prints each rank's line once."""
-    from rlhf_plugins.launcher import report_rank_end
+    from rlhf_plugins._engine.launcher import report_rank_end
 
     if not report_rank_end(line, code):
         click.echo(line, err=True)
@@ -89,8 +89,8 @@ set_option = click.option(
 def validate(recipe: Path, overrides: tuple[str, ...]) -> None:
     """Check RECIPE (a file, or the name of a shipped recipe) and report every problem at
     once (exit 2), or print ok."""
-    from rlhf_plugins.recipe import load_recipe
-    from rlhf_plugins.shipped import find_recipe
+    from rlhf_plugins._engine.recipe import load_recipe
+    from rlhf_plugins._engine.shipped import find_recipe
 
     recipe = find_recipe(str(recipe))
     loaded = load_recipe(recipe, load_registry(), overrides)
@@ -130,21 +130,26 @@ def run(
 ) -> None:
     """Run RECIPE (a file, or the name of a shipped recipe: rlhf recipes): every stage in
     order, outputs under runs/<recipe>/<stage>/."""
-    from rlhf_plugins.console import VERBOSE_ENV, cpu_only_deepspeed, quiet_libraries
-    from rlhf_plugins.launcher import attach_rank_console
+    from rlhf_plugins._engine.console import VERBOSE_ENV, cpu_only_deepspeed, quiet_libraries
+    from rlhf_plugins._engine.launcher import attach_rank_console
 
     attach_rank_console()
     if verbose:
         os.environ[VERBOSE_ENV] = "1"
     quiet_libraries()
 
-    from rlhf_plugins.launcher import holds_run_lock, launching_line, needs_launcher, relaunch
+    from rlhf_plugins._engine.launcher import (
+        holds_run_lock,
+        launching_line,
+        needs_launcher,
+        relaunch,
+    )
 
     debug = click.get_current_context().params["debug"]
-    from rlhf_plugins.recipe import load_recipe
-    from rlhf_plugins.runner import Runner
-    from rlhf_plugins.shipped import find_recipe
-    from rlhf_plugins.stage import is_main_process
+    from rlhf_plugins._engine.ranks import is_main_process
+    from rlhf_plugins._engine.recipe import load_recipe
+    from rlhf_plugins._engine.runner import Runner
+    from rlhf_plugins._engine.shipped import find_recipe
 
     recipe = find_recipe(str(recipe))
     registry = load_registry()
@@ -175,7 +180,7 @@ def run(
 def recipes() -> None:
     """The recipes shipped with installed packages: name, stages, what each needs. Run one
     by name (rlhf run tiny_sft) or copy it to edit (rlhf cp tiny_sft my.toml)."""
-    from rlhf_plugins.shipped import shipped_recipes
+    from rlhf_plugins._engine.shipped import shipped_recipes
 
     found = shipped_recipes()
     if not found:
@@ -197,7 +202,7 @@ def recipes() -> None:
 def cp(name: str, destination: Path) -> None:
     """Copy the shipped recipe NAME to DESTINATION (a file or a directory) to edit it; a
     DeepSpeed config it names is copied beside it."""
-    from rlhf_plugins.shipped import copy_recipe
+    from rlhf_plugins._engine.shipped import copy_recipe
 
     for path in copy_recipe(name, destination):
         click.echo(f"wrote {path}")
@@ -209,7 +214,7 @@ def cp(name: str, destination: Path) -> None:
 def report(run_dir: Path) -> None:
     """Write RUN_DIR/report.html (plots, evaluation table, samples, resolved recipe; no
     network needed to view it) and RUN_DIR/report.md. Every run writes it at its end too."""
-    from rlhf_plugins.report import write_report
+    from rlhf_plugins._engine.report import write_report
 
     click.echo(f"wrote {write_report(run_dir)}")
 
@@ -219,7 +224,7 @@ def report(run_dir: Path) -> None:
 def runs(directory: Path) -> None:
     """The runs under DIRECTORY (default: runs/): each stage's status, steps, wall time and
     first metrics. A live run shows its pid; a killed one shows as resumable."""
-    from rlhf_plugins.runner import run_overview
+    from rlhf_plugins._engine.rundir import run_overview
 
     rows = run_overview(directory)
     if not rows:
@@ -289,10 +294,15 @@ def serve_reward(
     (docs/serving.md). With a token ($RLHF_REWARD_TOKEN or --token-file), /v1/score needs
     Authorization: Bearer <token>; without one, only a loopback --host is allowed unless
     --insecure."""
-    from rlhf_plugins.console import cpu_only_deepspeed, quiet_libraries
-    from rlhf_plugins.recipe import load_recipe
-    from rlhf_plugins.reward_server import check_exposure, serve, served_reward, server_token
-    from rlhf_plugins.shipped import find_recipe
+    from rlhf_plugins._engine.console import cpu_only_deepspeed, quiet_libraries
+    from rlhf_plugins._engine.recipe import load_recipe
+    from rlhf_plugins._engine.reward_server import (
+        check_exposure,
+        serve,
+        served_reward,
+        server_token,
+    )
+    from rlhf_plugins._engine.shipped import find_recipe
 
     token = server_token(token_file)
     warning = check_exposure(host, token, insecure=insecure)
@@ -325,7 +335,7 @@ def serve_reward(
 def schema(output: Path | None) -> None:
     """Print a JSON Schema of recipes for the installed plugins (for editors: Taplo's
     #:schema directive)."""
-    from rlhf_plugins.schema import recipe_schema
+    from rlhf_plugins._engine.schema import recipe_schema
 
     text = json.dumps(recipe_schema(load_registry()), indent=1) + "\n"
     if output is None:
@@ -368,7 +378,7 @@ def list_plugins(as_json: bool, verbose: bool) -> None:
 def describe_component(component: Component) -> str:
     """A component's description, its slots, and every setting with type, default,
     constraint and help (read from its one declaration)."""
-    from rlhf_plugins.settings import describe, setting_docs
+    from rlhf_plugins._engine.factories import describe, setting_docs
 
     lines = [
         f"{component.kind.replace('_', ' ')} '{component.name}' "

@@ -25,22 +25,11 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def build_component(kind: str, name: str, **values: Any) -> Any:
-    """Build the installed component ``name`` of ``kind`` as the runner builds a recipe table:
-    ``values`` holds its slots (built components), injected parameters, ``from_stage`` and its
-    settings; the settings go through the factory's declaration first (a ``ValidationError``
-    when they break it)."""
-    from rlhf_plugins.registry import load_registry
-    from rlhf_plugins.settings import describe
+    """Build the installed component ``name`` of ``kind`` as the runner builds a recipe table
+    (``rlhf_plugins._engine.building.build_installed``)."""
+    from rlhf_plugins._engine.building import build_installed
 
-    factory = load_registry().get(kind, name).factory
-    spec = describe(factory)
-    direct = {
-        key: values.pop(key)
-        for key, param in spec.params.items()
-        if key in values and (param.slot or param.injected or key == "from_stage")
-    }
-    settings = spec.model.model_validate(values)
-    return factory(**direct, **spec.arguments(settings))
+    return build_installed(kind, name, **values)
 
 
 @pytest.fixture

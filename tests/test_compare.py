@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 
-from rlhf_plugins.recipe import tomllib
+from rlhf_plugins._engine.recipe import tomllib
 from tests.conftest import REPO_ROOT
 
 ALGORITHMS = ("ppo", "grpo", "rloo", "dpo", "kto", "ilql[beta=2]")

@@ -7,7 +7,7 @@ import json
 import subprocess
 import sys
 
-from rlhf_plugins.components import KINDS
+from rlhf_plugins._engine.components import KINDS
 
 THIRD_PARTY = """
 from rlhf_plugins import RewardFunction, hookimpl
@@ -76,7 +76,7 @@ def test_third_party_plugin_registers_through_entry_points(run_cli, plugin_dist)
     table = run_cli("list-plugins")
     assert "rlhf-length" in table.output and "length-reward" in table.output
 
-    from rlhf_plugins.registry import load_registry
+    from rlhf_plugins._engine.registry import load_registry
 
     component = load_registry().get("reward_function", "length-reward")
     assert component.version == "0.4.0" and component.plugin == "rlhf-length"

@@ -204,7 +204,7 @@ def test_bad_data_on_two_ranks_exits_2_with_one_line(recipe, tmp_path):
 def test_the_first_rank_that_failed_gives_the_exit_code():
     """A rank the launcher stopped because another one failed reports an interruption: the
     failure is the cause; every rank's line once; without reports, the launcher's own."""
-    from rlhf_plugins.launcher import outcome
+    from rlhf_plugins._engine.launcher import outcome
 
     stopped = {"line": "terminated (SIGTERM); run ...", "code": 143, "time": 1.0}
     failed = {"line": "error: bad row", "code": 2, "time": 2.0}

@@ -9,11 +9,11 @@ import re
 import click
 import pytest
 
-from rlhf_plugins import hookspecs
+from rlhf_plugins._engine import hookspecs
+from rlhf_plugins._engine.components import KINDS
+from rlhf_plugins._engine.docs import marked_components, render
+from rlhf_plugins._engine.registry import load_registry
 from rlhf_plugins.cli import cli
-from rlhf_plugins.components import KINDS
-from rlhf_plugins.docs import marked_components, render
-from rlhf_plugins.registry import load_registry
 from tests.conftest import REPO_ROOT
 
 DOCS = sorted((REPO_ROOT / "docs").glob("*.md"))
@@ -37,7 +37,9 @@ def built_in_components(registry) -> list[tuple[str, str]]:
 @pytest.mark.parametrize("page", DOCS, ids=lambda p: p.name)
 def test_generated_settings_tables_are_up_to_date(page, registry):
     text = page.read_text()
-    assert render(text, registry) == text, f"{page.name}: run python -m rlhf_plugins.docs docs/*.md"
+    assert render(text, registry) == text, (
+        f"{page.name}: run python -m rlhf_plugins._engine.docs docs/*.md"
+    )
 
 
 def test_every_built_in_component_has_a_settings_table(registry):
@@ -48,7 +50,7 @@ def test_every_built_in_component_has_a_settings_table(registry):
 
 
 def test_every_setting_has_help(registry):
-    from rlhf_plugins.settings import describe, setting_docs
+    from rlhf_plugins._engine.factories import describe, setting_docs
 
     silent = [
         f"{kind} {name}: {doc.name}"

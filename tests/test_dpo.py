@@ -71,8 +71,8 @@ def assert_plain_policy(out: Path) -> None:
 
 @pytest.mark.parametrize("trainer", ["dpo", "kto"])
 def test_settings_are_trl_fields_at_trl_defaults_beside_the_shared_ones(trainer):
-    from rlhf_plugins.registry import load_registry
-    from rlhf_plugins.settings import describe
+    from rlhf_plugins._engine.factories import describe
+    from rlhf_plugins._engine.registry import load_registry
 
     model = describe(load_registry().get("trainer", trainer).factory).model
     defaults = model()
@@ -83,7 +83,7 @@ def test_settings_are_trl_fields_at_trl_defaults_beside_the_shared_ones(trainer)
 
 
 def test_dpo_after_sft_saves_a_plain_policy_and_logs_trl_metrics(run_cli, write_recipe, tmp_path):
-    from rlhf_plugins.report import curves
+    from rlhf_plugins._engine.report import curves
 
     result = run_cli("run", write_recipe(AFTER_SFT))
     assert result.exit_code == 0, result.output

@@ -186,7 +186,7 @@ def test_trl_calls_our_reward_functions_with_its_keyword_arguments(trainer, tmp_
     from datasets import Dataset
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
-    from rlhf_builtins.grpo.training import named_rewards
+    from rlhf_builtins.grpo.trainer import named_rewards
     from tests.conftest import build_component
 
     prompts = [f"list: {w} ->" for w in ("apple fig", "kiwi pear", "date lemon", "mango fig")]

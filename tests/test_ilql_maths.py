@@ -11,9 +11,9 @@ import torch
 
 from rlhf_builtins.ilql.batches import Episode, collate, normalize, truncate
 from rlhf_builtins.ilql.decoding import sampling_overrides
-from rlhf_builtins.ilql.losses import expectile_weights, ilql_loss, polyak_update, q_targets
+from rlhf_builtins.ilql.maths import expectile_weights, ilql_loss, polyak_update, q_targets
 from rlhf_builtins.ilql.settings import ILQLSettings
-from rlhf_builtins.ilql.training import batch_indices, steps_per_epoch
+from rlhf_builtins.ilql.trainer import batch_indices, steps_per_epoch
 
 WEIGHTS = ILQLSettings(tau=0.7, gamma=0.9, cql_scale=0.1, awac_scale=1.0, awac_beta=1.0)
 

@@ -10,10 +10,10 @@ import torch
 from rlhf_builtins.hf_policies.policies import PretrainedPolicy, _config, train_tokenizer
 from rlhf_builtins.ilql import ilql_policy
 from rlhf_builtins.ilql.batches import Episode, collate
-from rlhf_builtins.ilql.modeling import ILQLModel, heads_for, save_ilql_model
+from rlhf_builtins.ilql.models import ILQLModel, heads_for, save_ilql_model
 from rlhf_builtins.ilql.policy import ILQLPolicy
 from rlhf_plugins import UserError
-from rlhf_plugins.generation import SamplingSettings, generate_texts
+from rlhf_plugins._engine.generation import SamplingSettings, generate_texts
 
 TEXTS = [
     f"POST: {n} lost a {t}.\nTL;DR: {n} lost {t}."
@@ -165,8 +165,8 @@ def trainable(module) -> bool:
 
 
 def test_num_layers_unfrozen_follows_trlx(tokenizer):
-    from rlhf_plugins.hf import decoder_blocks
-    from rlhf_plugins.modules import freeze_bottom
+    from rlhf_plugins._engine.hf import decoder_blocks
+    from rlhf_plugins._engine.modules import freeze_bottom
 
     two_layers = tiny_lm(tokenizer, n_layer=2)
     freeze_bottom(two_layers, 1)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rlhf_builtins.ilql.modeling import HEADS_WEIGHTS
+from rlhf_builtins.ilql.models import HEADS_WEIGHTS
 
 NAMES = ["ann", "bob", "cy", "dee", "eli", "fay"]
 THINGS = ["cat", "dog", "key", "car"]

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from rlhf_plugins.launcher import LAUNCHED_ENV, holds_run_lock, launch_command
-from rlhf_plugins.nodes import disagreement, stage_fingerprints
-from rlhf_plugins.recipe import load_recipe
-from rlhf_plugins.registry import load_registry
-from rlhf_plugins.runner import stage_hash
-from rlhf_plugins.shipped import find_recipe
-from rlhf_plugins.stage import LaunchConfig
+from rlhf_plugins._engine.launcher import LAUNCHED_ENV, holds_run_lock, launch_command
+from rlhf_plugins._engine.rank_agreement import disagreement, stage_fingerprints
+from rlhf_plugins._engine.recipe import load_recipe
+from rlhf_plugins._engine.recipe_tables import LaunchConfig
+from rlhf_plugins._engine.registry import load_registry
+from rlhf_plugins._engine.runner import stage_hash
+from rlhf_plugins._engine.shipped import find_recipe
 
 TIMEOUT = 300
 TWO_MACHINES = ["launch.num_machines=2", "launch.num_processes=2"]

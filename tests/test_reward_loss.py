@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from rlhf_builtins.reward.loss import divergence_loss, end_rewards, last_token_loss, pair_loss
+from rlhf_builtins.reward.maths import divergence_loss, end_rewards, last_token_loss, pair_loss
 
 
 def nll(margin: float) -> float:

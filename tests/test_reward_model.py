@@ -15,8 +15,8 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForSequenceClassification
 
 from rlhf_plugins import UserError
-from rlhf_plugins.registry import load_registry
-from rlhf_plugins.stage import StageContext
+from rlhf_plugins._engine.registry import load_registry
+from rlhf_plugins._engine.stage_context import StageContext
 from tests.conftest import build_component
 
 TOPICS = ["cats", "dogs", "rain", "coffee", "trains", "music", "code", "books", "tea", "snow"]
@@ -173,7 +173,7 @@ def test_each_architecture_trains_saves_and_reloads(
 
 
 def test_head_is_initialised_with_the_std_of_stiennon_et_al(trunk_dir):
-    from rlhf_builtins.reward.model import RewardModelLoader
+    from rlhf_builtins.reward.models import RewardModelLoader
 
     config = AutoModelForSequenceClassification.from_pretrained(trunk_dir("gpt2")).config
     config.n_embd, config.n_head = 1023, 1
@@ -207,7 +207,7 @@ def varied_rows():
 
 def direct_scores(model, rows, pad_token_id: int) -> list[float]:
     """The head's output at the last token of each row, one row at a time (no padding)."""
-    from rlhf_builtins.reward.model import HeadOutputs, pad_right
+    from rlhf_builtins.reward.models import HeadOutputs, pad_right
 
     head_outputs = HeadOutputs(model)
     scores = []
@@ -219,7 +219,7 @@ def direct_scores(model, rows, pad_token_id: int) -> list[float]:
 
 
 def test_reload_gives_identical_scores(registry, saved_reward_model):
-    from rlhf_builtins.reward.model import tokenize_texts
+    from rlhf_builtins.reward.models import tokenize_texts
 
     prompts, completions = varied_rows()
     score = reward_function(registry, path=str(saved_reward_model))

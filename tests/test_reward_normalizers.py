@@ -124,7 +124,7 @@ def _rank_failures(rank: int, port: int, results) -> None:
     import torch.distributed as dist
 
     from rlhf_builtins.reward.normalizers import RunningNorm
-    from rlhf_plugins.errors import RewardUnavailable
+    from rlhf_plugins._engine.errors import RewardUnavailable
 
     calls = {"n": 0}
 

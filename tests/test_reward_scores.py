@@ -1,4 +1,4 @@
-"""What counts as a score: ``rlhf_plugins.components.checked_scores``, shared by PPO, the
+"""What counts as a score: ``rlhf_plugins._engine.components.checked_scores``, shared by PPO, the
 ``rouge`` evaluator and the reward normalizers."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from rlhf_plugins.components import checked_scores
-from rlhf_plugins.errors import StageFailed
+from rlhf_plugins._engine.components import checked_scores
+from rlhf_plugins._engine.errors import StageFailed
 
 
 @pytest.mark.parametrize(

@@ -12,8 +12,8 @@ import pytest
 import torch
 from datasets import Dataset
 
-from rlhf_plugins.registry import load_registry
-from rlhf_plugins.stage import StageContext
+from rlhf_plugins._engine.registry import load_registry
+from rlhf_plugins._engine.stage_context import StageContext
 from tests.conftest import build_component
 
 WORDS = [
@@ -110,7 +110,7 @@ def tiny_policy(root: Path, name: str, dataset: Dataset, **shape):
 
 def save_reward_model(policy, directory: Path) -> Path:
     """A (random) reward model on ``policy``'s trunk with its tokenizer, as a stage saves it."""
-    from rlhf_builtins.reward.model import load_reward_model
+    from rlhf_builtins.reward.models import load_reward_model
 
     tokenizer = policy.load_tokenizer()
     load_reward_model(policy, tokenizer).save_pretrained(directory)
@@ -129,7 +129,7 @@ def ids(tokenizer, text: str) -> list[int]:
 def check_rows(tokenizer, rows: list[dict[str, str]], max_length: int) -> int:
     """Assert the contract on every pair and on every single completion; return how many
     pairs fit whole."""
-    from rlhf_builtins.reward.model import encode_groups
+    from rlhf_builtins.reward.models import encode_groups
 
     columns = {
         k: tokenizer([r[k] for r in rows], add_special_tokens=False)["input_ids"]
@@ -194,7 +194,7 @@ def test_written_rows_keep_the_whole_text_or_its_last_tokens(
 
 
 def test_a_completion_longer_than_max_length_is_cut_from_the_right(written_tokenizer):
-    from rlhf_builtins.reward.model import encode_groups
+    from rlhf_builtins.reward.models import encode_groups
 
     completion = " " + " ".join(WORDS)
     tokens = ids(written_tokenizer, completion)
@@ -206,7 +206,7 @@ def test_prompt_and_summary_are_tokenized_separately(written, written_tokenizer)
     """The TL;DR layout (summary after ``TL;DR:``, starting with one space) gives the ids of
     the joined text; a completion that continues a word does not, but still keeps the
     prompt's own ids as the common prefix of a pair."""
-    from rlhf_builtins.reward.model import encode_groups
+    from rlhf_builtins.reward.models import encode_groups
 
     for row in written:
         [[joined_row]] = encode_groups(written_tokenizer, [row["prompt"]], [(row["chosen"],)], 550)
@@ -249,7 +249,7 @@ def test_training_and_scoring_read_the_same_ids(written, tmp_path):
     """``gptj-reward-head`` scores a (prompt, completion) on the ids training uses for it:
     always when both members of the pair are that completion, and for every real pair that
     fits (a pair that does not fit loses the prompt tokens its longer member needs)."""
-    from rlhf_builtins.reward.training import tokenize_comparisons
+    from rlhf_builtins.reward.trainer import tokenize_comparisons
 
     policy = tiny_policy(tmp_path, "rm", Dataset.from_list(written), vocab_size=600, n_layer=1)
     directory = save_reward_model(policy, tmp_path / "saved")

@@ -15,8 +15,8 @@ datasets = pytest.importorskip("datasets")
 from rouge_score import rouge_scorer  # noqa: E402
 
 from rlhf_plugins import StageContext, UserError  # noqa: E402
-from rlhf_plugins.errors import StageFailed  # noqa: E402
-from rlhf_plugins.registry import load_registry  # noqa: E402
+from rlhf_plugins._engine.errors import StageFailed  # noqa: E402
+from rlhf_plugins._engine.registry import load_registry  # noqa: E402
 
 REFERENCES = ["cat lost in park", "dog ate homework", "car broke down today"]
 PROMPTS = [f"POST: story {i} about a {r.split()[0]}.\nTL;DR:" for i, r in enumerate(REFERENCES)]

@@ -33,8 +33,8 @@ DIRECTIVE = "#:schema ./recipe.schema.json"
 
 @pytest.fixture(scope="module")
 def schema() -> dict:
-    from rlhf_plugins.registry import load_registry
-    from rlhf_plugins.schema import recipe_schema
+    from rlhf_plugins._engine.registry import load_registry
+    from rlhf_plugins._engine.schema import recipe_schema
 
     made = recipe_schema(load_registry())
     jsonschema.Draft202012Validator.check_schema(made)
@@ -44,8 +44,8 @@ def schema() -> dict:
 def builtin_schema() -> dict:
     """The schema of the built-in plugins alone, whatever else is installed: what the shipped
     recipe.schema.json holds."""
-    from rlhf_plugins.registry import load_registry
-    from rlhf_plugins.schema import recipe_schema
+    from rlhf_plugins._engine.registry import load_registry
+    from rlhf_plugins._engine.schema import recipe_schema
 
     registry = load_registry()
     for table in registry.components.values():
@@ -72,8 +72,8 @@ def test_the_shipped_schema_is_up_to_date():
 
 def test_a_third_party_plugin_leaves_the_shipped_schema_up_to_date(plugin_dist, schema):
     plugin_dist("rlhf-extra", "rlhf_extra", THIRD_PARTY)
-    from rlhf_plugins.registry import load_registry
-    from rlhf_plugins.schema import recipe_schema
+    from rlhf_plugins._engine.registry import load_registry
+    from rlhf_plugins._engine.schema import recipe_schema
 
     assert recipe_schema(load_registry()) != schema, "the plugin is in the full schema"
     test_the_shipped_schema_is_up_to_date()

@@ -27,9 +27,9 @@ from pathlib import Path
 
 import pytest
 
-from rlhf_plugins.components import reward_scores
-from rlhf_plugins.errors import RewardUnavailable, StageFailed
-from rlhf_plugins.reward_api import HEALTH_PATH, SCORE_PATH
+from rlhf_plugins._engine.components import reward_scores
+from rlhf_plugins._engine.errors import RewardUnavailable, StageFailed
+from rlhf_plugins._engine.reward_api import HEALTH_PATH, SCORE_PATH
 from tests.conftest import build_component
 from tests.test_grpo import save_tiny_reward_model
 
@@ -157,9 +157,9 @@ def server(served) -> Iterator[Server]:
 @pytest.fixture(scope="module")
 def local(served):
     """The same reward function, built in this process as the server builds it."""
-    from rlhf_plugins.recipe import load_recipe
-    from rlhf_plugins.registry import load_registry
-    from rlhf_plugins.reward_server import served_reward
+    from rlhf_plugins._engine.recipe import load_recipe
+    from rlhf_plugins._engine.registry import load_registry
+    from rlhf_plugins._engine.reward_server import served_reward
 
     registry = load_registry()
     with pytest.MonkeyPatch.context() as patch:
@@ -357,8 +357,8 @@ def blocking_reward():
 
 
 def test_a_request_whose_caller_has_gone_is_dropped_and_the_worker_goes_on():
-    from rlhf_plugins.reward_api import ScoreRequest
-    from rlhf_plugins.reward_server import Batcher
+    from rlhf_plugins._engine.reward_api import ScoreRequest
+    from rlhf_plugins._engine.reward_server import Batcher
 
     reward, calling, release = blocking_reward()
     batcher = Batcher(reward, max_batch_size=4, max_wait=0)
@@ -376,8 +376,8 @@ def test_a_request_whose_caller_has_gone_is_dropped_and_the_worker_goes_on():
 
 
 def test_stopping_finishes_the_call_in_progress_and_answers_the_queued_503():
-    from rlhf_plugins.reward_api import ScoreRequest
-    from rlhf_plugins.reward_server import Batcher, ScoringError
+    from rlhf_plugins._engine.reward_api import ScoreRequest
+    from rlhf_plugins._engine.reward_server import Batcher, ScoringError
 
     reward, calling, release = blocking_reward()
     batcher = Batcher(reward, max_batch_size=1, max_wait=0)
@@ -427,8 +427,8 @@ def test_ctrl_c_answers_the_request_in_flight_and_the_queued_one_503(toy):
 
 
 def test_a_served_reward_that_is_unavailable_is_a_500_saying_so():
-    from rlhf_plugins.reward_api import ScoreRequest
-    from rlhf_plugins.reward_server import Batcher, ScoringError
+    from rlhf_plugins._engine.reward_api import ScoreRequest
+    from rlhf_plugins._engine.reward_server import Batcher, ScoringError
 
     def reward(prompts, completions, **columns):
         raise RewardUnavailable("upstream down")
@@ -445,10 +445,10 @@ def test_a_served_reward_that_is_unavailable_is_a_500_saying_so():
 
 
 def test_the_served_reward_is_built_with_the_run_hooks(served, monkeypatch):
-    from rlhf_plugins.recipe import load_recipe
-    from rlhf_plugins.registry import load_registry
-    from rlhf_plugins.reward_server import served_reward
-    from rlhf_plugins.runner import Runner
+    from rlhf_plugins._engine.recipe import load_recipe
+    from rlhf_plugins._engine.registry import load_registry
+    from rlhf_plugins._engine.reward_server import served_reward
+    from rlhf_plugins._engine.runner import Runner
 
     contexts = []
     monkeypatch.setattr(
@@ -461,9 +461,9 @@ def test_the_served_reward_is_built_with_the_run_hooks(served, monkeypatch):
 
 
 def test_a_target_names_a_slot_or_a_reward_function_nested_in_one(served):
-    from rlhf_plugins.recipe import load_recipe
-    from rlhf_plugins.registry import load_registry
-    from rlhf_plugins.reward_server import reward_table
+    from rlhf_plugins._engine.recipe import load_recipe
+    from rlhf_plugins._engine.registry import load_registry
+    from rlhf_plugins._engine.reward_server import reward_table
 
     registry = load_registry()
     recipe = load_recipe(served, registry)
@@ -497,8 +497,8 @@ def test_a_port_in_use_leaves_no_socket_open():
     import gc
     import warnings
 
-    from rlhf_plugins.errors import UserError
-    from rlhf_plugins.reward_server import listening_socket
+    from rlhf_plugins._engine.errors import UserError
+    from rlhf_plugins._engine.reward_server import listening_socket
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -512,8 +512,8 @@ def test_a_port_in_use_leaves_no_socket_open():
 
 
 def test_a_server_that_fails_to_start_closes_its_socket_and_stops_its_worker(monkeypatch):
-    from rlhf_plugins import reward_server
-    from rlhf_plugins.reward_server import ServedReward, serve
+    from rlhf_plugins._engine import reward_server
+    from rlhf_plugins._engine.reward_server import ServedReward, serve
 
     opened = []
 
@@ -651,7 +651,7 @@ def test_rlhf_run_fails_the_stage_when_the_reward_server_wants_a_token(
 
 
 def test_serve_reward_needs_a_token_to_listen_beyond_loopback(served, run_cli, monkeypatch):
-    from rlhf_plugins.reward_server import server_token
+    from rlhf_plugins._engine.reward_server import server_token
 
     monkeypatch.delenv("RLHF_REWARD_TOKEN", raising=False)
     unbuilt = ["--set", 'recipe.output_dir="elsewhere"']  # fails at the build, after the checks

@@ -1,4 +1,4 @@
-"""The pieces every trainer shares (``rlhf_plugins.loop``, ``rlhf_plugins.modules``): the
+"""The pieces every trainer shares (``rlhf_plugins._engine.loop``, ``rlhf_plugins._engine.modules``): the
 learning-rate schedule against transformers' schedulers, warmup as TrainingArguments reads it,
 evaluation shards, running moments (sample std), DeepSpeed config entries, trlX's MLP head,
 dropout off and the one ``num_layers_unfrozen`` rule."""
@@ -20,14 +20,14 @@ from transformers import (
 )
 
 from rlhf_plugins import UserError
-from rlhf_plugins.loop import (
+from rlhf_plugins._engine.loop import (
     RunningMoments,
     eval_shard,
     fill_deepspeed_config,
     learning_rate_factor,
     warmup_count,
 )
-from rlhf_plugins.modules import MLPHead, disable_dropout, freeze_bottom
+from rlhf_plugins._engine.modules import MLPHead, disable_dropout, freeze_bottom
 
 torch.set_num_threads(1)
 

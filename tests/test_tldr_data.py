@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from rlhf_plugins import StageContext
-from rlhf_plugins.registry import load_registry
+from rlhf_plugins._engine.registry import load_registry
 
 PROMPT_LAYOUT = r"^SUBREDDIT: r/[^\n]+\nTITLE: [^\n]+\nPOST: .+\nTL;DR:$"
 

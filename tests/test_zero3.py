@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import load_file
 
 from rlhf_plugins import UserError
-from rlhf_plugins.loop import fill_deepspeed_config
+from rlhf_plugins._engine.loop import fill_deepspeed_config
 from tests.conftest import PPO_TOY_RECIPE, REPO_ROOT, TOY_PLUGIN
 from tests.test_ppo_recipes import metrics, state
 

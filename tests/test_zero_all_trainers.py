@@ -141,7 +141,7 @@ def test_every_trainer_and_the_evaluation_finish(runs, zero):
 def test_every_saved_model_reloads_whole_on_one_process(runs, zero):
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    from rlhf_builtins.ilql.modeling import load_heads
+    from rlhf_builtins.ilql.models import load_heads
     from rlhf_builtins.reward.scoring import RewardHead
 
     name = f"zero{zero}"
@@ -195,7 +195,7 @@ def test_reward_model_outputs_are_what_the_head_returns_after_every_hook():
     """A hook added after ``HeadOutputs`` (DeepSpeed's, when the Trainer prepares the engine)
     changes what the head returns; the rewards are what it returns (and so backpropagate
     through DeepSpeed's gathering of the head)."""
-    from rlhf_builtins.reward.model import HeadOutputs
+    from rlhf_builtins.reward.models import HeadOutputs
 
     model = tiny_reward_model()
     head_outputs = HeadOutputs(model)
@@ -214,7 +214,7 @@ def test_loading_whole_lifts_a_zero3_registration_while_it_loads():
         unset_hf_deepspeed_config,
     )
 
-    from rlhf_plugins.zero import loading_whole
+    from rlhf_plugins._engine.zero import loading_whole
 
     registered = HfDeepSpeedConfig({"zero_optimization": {"stage": 3}})  # as TrainingArguments
     try:

@@ -7,10 +7,16 @@ from typing import Annotated
 
 from pydantic import Field
 
-from rlhf_plugins import Dataset, Policy, RewardFunction, StageFn, hookimpl
-from rlhf_plugins.lora import LoraSettings
-from rlhf_plugins.settings import FromDataclass
-from rlhf_plugins.training import EpochTrainingSettings
+from rlhf_plugins import (
+    Dataset,
+    EpochTrainingSettings,
+    FromDataclass,
+    LoraSettings,
+    Policy,
+    RewardFunction,
+    StageFn,
+    hookimpl,
+)
 
 
 @hookimpl
@@ -46,7 +52,7 @@ def orpo(
     view (prompt, chosen, rejected). Saves the policy and its tokenizer in the stage directory."""
     from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
-    from rlhf_plugins.trl_stage import TrainerStage
+    from rlhf_plugins.torch_helpers import TrainerStage
 
     return TrainerStage(
         component="orpo",

@@ -11,16 +11,19 @@ from typing import Annotated
 
 from pydantic import Field
 
-from rlhf_plugins import Dataset, Policy, StageFn, hookimpl
-from rlhf_plugins.context import max_length_setting
-from rlhf_plugins.preference import (
+from rlhf_plugins import (
     EXCLUDED,
     REFERENCE_BOUNDS,
     TRAINING_ARGUMENTS,
+    Dataset,
+    FromDataclass,
+    Policy,
     PreferenceSettings,
+    StageFn,
+    hookimpl,
+    max_length_setting,
+    view_problems,
 )
-from rlhf_plugins.rules import view_problems
-from rlhf_plugins.settings import FromDataclass
 
 COLUMNS = ("prompt", "chosen", "rejected")
 LOSS_TYPES = (
@@ -138,7 +141,7 @@ def dpo(
     go to metrics.jsonl under TRL's names."""
     from trl import DPOConfig, DPOTrainer
 
-    from rlhf_plugins.trl_stage import TrainerStage
+    from rlhf_plugins.torch_helpers import TrainerStage
 
     return TrainerStage(
         component="dpo",

@@ -13,12 +13,20 @@ from typing import Annotated, Any
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from rlhf_plugins import Dataset, Policy, RewardFunction, StageFn, UserError, hookimpl
-from rlhf_plugins.context import Length
-from rlhf_plugins.lora import LoraSettings
-from rlhf_plugins.rules import Problem, view_problems
-from rlhf_plugins.settings import FromDataclass
-from rlhf_plugins.training import EpochTrainingSettings
+from rlhf_plugins import (
+    Dataset,
+    EpochTrainingSettings,
+    FromDataclass,
+    Length,
+    LoraSettings,
+    Policy,
+    Problem,
+    RewardFunction,
+    StageFn,
+    UserError,
+    hookimpl,
+    view_problems,
+)
 
 
 @hookimpl
@@ -219,7 +227,7 @@ def grpo(
     its tokenizer into the stage directory; ``settings`` were validated whole."""
     from trl import GRPOConfig, GRPOTrainer
 
-    from rlhf_builtins.grpo.training import GroupStage
+    from rlhf_builtins.grpo.trainer import GroupStage
 
     return GroupStage(
         component="grpo",

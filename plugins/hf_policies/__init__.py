@@ -9,9 +9,15 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
-from rlhf_plugins import Policy, StageContext, UserError, hookimpl
-from rlhf_plugins.context import Length, saved_model_context
-from rlhf_plugins.settings import Settings
+from rlhf_plugins import (
+    Length,
+    Policy,
+    Settings,
+    StageContext,
+    UserError,
+    hookimpl,
+    saved_model_context,
+)
 
 
 @hookimpl

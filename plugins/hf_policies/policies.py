@@ -18,7 +18,7 @@ from transformers import (
 )
 
 from rlhf_plugins import StageContext, UserError
-from rlhf_plugins.generation import ensure_pad_token
+from rlhf_plugins.torch_helpers import ensure_pad_token
 
 EOS, PAD = "<|endoftext|>", "<|pad|>"
 

@@ -13,9 +13,17 @@ from typing import Annotated, Any
 from pydantic import Field
 
 from rlhf_builtins.ilql.settings import ILQLSettings
-from rlhf_plugins import Dataset, Policy, StageFn, UserError, hookimpl
-from rlhf_plugins.context import Length, max_length_setting, saved_model_context
-from rlhf_plugins.settings import LocalPath
+from rlhf_plugins import (
+    Dataset,
+    Length,
+    LocalPath,
+    Policy,
+    StageFn,
+    UserError,
+    hookimpl,
+    max_length_setting,
+    saved_model_context,
+)
 
 
 @hookimpl
@@ -56,7 +64,7 @@ def ilql_trainer(
     ``eval_dataset``, every loss term is evaluated every ``eval_steps`` and at the end. Saves
     the causal LM (loadable by ``hf-causal-lm``), the tokenizer and the heads (``ilql``
     policy) into the stage directory. ``settings`` (``ILQLSettings``) were validated whole."""
-    from rlhf_builtins.ilql.training import ILQLStage
+    from rlhf_builtins.ilql.trainer import ILQLStage
 
     return ILQLStage(policy, dataset, eval_dataset, settings)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from rlhf_builtins.ilql.modeling import ILQLHeads
+from rlhf_builtins.ilql.models import ILQLHeads
 
 HEADS_ATTRIBUTE = "ilql_heads"
 

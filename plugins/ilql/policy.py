@@ -8,9 +8,9 @@ from typing import Any
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlhf_builtins.ilql.decoding import attach_q_guidance, impose_sampling, sampling_overrides
-from rlhf_builtins.ilql.modeling import HEADS_WEIGHTS, ILQLHeads, has_heads, load_heads
+from rlhf_builtins.ilql.models import HEADS_WEIGHTS, ILQLHeads, has_heads, load_heads
 from rlhf_plugins import Policy, UserError
-from rlhf_plugins.generation import ensure_pad_token
+from rlhf_plugins.torch_helpers import ensure_pad_token
 
 
 def beta_label(beta: float) -> str:

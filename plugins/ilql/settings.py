@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from rlhf_plugins.training import EpochTrainingSettings, LearningRateFloor
+from rlhf_plugins import EpochTrainingSettings, LearningRateFloor
 
 ILQLTrainingSettings = EpochTrainingSettings.with_defaults(
     adam_beta2=0.95, weight_decay=1e-6, max_grad_norm=None

@@ -7,8 +7,7 @@ from typing import Annotated
 
 from pydantic import Field
 
-from rlhf_plugins import Dataset, StageContext, hookimpl
-from rlhf_plugins.settings import LocalPath
+from rlhf_plugins import Dataset, LocalPath, StageContext, hookimpl
 
 
 @hookimpl
@@ -33,7 +32,7 @@ def jsonl(
     """Rows of ``path`` (relative to the recipe). ``columns`` maps each view column to the source
     column it comes from; other columns are kept. ``shuffle`` uses the recipe seed and happens
     before ``limit``."""
-    from rlhf_builtins.jsonl.loading import load_local
+    from rlhf_builtins.jsonl.loader import load_local
 
     return load_local(
         path, columns=columns or {}, limit=limit, shuffle_seed=stage.seed if shuffle else None

@@ -11,16 +11,19 @@ from typing import Annotated
 
 from pydantic import Field
 
-from rlhf_plugins import Dataset, Policy, StageFn, hookimpl
-from rlhf_plugins.context import max_length_setting
-from rlhf_plugins.preference import (
+from rlhf_plugins import (
     EXCLUDED,
     REFERENCE_BOUNDS,
     TRAINING_ARGUMENTS,
+    Dataset,
+    FromDataclass,
+    Policy,
     PreferenceSettings,
+    StageFn,
+    hookimpl,
+    max_length_setting,
+    view_problems,
 )
-from rlhf_plugins.rules import view_problems
-from rlhf_plugins.settings import FromDataclass
 
 
 @hookimpl
@@ -82,7 +85,7 @@ def kto(
     to metrics.jsonl under TRL's names."""
     from trl import KTOConfig, KTOTrainer
 
-    from rlhf_builtins.kto.training import KTOStage
+    from rlhf_builtins.kto.trainer import KTOStage
 
     return KTOStage(
         component="kto",

@@ -7,8 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from rlhf_plugins import StageContext, hookimpl
-from rlhf_plugins.errors import UserError
+from rlhf_plugins import StageContext, UserError, hookimpl
 
 
 def scalars(metrics: dict[str, Any]) -> dict[str, float]:

@@ -8,8 +8,7 @@ See docs/ppo.md for every setting.
 from __future__ import annotations
 
 from rlhf_builtins.ppo.settings import PPOSettings
-from rlhf_plugins import Dataset, Policy, RewardFunction, StageFn, hookimpl
-from rlhf_plugins.context import generation_settings
+from rlhf_plugins import Dataset, Policy, RewardFunction, StageFn, generation_settings, hookimpl
 
 
 @hookimpl

@@ -8,7 +8,7 @@ References (all frozen; ``run`` returns policy logits, values and reference logi
 
 - ``HydraReference`` (``num_layers_unfrozen = k >= 1``): the policy trains only its top ``k``
   blocks, final norm and (untied) LM head; everything below is frozen, embeddings included
-  (``rlhf_plugins.modules.freeze_bottom``). The reference holds frozen copies of exactly the
+  (``rlhf_plugins.torch_helpers.freeze_bottom``). The reference holds frozen copies of exactly the
   trainable part. In one policy forward the input of block ``n - k`` is captured and replayed
   through the copies, so reference logits equal a full frozen copy's and cost ``k / n`` of a
   forward.
@@ -29,8 +29,13 @@ import torch
 from torch import nn
 
 from rlhf_plugins import UserError
-from rlhf_plugins.hf import decoder_blocks
-from rlhf_plugins.modules import MLPHead, disable_dropout, final_norm, freeze_bottom
+from rlhf_plugins.torch_helpers import (
+    MLPHead,
+    decoder_blocks,
+    disable_dropout,
+    final_norm,
+    freeze_bottom,
+)
 
 
 def response_logits(lm: nn.Module, hidden: torch.Tensor, response_start: int) -> torch.Tensor:
@@ -208,7 +213,7 @@ def build_models(
 ) -> tuple[PolicyValueModel, Reference]:
     """The trained module and its reference for a freshly loaded causal LM ``lm``
     (``lora``: keyword arguments of ``apply_lora`` when the policy trains a LoRA adapter), with
-    ``num_layers_unfrozen`` as ``rlhf_plugins.modules.freeze_bottom`` reads it."""
+    ``num_layers_unfrozen`` as ``rlhf_plugins.torch_helpers.freeze_bottom`` reads it."""
     disable_dropout(lm)
     hidden_size = lm.config.hidden_size
     if lora:

@@ -20,7 +20,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from rlhf_plugins.training import LearningRateFloor
+from rlhf_plugins import LearningRateFloor
 
 PPOTrainingSettings = LearningRateFloor.with_defaults(
     learning_rate=1e-5, weight_decay=1e-6, logging_steps=1, save_steps=0

@@ -26,24 +26,31 @@ from rlhf_builtins.ppo.kl_control import make_kl_controller, update_steps
 from rlhf_builtins.ppo.models import build_models
 from rlhf_builtins.ppo.rollout import Chunk, PromptSampler, Rollout, model_inputs
 from rlhf_builtins.ppo.settings import PPOSettings
-from rlhf_plugins import Policy, RewardFunction, StageContext, UserError, require_columns
-from rlhf_plugins.components import reward_scores
-from rlhf_plugins.context import model_context, prompt_budget
-from rlhf_plugins.errors import StageFailed
-from rlhf_plugins.generation import (
+from rlhf_plugins import (
+    Policy,
+    RewardFunction,
+    StageContext,
+    StageFailed,
+    UserError,
+    model_context,
+    prompt_budget,
+    require_columns,
+    reward_scores,
+)
+from rlhf_plugins.torch_helpers import (
+    RunningMoments,
     SamplingSettings,
     encode_prompts,
     ensure_pad_token,
-    generate_texts,
-)
-from rlhf_plugins.loop import (
-    RunningMoments,
     eval_shard,
     fill_deepspeed_config,
+    gathered_for_generation,
+    generate_texts,
     learning_rate_factor,
+    load_models_whole,
     warmup_count,
+    zero3_enabled,
 )
-from rlhf_plugins.zero import gathered_for_generation, load_models_whole, zero3_enabled
 
 logger = logging.getLogger("rlhf_builtins.ppo")
 
@@ -196,7 +203,7 @@ class PPOTrainer:
     @contextmanager
     def full_model(self) -> Iterator[Any]:
         """The unwrapped model in eval mode, for generation and scoring; under ZeRO-3 with
-        every parameter gathered on every rank (``rlhf_plugins.zero.gathered_for_generation``),
+        every parameter gathered on every rank (``rlhf_plugins.torch_helpers.gathered_for_generation``),
         so the reference pass may call the policy's blocks and shared head directly."""
         with gathered_for_generation(self.accelerator, self.model) as model:
             model.eval()

@@ -1,4 +1,4 @@
-"""The ``remote-reward`` client: ``rlhf_plugins.reward_api`` requests over urllib."""
+"""The ``remote-reward`` client: the reward server's HTTP contract (``rlhf_plugins.ScoreRequest`` ...) over urllib."""
 
 from __future__ import annotations
 
@@ -16,8 +16,15 @@ from typing import Any
 from pydantic import ValidationError
 
 from rlhf_builtins.reward.normalizers import OF_THE_COMPLETIONS, is_column
-from rlhf_plugins.errors import RewardUnavailable, StageFailed, UserError
-from rlhf_plugins.reward_api import SCORE_PATH, ErrorResponse, ScoreRequest, ScoreResponse
+from rlhf_plugins import (
+    SCORE_PATH,
+    ErrorResponse,
+    RewardUnavailable,
+    ScoreRequest,
+    ScoreResponse,
+    StageFailed,
+    UserError,
+)
 
 OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 """Straight to the server: ``HTTP_PROXY`` and friends, meant for the internet, are ignored."""

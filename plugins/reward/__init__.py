@@ -12,10 +12,18 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from rlhf_plugins import Dataset, Policy, RewardFunction, StageContext, StageFn, UserError, hookimpl
-from rlhf_plugins.context import max_length_setting
-from rlhf_plugins.settings import Settings
-from rlhf_plugins.training import EpochTrainingSettings
+from rlhf_plugins import (
+    Dataset,
+    EpochTrainingSettings,
+    Policy,
+    RewardFunction,
+    Settings,
+    StageContext,
+    StageFn,
+    UserError,
+    hookimpl,
+    max_length_setting,
+)
 
 LossType = Literal["divergence", "last-token"]
 
@@ -84,7 +92,7 @@ def reward_model(
     Batches are padded to their longest row; ``group_by_length`` batches rows of similar
     length. Saves the model and tokenizer into the stage directory. ``settings`` were
     validated whole."""
-    from rlhf_builtins.reward.training import RewardModelStage
+    from rlhf_builtins.reward.trainer import RewardModelStage
 
     return RewardModelStage(policy, dataset, eval_dataset, settings)
 

@@ -15,9 +15,9 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-from rlhf_builtins.reward.model import HEAD_NAME, reward_config
+from rlhf_builtins.reward.models import HEAD_NAME, reward_config
 from rlhf_plugins import UserError
-from rlhf_plugins.generation import ensure_pad_token
+from rlhf_plugins.torch_helpers import ensure_pad_token
 
 LEGACY_FILE = "pytorch_model.bin"
 TRUNK_PREFIX = "transformer."

@@ -3,7 +3,7 @@
 - ``DeltaReward``: base(prompt + completion) - base(prompt + reference), one call to ``base``
   with both halves so batching stays full (trlX summarize_rlhf's "Gotcha 1").
 - ``RunningNorm``: (score - running mean) / running std over every score seen so far
-  (``rlhf_plugins.loop.RunningMoments``: the sample std, as ``ppo``'s ``scale_reward``), the
+  (``rlhf_plugins.torch_helpers.RunningMoments``: the sample std, as ``ppo``'s ``scale_reward``), the
   moments summed over all processes when running distributed (every rank must call it the
   same number of times, as a training loop does). A base that fails on one rank still lets
   that rank take part in the sum, and the failure is raised on every rank.
@@ -16,16 +16,14 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from rlhf_plugins import RewardFunction, UserError
-from rlhf_plugins.components import checked_scores
-from rlhf_plugins.errors import RewardUnavailable, StageFailed
-from rlhf_plugins.loop import RunningMoments
+from rlhf_plugins import RewardFunction, RewardUnavailable, StageFailed, UserError, checked_scores
+from rlhf_plugins.torch_helpers import RunningMoments
 
 
 def base_scores(
     base: RewardFunction, prompts: list[str], completions: list[str], **columns: list
 ) -> list[float]:
-    """``base``'s scores, checked by ``rlhf_plugins.components.checked_scores``: one number
+    """``base``'s scores, checked by ``rlhf_plugins.checked_scores``: one number
     per completion, else ``StageFailed`` (a wrapper cannot skip a batch); NaN and inf pass
     through to the trainer or evaluator, which skips or rejects them."""
     scores, problem = checked_scores(

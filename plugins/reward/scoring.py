@@ -15,11 +15,10 @@ from typing import Any
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from rlhf_builtins.reward.loss import end_rewards
-from rlhf_builtins.reward.model import HeadOutputs, encode_groups, pad_right
+from rlhf_builtins.reward.maths import end_rewards
+from rlhf_builtins.reward.models import HeadOutputs, encode_groups, pad_right
 from rlhf_plugins import UserError
-from rlhf_plugins.generation import batched, ensure_pad_token
-from rlhf_plugins.zero import loading_whole
+from rlhf_plugins.torch_helpers import batched, ensure_pad_token, loading_whole
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 TRLX_PREFIX, TRLX_SUFFIX = "<|startoftext|>", "<|endoftext|>"
@@ -77,7 +76,7 @@ class RewardHead:
     @cached_property
     def loaded(self) -> tuple[Any, Any, HeadOutputs]:
         """Model, tokenizer and head hook. The model loads whole on every rank, also where a
-        stage runs under DeepSpeed ZeRO-3 (``rlhf_plugins.zero.loading_whole``): it only
+        stage runs under DeepSpeed ZeRO-3 (``rlhf_plugins.torch_helpers.loading_whole``): it only
         scores, outside any engine, and each rank scores its own rows."""
         with loading_whole():
             if self.base_model is not None:

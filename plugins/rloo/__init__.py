@@ -17,8 +17,7 @@ from rlhf_builtins.grpo import (
     group_rules,
     reward_functions,
 )
-from rlhf_plugins import Dataset, Policy, RewardFunction, StageFn, hookimpl
-from rlhf_plugins.settings import FromDataclass
+from rlhf_plugins import Dataset, FromDataclass, Policy, RewardFunction, StageFn, hookimpl
 
 
 @hookimpl
@@ -66,7 +65,7 @@ def rloo(
     plain ``from_pretrained`` policy and its tokenizer; ``settings`` were validated whole."""
     from trl import RLOOConfig, RLOOTrainer
 
-    from rlhf_builtins.grpo.training import GroupStage
+    from rlhf_builtins.grpo.trainer import GroupStage
 
     return GroupStage(
         component="rloo",

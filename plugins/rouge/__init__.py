@@ -10,9 +10,16 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
-from rlhf_plugins import Dataset, Policy, RewardFunction, StageFn, UserError, hookimpl
-from rlhf_plugins.context import generation_settings
-from rlhf_plugins.settings import Settings
+from rlhf_plugins import (
+    Dataset,
+    Policy,
+    RewardFunction,
+    Settings,
+    StageFn,
+    UserError,
+    generation_settings,
+    hookimpl,
+)
 
 RESERVED_LABELS = ("reference",)
 """Policy labels the evaluator uses for itself (``reference/reward`` is the references' row)."""
@@ -78,7 +85,7 @@ def rouge(
     """
     _check_policies(policies)
     from rlhf_builtins.rouge.evaluator import RougeEvaluator
-    from rlhf_plugins.generation import SamplingSettings
+    from rlhf_plugins.torch_helpers import SamplingSettings
 
     sampling = SamplingSettings(
         max_new_tokens=settings.max_new_tokens,

@@ -18,11 +18,19 @@ import torch
 from rlhf_builtins.rouge.kl import check_vocabularies, completion_kl
 from rlhf_builtins.rouge.report import Evaluation, write_reports
 from rlhf_builtins.rouge.scoring import mean, rouge_fmeasures, summary_metrics
-from rlhf_plugins import Dataset, Policy, RewardFunction, StageContext, UserError, require_columns
-from rlhf_plugins.components import reward_scores
-from rlhf_plugins.context import model_context, prompt_budget
-from rlhf_plugins.errors import StageFailed
-from rlhf_plugins.generation import SamplingSettings, ensure_pad_token, generate_texts
+from rlhf_plugins import (
+    Dataset,
+    Policy,
+    RewardFunction,
+    StageContext,
+    StageFailed,
+    UserError,
+    model_context,
+    prompt_budget,
+    require_columns,
+    reward_scores,
+)
+from rlhf_plugins.torch_helpers import SamplingSettings, ensure_pad_token, generate_texts
 
 PROMPT, REFERENCE = "prompt", "reference"
 PRECISION_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}

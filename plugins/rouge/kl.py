@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from rlhf_plugins import UserError
-from rlhf_plugins.generation import batched, encode_prompts
+from rlhf_plugins.torch_helpers import batched, encode_prompts
 
 
 def check_vocabularies(tokenizer: Any, reference_tokenizer: Any, label: str) -> None:

@@ -5,9 +5,14 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from rlhf_plugins import Dataset, Policy, StageFn, hookimpl
-from rlhf_plugins.context import max_length_setting
-from rlhf_plugins.training import EpochTrainingSettings
+from rlhf_plugins import (
+    Dataset,
+    EpochTrainingSettings,
+    Policy,
+    StageFn,
+    hookimpl,
+    max_length_setting,
+)
 
 
 @hookimpl
@@ -42,7 +47,7 @@ def sft(
     into the stage directory."""
     from trl import SFTConfig, SFTTrainer
 
-    from rlhf_builtins.sft.training import SFTStage
+    from rlhf_builtins.sft.trainer import SFTStage
 
     return SFTStage(
         component="sft",

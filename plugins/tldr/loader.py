@@ -46,8 +46,7 @@ from rlhf_builtins.tldr.views import (
     to_dataset,
     view_columns,
 )
-from rlhf_plugins import UserError
-from rlhf_plugins.settings import did_you_mean
+from rlhf_plugins import UserError, did_you_mean
 
 HUB_DEFAULTS = {
     "summaries": "CarperAI/openai_summarize_tldr",

@@ -1,0 +1,161 @@
+"""The component types that factory signatures use.
+
+A factory parameter annotated with ``Policy``, ``Dataset`` or ``RewardFunction`` (or
+``list[...]`` / ``dict[str, ...]`` of one, optionally ``| None``) is a *component slot*: the
+recipe fills it with a table ``{ use = "<registered name>", ... }`` of that kind, which is built
+by its own factory and passed in. A parameter annotated ``StageContext`` receives the running
+stage and is not a setting. Every other parameter is a plain setting.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from rlhf_plugins._engine.stage_context import StageContext
+
+
+@runtime_checkable
+class Policy(Protocol):
+    """A loadable causal language model.
+
+    ``name`` is a hub id or a local path (shown in reports). ``load_tokenizer()`` returns a
+    Hugging Face tokenizer; ``load_model(auto_class=AutoModelForCausalLM, **kwargs)`` returns a
+    fresh model built by ``auto_class`` (a causal LM by default; the reward plugin passes its
+    own loader), ``kwargs`` being ``from_pretrained`` options such as ``dtype``.
+    """
+
+    name: str
+
+    def load_tokenizer(self) -> Any: ...
+
+    def load_model(self, auto_class: Any = ..., **kwargs: Any) -> Any: ...
+
+
+@runtime_checkable
+class RewardFunction(Protocol):
+    """``fn(prompts, completions, **columns) -> list[float]``, one score per completion: a
+    real number (``int``, ``float``, a numpy or 0-d torch scalar; not ``bool``, not a string,
+    see ``as_score``). Extra dataset columns (e.g. a reference summary) arrive as keyword
+    lists."""
+
+    def __call__(
+        self, prompts: list[str], completions: list[str], **columns: list
+    ) -> list[float]: ...
+
+
+def as_score(value: Any) -> float | None:
+    """``value`` as a score, or None when it is not a real number. Scores are ``int``,
+    ``float`` and other ``numbers.Real`` (numpy scalars included) and 0-d numpy arrays or torch
+    tensors holding one; ``bool`` and strings (even ``"0.5"``) are not numbers."""
+    if getattr(value, "ndim", None) == 0 and callable(getattr(value, "item", None)):
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    return float(value)
+
+
+def checked_scores(
+    values: Any, expected: int, *, finite: bool = True
+) -> tuple[list[float] | None, str]:
+    """What a reward function returned, checked: ``(scores, "")`` when ``values`` holds
+    ``expected`` scores (see ``as_score``), finite unless ``finite`` is False, else
+    ``(None, why)`` with ``why`` starting "returned ..."; trainers skip such a batch,
+    evaluators raise. Wrappers (normalizers) pass ``finite=False``: NaN goes on to the
+    trainer, which skips it."""
+    try:
+        if isinstance(values, (str, bytes, Mapping)):
+            raise TypeError
+        items = list(values)
+    except TypeError:
+        return None, f"returned {type(values).__name__}, not a list of numbers"
+    if len(items) != expected:
+        return None, f"returned {len(items)} scores for {expected} completions"
+    scores = [as_score(v) for v in items]
+    bad = [v for v, s in zip(items, scores, strict=True) if s is None]
+    if bad:
+        return None, (
+            f"returned {len(bad)} value(s) that are not numbers among {expected} "
+            f"(e.g. {type(bad[0]).__name__} {bad[0]!r})"
+        )
+    infinite = sum(not math.isfinite(s) for s in scores)
+    if finite and infinite:
+        return None, f"returned {infinite} NaN/inf score(s) among {expected}"
+    return scores, ""
+
+
+def reward_scores(
+    reward: RewardFunction,
+    prompts: list[str],
+    completions: list[str],
+    columns: Mapping[str, Any],
+    *,
+    finite: bool = True,
+) -> tuple[list[float] | None, str]:
+    """Call ``reward(prompts, completions, **columns)`` and check what it returned
+    (``checked_scores``). ``(None, why)`` also when it raised ``RewardUnavailable``, ``why``
+    then starting "is unavailable"; any other exception propagates."""
+    from rlhf_plugins._engine.errors import RewardUnavailable
+
+    try:
+        values = reward(prompts, completions, **columns)
+    except RewardUnavailable as exc:
+        return None, f"is unavailable ({exc})"
+    return checked_scores(values, len(completions), finite=finite)
+
+
+class Dataset(Protocol):
+    """A ``datasets.Dataset`` whose columns follow a view: ``prompt``/``completion`` (sft),
+    ``prompt`` + extra columns (prompts), ``prompt``/``chosen``/``rejected`` (comparisons),
+    ``prompt``/``completion``/``reward`` (offline). The columns of ``TEXT_COLUMNS`` hold
+    strings, ``reward`` holds numbers."""
+
+    column_names: list[str]
+
+    def __len__(self) -> int: ...
+
+
+TEXT_COLUMNS = ("prompt", "completion", "chosen", "rejected", "reference")
+"""View columns that hold text in every row (never null, never a number)."""
+
+StageFn = Callable[["StageContext"], Mapping[str, Any] | None]
+"""What trainer and evaluator factories return: run the stage, return final metrics."""
+
+KINDS: dict[str, str] = {
+    "dataset": "register_datasets",
+    "reward_function": "register_reward_functions",
+    "policy": "register_policies",
+    "trainer": "register_trainers",
+    "evaluator": "register_evaluators",
+    "logger": "register_loggers",
+}
+"""Component kind -> the hook that registers it."""
+
+SLOT_TYPES: dict[str, str] = {
+    "Policy": "policy",
+    "Dataset": "dataset",
+    "RewardFunction": "reward_function",
+}
+"""Annotation name -> the component kind a slot of that type holds."""
+
+
+def require_columns(
+    data: Any, columns: tuple[str, ...], *, component: str, slot: str, view: str
+) -> None:
+    """Raise ``UserError`` unless ``data`` (a dataset, or None for an unset optional slot) has
+    every one of ``columns`` and at least one row; the message names the component, the slot
+    and the view to use."""
+    from rlhf_plugins._engine.errors import UserError
+
+    if data is None:
+        return
+    if not set(columns) <= set(data.column_names):
+        raise UserError(
+            f"{component}: {slot} needs columns {', '.join(columns)} (a '{view}' view); "
+            f"it has {', '.join(data.column_names)}"
+        )
+    if len(data) == 0:
+        raise UserError(f"{component}: {slot} is empty")
