@@ -24,16 +24,12 @@ from pathlib import Path
 import datasets
 import torch
 import transformers
+from tables import print_table
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from trl import RewardConfig, RewardTrainer
 
 from rlhf_plugins import StageContext
 from rlhf_plugins._engine.registry import load_registry
-
-
-def print_table(header: list[str], rows: list[list[str]]) -> None:
-    for row in [header, ["---"] * len(header), *rows]:
-        print("| " + " | ".join(row) + " |")
 
 
 def build_trunk(registry, root: Path, data, layers: int, hidden: int) -> Path:

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import torch
+from tables import print_table
 
 from rlhf_builtins.rouge.scoring import ROUGE_TYPES, mean, rouge_fmeasures
 from rlhf_plugins import StageContext
@@ -31,15 +32,6 @@ from rlhf_plugins._engine.registry import load_registry
 DATA = Path(
     os.environ.get("RLHF_TLDR_DATA", Path(__file__).resolve().parents[1] / "../shared/data/tldr")
 )
-
-
-def table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = [
-        " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in [header, *rows]
-    ]
-    lines.insert(1, "-+-".join("-" * w for w in widths))
-    return "\n".join(lines)
 
 
 def real_samples_scoring() -> None:
@@ -55,18 +47,16 @@ def real_samples_scoring() -> None:
     seconds = time.perf_counter() - started
     means = {name: mean([s[name] for s in scores]) for name in ROUGE_TYPES}
     print("1. OpenAI 1.3B PPO samples vs human TL;DRs (tldr_filtered.jsonl, valid split)")
-    print(
-        table(
-            ["rows", "ROUGE-1", "ROUGE-2", "ROUGE-L", "Average", "pairs/s"],
+    print_table(
+        ["rows", "ROUGE-1", "ROUGE-2", "ROUGE-L", "Average", "pairs/s"],
+        [
             [
-                [
-                    str(len(rows)),
-                    *(f"{means[n]:.3f}" for n in ROUGE_TYPES),
-                    f"{mean(list(means.values())):.3f}",
-                    f"{len(rows) / seconds:.0f}",
-                ]
-            ],
-        )
+                str(len(rows)),
+                *(f"{means[n]:.3f}" for n in ROUGE_TYPES),
+                f"{mean(list(means.values())):.3f}",
+                f"{len(rows) / seconds:.0f}",
+            ]
+        ],
     )
     print()
 
@@ -151,7 +141,7 @@ def evaluator_throughput(prompts: int, max_new_tokens: int, batch_sizes: list[in
         f"2. rouge evaluator, {policy.name} (random init), {prompts} tldr-synthetic test prompts,"
         f" greedy, max_new_tokens {max_new_tokens}, {torch.get_num_threads()} torch threads"
     )
-    print(table(["batch", "seconds", "prompts/s", "tokens/s", "ROUGE avg"], rows))
+    print_table(["batch", "seconds", "prompts/s", "tokens/s", "ROUGE avg"], rows)
 
 
 def main() -> None:

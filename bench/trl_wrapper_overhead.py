@@ -33,6 +33,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from tables import print_table
+
 STEPS, BATCH, GENERATIONS, NEW_TOKENS, BETA, SAVE_STEPS = 32, 16, 4, 24, 0.04, 16
 SETTINGS = {
     "max_steps": STEPS,
@@ -197,9 +199,7 @@ def main() -> None:
         rows.append((side, f"{median[side]['wall']:.1f}", f"{median[side]['rss']:.0f}"))
     s, d = median["stage"], median["direct"]
     rows.append(("stage / direct", f"{s['wall'] / d['wall']:.3f}x", f"{s['rss'] / d['rss']:.3f}x"))
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]
-    for row in rows:
-        print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
+    print_table(rows[0], rows[1:])
     print(f"\ncommand: python bench/{Path(__file__).name} --repeats {args.repeats}")
 
 

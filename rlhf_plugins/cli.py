@@ -19,6 +19,7 @@ import click
 
 from rlhf_plugins import __version__
 from rlhf_plugins._engine.components import KINDS
+from rlhf_plugins._engine.console import table_lines
 from rlhf_plugins._engine.errors import UserError
 from rlhf_plugins._engine.registry import Component, load_registry
 from rlhf_plugins._engine.runlock import Terminated, run_lock, sigterm_raises
@@ -187,12 +188,8 @@ def recipes() -> None:
         click.echo("no shipped recipes installed")
         return
     rows = [(r.name, " -> ".join(r.stages), r.requires or "-") for r in found.values()]
-    header = ("recipe", "stages", "needs")
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(2)]
-    for row in [header, *rows]:
-        click.echo(
-            "  ".join(c.ljust(w) for c, w in zip(row[:2], widths, strict=True)) + "  " + row[2]
-        )
+    for line in table_lines(("recipe", "stages", "needs"), rows):
+        click.echo(line)
 
 
 @cli.command()
@@ -230,11 +227,8 @@ def runs(directory: Path) -> None:
     if not rows:
         click.echo(f"no runs under {directory}")
         return
-    header = ("run", "stage", "status", "steps", "time", "metrics")
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(5)]
-    for row in [header, *rows]:
-        cells = [str(c).ljust(w) for c, w in zip(row[:5], widths, strict=True)]
-        click.echo("  ".join(cells) + "  " + row[5])
+    for line in table_lines(("run", "stage", "status", "steps", "time", "metrics"), rows):
+        click.echo(line)
 
 
 @cli.command("serve-reward")
@@ -363,12 +357,8 @@ def list_plugins(as_json: bool, verbose: bool) -> None:
             rows.append((plugin.name, version, kinds, ", ".join(names)))
         if not plugin.components and not plugin.error:
             rows.append((plugin.name, version, "-", "(registers nothing)"))
-    header = ("plugin", "version", "hook", "components")
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(3)]
-    for row in [header, *rows]:
-        click.echo(
-            "  ".join(str(c).ljust(w) for c, w in zip(row[:3], widths, strict=True)) + "  " + row[3]
-        )
+    for line in table_lines(("plugin", "version", "hook", "components"), rows):
+        click.echo(line)
     if verbose:
         for kind in KINDS:
             for name in registry.names(kind):

@@ -1,11 +1,14 @@
 """Plugins through the real entry-point path: a third-party distribution on sys.path, a plugin
-that fails to import, a misspelled hook and a duplicate component name."""
+that fails to import, a misspelled hook, a duplicate component name, and capabilities declared
+at registration (checked there; read by ``rlhf validate``)."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+
+import pytest
 
 from rlhf_plugins._engine.components import KINDS
 
@@ -123,6 +126,140 @@ def test_duplicate_component_names_both_plugins(run_cli, plugin_dist, write_reci
     result = run_cli("validate", write_recipe(RECIPE))
     assert result.exit_code == 2
     assert "stages.sft.trainer" in result.output and "rlhf-dupe" in result.output
+
+
+CAPPED_TRAINER = """
+from rlhf_plugins import Dataset, Length, Policy, hookimpl, max_length_setting
+
+
+@hookimpl
+def register_trainers(register):
+    register(
+        "capped",
+        capped,
+        description="A trainer that declares its capabilities.",
+        sequence_length=max_length_setting,
+        stage_rules=capped_rules,
+    )
+
+
+def capped(policy: Policy, dataset: Dataset, max_length: int | None = 600, words: str = "any"):
+    def run(stage):
+        return {}
+    return run
+
+
+def capped_rules(slots, settings):
+    if settings["words"] != "any" and slots["dataset"]["use"] == "jsonl":
+        return [("trainer_settings.words", f"jsonl rows have no '{settings['words']}' words")]
+    return []
+"""
+
+CAPPED_RECIPE = (
+    RECIPE.replace("third", "capped").replace(
+        '[stages.sft]\ntrainer = "sft"', '[stages.fit]\ntrainer = "capped"'
+    )
+    + "trainer_settings = SETTINGS\n"
+)
+
+BAD_CAPABILITY = """
+from rlhf_plugins import hookimpl, max_length_setting
+
+
+@hookimpl
+def register_HOOK(register):
+    register("fine", lambda: None)
+    register("bad-one", lambda: None, description="Declares a capability wrongly.", CAPABILITY)
+"""
+
+
+@pytest.mark.parametrize(
+    ("hook", "capability", "message"),
+    [
+        (
+            "trainers",
+            "stage_rule=max_length_setting",
+            "register() of trainer 'bad-one' got unknown keyword 'stage_rule' (did you mean "
+            "'stage_rules'?); a trainer takes description, sequence_length, stage_rules",
+        ),
+        (
+            "policies",
+            "sequence_length=max_length_setting",
+            "sequence_length is a capability of trainers and evaluators only; "
+            "policy 'bad-one' cannot declare it",
+        ),
+        (
+            "evaluators",
+            "context_length=max_length_setting",
+            "context_length is a capability of policies only; evaluator 'bad-one' cannot "
+            "declare it",
+        ),
+        (
+            "trainers",
+            "sequence_length=512",
+            "sequence_length of trainer 'bad-one' must be callable or None, got 512",
+        ),
+    ],
+    ids=["misspelled", "wrong-kind", "policy-only", "not-callable"],
+)
+def test_a_bad_capability_is_the_plugins_error(
+    run_cli, plugin_dist, write_recipe, sft_jsonl, hook, capability, message
+):
+    source = BAD_CAPABILITY.replace("HOOK", hook).replace("CAPABILITY", capability)
+    plugin_dist("rlhf-badcap", "rlhf_badcap", source)
+    info = plugins_by_name(run_cli)["rlhf-badcap"]
+    assert info["error"] == f"register_{hook} raised TypeError: {message}"
+    assert info["components"] == {hook: ["fine"]}, "the refused component is not registered"
+    listing = run_cli("list-plugins")
+    assert listing.exit_code == 0 and "ERROR" in listing.output and message in listing.output
+
+    kind, slot = {
+        "trainers": ("trainer", "trainer"),
+        "evaluators": ("evaluator", "evaluator"),
+        "policies": ("policy", "policy"),
+    }[hook]
+    if kind == "policy":
+        text = RECIPE.replace('use = "tiny-causal-lm"', 'use = "bad-one"')
+    else:
+        text = RECIPE.replace('trainer = "sft"', f'{kind} = "bad-one"')
+    result = run_cli("validate", write_recipe(text))
+    assert result.exit_code == 2, result.output
+    assert f"stages.sft.{slot}" in result.output
+    assert f"unknown {kind} 'bad-one'; plugin 'rlhf-badcap' failed to register it" in result.output
+    assert message in result.output
+
+
+def test_declared_sequence_length_and_stage_rules_drive_validate(
+    run_cli, plugin_dist, write_recipe, sft_jsonl
+):
+    plugin_dist("rlhf-capped", "rlhf_capped", CAPPED_TRAINER)
+    assert plugins_by_name(run_cli)["rlhf-capped"]["error"] is None
+
+    from rlhf_plugins._engine.registry import load_registry
+
+    component = load_registry().get("trainer", "capped")
+    assert component.sequence_length.__name__ == "max_length_setting"
+    assert component.stage_rules.__name__ == "capped_rules"
+    assert component.context_length is None
+    assert not hasattr(component.factory, "sequence_length"), "nothing attached to the factory"
+
+    def validate(settings: str):
+        return run_cli("validate", write_recipe(CAPPED_RECIPE.replace("SETTINGS", settings)))
+
+    too_long = validate("{}")
+    assert too_long.exit_code == 2
+    assert "stages.fit.trainer_settings" in too_long.output
+    assert (
+        "max_length = 600 needs 600 positions but policy 'tiny-causal-lm' (stages.fit.policy) "
+        "has 512 (max_positions = 512)"
+    ) in too_long.output
+
+    ruled = validate('{ max_length = 128, words = "long" }')
+    assert ruled.exit_code == 2
+    assert "stages.fit.trainer_settings.words" in ruled.output
+    assert "jsonl rows have no 'long' words" in ruled.output
+
+    assert validate("{ max_length = 128 }").exit_code == 0, "both capabilities are satisfied"
 
 
 def test_cli_startup_does_not_import_torch():

@@ -16,17 +16,23 @@ from rlhf_plugins import (
     RewardFunction,
     StageFn,
     hookimpl,
+    max_length_setting,
 )
-
-
-@hookimpl
-def register_trainers(register):
-    register("orpo", orpo, description="Odds Ratio Preference Optimization with TRL's ORPOTrainer.")
 
 
 @hookimpl
 def register_reward_functions(register):
     register("length-penalty", length_penalty, description="Minus the distance to a target length.")
+
+
+@hookimpl
+def register_trainers(register):
+    register(
+        "orpo",
+        orpo,
+        description="Odds Ratio Preference Optimization with TRL's ORPOTrainer.",
+        sequence_length=max_length_setting,
+    )
 
 
 class ORPOSettings(EpochTrainingSettings.with_defaults(learning_rate=1e-6), LoraSettings):

@@ -61,7 +61,13 @@ f-divergence other than ``reverse_kl`` (``DPOTrainer``)."""
 
 @hookimpl
 def register_trainers(register):
-    register("dpo", dpo, description="Direct Preference Optimization with TRL's DPOTrainer.")
+    register(
+        "dpo",
+        dpo,
+        description="Direct Preference Optimization with TRL's DPOTrainer.",
+        sequence_length=max_length_setting,
+        stage_rules=dpo_rules,
+    )
 
 
 class DPOSettings(PreferenceSettings):
@@ -162,7 +168,3 @@ def dpo_rules(slots, settings):
     """A dataset slot filled with another view than ``comparisons``."""
     views = {"dataset": ("comparisons",), "eval_dataset": ("comparisons",)}
     return view_problems(slots, views, "dpo")
-
-
-dpo.sequence_length = max_length_setting
-dpo.stage_rules = dpo_rules

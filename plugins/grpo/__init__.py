@@ -35,6 +35,8 @@ def register_trainers(register):
         "grpo",
         grpo,
         description="Group Relative Policy Optimization with TRL's GRPOTrainer.",
+        sequence_length=completion_length,
+        stage_rules=group_rules("grpo"),
     )
 
 
@@ -239,7 +241,3 @@ def grpo(
         rewards=reward_functions(reward, rewards, settings),
         settings=settings,
     )
-
-
-grpo.sequence_length = completion_length
-grpo.stage_rules = group_rules("grpo")

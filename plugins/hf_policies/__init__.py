@@ -26,11 +26,13 @@ def register_policies(register):
         "hf-causal-lm",
         hf_causal_lm,
         description="A causal LM loaded with from_pretrained (hub id, local dir or from_stage).",
+        context_length=pretrained_context,
     )
     register(
         "tiny-causal-lm",
         tiny_causal_lm,
         description="A tiny causal LM built from a config, tokenizer trained on the stage data.",
+        context_length=tiny_context,
     )
 
 
@@ -65,9 +67,6 @@ def pretrained_context(settings: dict[str, Any], base_dir: Path) -> Length | Non
     """``hf-causal-lm``'s positions when ``model`` is a local directory (its config.json);
     None for a hub id or ``from_stage`` (known once the model loads)."""
     return saved_model_context(settings["model"], base_dir)
-
-
-hf_causal_lm.context_length = pretrained_context
 
 
 class TinyModelSettings(Settings):
@@ -105,6 +104,3 @@ def tiny_causal_lm(stage: StageContext, *, settings: TinyModelSettings) -> Polic
 def tiny_context(settings: dict[str, Any], base_dir: Path) -> Length:
     """``tiny-causal-lm``'s positions: its ``max_positions`` setting."""
     return Length(settings["max_positions"], f"max_positions = {settings['max_positions']}")
-
-
-tiny_causal_lm.context_length = tiny_context

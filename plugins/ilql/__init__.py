@@ -32,6 +32,7 @@ def register_trainers(register):
         "ilql",
         ilql_trainer,
         description="Offline RL (ILQL): V/Q heads, expectile, CQL and AWAC losses.",
+        sequence_length=max_length_setting,
     )
 
 
@@ -41,6 +42,7 @@ def register_policies(register):
         "ilql",
         ilql_policy,
         description="A saved ILQL model decoding with Q guidance (decode_beta sweeps).",
+        context_length=saved_ilql_context,
     )
 
 
@@ -67,9 +69,6 @@ def ilql_trainer(
     from rlhf_builtins.ilql.trainer import ILQLStage
 
     return ILQLStage(policy, dataset, eval_dataset, settings)
-
-
-ilql_trainer.sequence_length = max_length_setting
 
 
 def ilql_policy(
@@ -115,6 +114,3 @@ def saved_ilql_context(settings: dict[str, Any], base_dir: Path) -> Length | Non
     """The ``ilql`` policy's positions when ``path`` is given (its config.json); None for
     ``from_stage`` (known once the model loads)."""
     return saved_model_context(settings["path"], base_dir)
-
-
-ilql_policy.context_length = saved_ilql_context

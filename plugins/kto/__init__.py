@@ -28,7 +28,13 @@ from rlhf_plugins import (
 
 @hookimpl
 def register_trainers(register):
-    register("kto", kto, description="Kahneman-Tversky Optimization with TRL's KTOTrainer.")
+    register(
+        "kto",
+        kto,
+        description="Kahneman-Tversky Optimization with TRL's KTOTrainer.",
+        sequence_length=max_length_setting,
+        stage_rules=kto_rules,
+    )
 
 
 class KTOSettings(PreferenceSettings):
@@ -106,7 +112,3 @@ def kto_rules(slots, settings):
     """A dataset slot filled with a view that holds no labelled completions."""
     views = {slot: ("offline", "comparisons") for slot in ("dataset", "eval_dataset")}
     return view_problems(slots, views, "kto")
-
-
-kto.sequence_length = max_length_setting
-kto.stage_rules = kto_rules

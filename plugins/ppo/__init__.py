@@ -18,6 +18,7 @@ def register_trainers(register):
         ppo,
         description="PPO (trlX-style: value head on the trunk, hydra "
         "reference) with any reward function.",
+        sequence_length=generation_settings,
     )
 
 
@@ -43,6 +44,3 @@ def ppo(
         eval_dataset=eval_dataset,
         settings=settings,
     )
-
-
-ppo.sequence_length = generation_settings

@@ -93,7 +93,12 @@ class PPOTrainer:
         eval_dataset: Any,
         settings: PPOSettings,
     ):
-        self.stage, self.reward, self.eval_dataset, self.s = stage, reward, eval_dataset, settings
+        self.stage, self.reward, self.eval_dataset, self.settings = (
+            stage,
+            reward,
+            eval_dataset,
+            settings,
+        )
         s = settings
         self.accelerator = stage.accelerator(
             gradient_accumulation_steps=s.gradient_accumulation_steps
@@ -176,7 +181,7 @@ class PPOTrainer:
     def _configure_deepspeed(self) -> None:
         if self.accelerator.state.deepspeed_plugin is None:
             return
-        if zero3_enabled(self.accelerator) and self.s.lora_r:
+        if zero3_enabled(self.accelerator) and self.settings.lora_r:
             raise UserError(
                 "ppo: lora_r > 0 runs with DeepSpeed ZeRO stages 0-2 (merging the adapter "
                 "into partitioned ZeRO-3 weights is not supported); use a ZeRO-2 config such "
@@ -184,10 +189,10 @@ class PPOTrainer:
             )
         fill_deepspeed_config(
             self.accelerator,
-            micro_batch_size=self.s.per_device_train_batch_size,
-            gradient_accumulation_steps=self.s.gradient_accumulation_steps,
+            micro_batch_size=self.settings.per_device_train_batch_size,
+            gradient_accumulation_steps=self.settings.gradient_accumulation_steps,
             num_processes=self.stage.num_processes,
-            max_grad_norm=self.s.max_grad_norm,
+            max_grad_norm=self.settings.max_grad_norm,
         )
 
     def reduce(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -230,7 +235,7 @@ class PPOTrainer:
             responses = responses.masked_fill(mask == 0, tokenizer.pad_token_id)
             inputs = model_inputs(batch["input_ids"], batch["attention_mask"], responses, mask)
             logits, values, ref_logits = self.reference.run(model, inputs, start)
-        temperature = self.s.temperature
+        temperature = self.settings.temperature
         return Chunk(
             queries=[
                 row[m.bool()]
@@ -261,14 +266,14 @@ class PPOTrainer:
             )
             return False
         raw = torch.tensor(scores, dtype=torch.float32, device=self.device)
-        if self.s.scale_reward == "running" or (
-            self.s.scale_reward == "ref" and self.ref_std is None
+        if self.settings.scale_reward == "running" or (
+            self.settings.scale_reward == "ref" and self.ref_std is None
         ):
             self.add_to_moments(raw)
-            if self.s.scale_reward == "ref":
+            if self.settings.scale_reward == "ref":
                 self.ref_std = self.moments.std or 1.0
-        divisor = {"running": self.moments.std, "ref": self.ref_std}.get(self.s.scale_reward)
-        scaled = maths.scale_scores(raw, divisor, self.s.cliprange_reward)
+        divisor = {"running": self.moments.std, "ref": self.ref_std}.get(self.settings.scale_reward)
+        scaled = maths.scale_scores(raw, divisor, self.settings.cliprange_reward)
         chunk.scores, chunk.scaled_scores = raw, scaled
         return True
 
@@ -281,7 +286,7 @@ class PPOTrainer:
 
     def collect_rollout(self) -> tuple[Rollout, dict[str, float]]:
         """``num_rollouts`` scored experiences with advantages and returns, plus statistics."""
-        s, chunks, consecutive = self.s, [], 0
+        s, chunks, consecutive = self.settings, [], 0
         started = time.perf_counter()
         while len(chunks) * s.chunk_size < s.num_rollouts:
             rows = self.sampler.next_rows(s.chunk_size)
@@ -343,14 +348,14 @@ class PPOTrainer:
 
     def loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         logits, values = self.model(**batch["inputs"], response_start=batch["response_start"])
-        logits = logits.float() / self.s.temperature
+        logits = logits.float() / self.settings.temperature
         mask = batch["mask"]
         logprobs = maths.token_logprobs(logits, batch["responses"])
         pg_loss, pg_stats = maths.policy_loss(
-            logprobs, batch["logprobs"], batch["advantages"], mask, self.s.cliprange
+            logprobs, batch["logprobs"], batch["advantages"], mask, self.settings.cliprange
         )
         vf_loss, vf_stats = maths.value_loss(
-            values, batch["values"], batch["returns"], mask, self.s.cliprange_value
+            values, batch["values"], batch["returns"], mask, self.settings.cliprange_value
         )
         with torch.no_grad():
             stats = {
@@ -360,14 +365,14 @@ class PPOTrainer:
                 "loss/value": vf_loss.detach(),
                 "policy/entropy": maths.masked_mean(maths.entropy_from_logits(logits), mask),
             }
-        return pg_loss + self.s.vf_coef * vf_loss, stats
+        return pg_loss + self.settings.vf_coef * vf_loss, stats
 
     def optimise(self, rollout: Rollout, progress: Any) -> dict[str, float]:
         """``ppo_epochs`` passes over ``rollout`` in shuffled minibatches; stops early at
         ``max_steps``: minibatches of ``minibatch_size`` experiences per optimizer step, in
         ``gradient_accumulation_steps`` forward passes of ``per_device_train_batch_size``.
         Returns the mean of each loss statistic."""
-        s, sums, counted = self.s, {}, 0
+        s, sums, counted = self.settings, {}, 0
         micro = s.per_device_train_batch_size
         pad_id = self.tokenizer.pad_token_id
         started = time.perf_counter()
@@ -408,19 +413,19 @@ class PPOTrainer:
     def evaluate(self) -> dict[str, float]:
         """Greedy completions for the first ``eval_samples`` held-out prompts (each process
         its ``eval_shard``), scored by the reward function: ``eval/reward_mean``."""
-        count = min(len(self.eval_dataset), self.s.eval_samples)
+        count = min(len(self.eval_dataset), self.settings.eval_samples)
         if count == 0:
             return {}
         indices, included = eval_shard(count, self.stage.process_index, self.stage.num_processes)
         rows = self.eval_dataset.select(indices)[:]
-        greedy = SamplingSettings(max_new_tokens=self.s.max_new_tokens)
+        greedy = SamplingSettings(max_new_tokens=self.settings.max_new_tokens)
         with self.full_model() as model, self.accelerator.autocast():
             completions = generate_texts(
                 model.policy,
                 self.tokenizer,
                 rows["prompt"],
                 greedy,
-                batch_size=self.s.per_device_eval_batch_size,
+                batch_size=self.settings.per_device_eval_batch_size,
                 max_prompt_length=self.max_prompt_length,
             )
         extra = {c: rows[c] for c in self.eval_dataset.column_names if c != "prompt"}
@@ -452,7 +457,7 @@ class PPOTrainer:
         """Model, optimizer and RNG states (Accelerate) plus the counters of ``state_dict`` in
         ``checkpoint-<step>/``; keeps the newest ``save_total_limit``."""
         return self.stage.save_checkpoint(
-            self.accelerator, self.step, self.state_dict(), self.s.save_total_limit
+            self.accelerator, self.step, self.state_dict(), self.settings.save_total_limit
         )
 
     def load_checkpoint(self) -> bool:
@@ -480,7 +485,7 @@ class PPOTrainer:
         policy_state = {
             k.removeprefix("policy."): v for k, v in state.items() if k.startswith("policy.")
         }
-        if self.s.lora_r:
+        if self.settings.lora_r:
             self.reference.peft_model[0].merge_and_unload().save_pretrained(out)
         else:
             model.policy.save_pretrained(out, state_dict=policy_state)
@@ -508,7 +513,7 @@ class PPOTrainer:
     # -- the loop ------------------------------------------------------------------------
 
     def train(self) -> dict[str, float]:
-        s, stage = self.s, self.stage
+        s, stage = self.settings, self.stage
         resumed_from = None
         if self.load_checkpoint():
             resumed_from = self.step

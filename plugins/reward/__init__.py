@@ -34,6 +34,7 @@ def register_trainers(register):
         "reward-model",
         reward_model,
         description="Pairwise reward-model training (trunk + scalar head) on comparisons.",
+        sequence_length=max_length_setting,
     )
 
 
@@ -95,9 +96,6 @@ def reward_model(
     from rlhf_builtins.reward.trainer import RewardModelStage
 
     return RewardModelStage(policy, dataset, eval_dataset, settings)
-
-
-reward_model.sequence_length = max_length_setting
 
 
 def gptj_reward_head(

@@ -22,7 +22,13 @@ from rlhf_plugins import Dataset, FromDataclass, Policy, RewardFunction, StageFn
 
 @hookimpl
 def register_trainers(register):
-    register("rloo", rloo, description="REINFORCE Leave-One-Out with TRL's RLOOTrainer.")
+    register(
+        "rloo",
+        rloo,
+        description="REINFORCE Leave-One-Out with TRL's RLOOTrainer.",
+        sequence_length=completion_length,
+        stage_rules=group_rules("rloo"),
+    )
 
 
 class RLOOSettings(GroupSettings):
@@ -77,7 +83,3 @@ def rloo(
         rewards=reward_functions(reward, rewards, settings),
         settings=settings,
     )
-
-
-rloo.sequence_length = completion_length
-rloo.stage_rules = group_rules("rloo")

@@ -31,6 +31,7 @@ def register_evaluators(register):
         "rouge",
         rouge,
         description="ROUGE-1/2/L, mean reward and reward delta of each policy's summaries.",
+        sequence_length=generation_settings,
     )
 
 
@@ -105,9 +106,6 @@ def rouge(
         max_prompt_length=settings.max_prompt_length,
         num_samples_shown=settings.num_samples_shown,
     )
-
-
-rouge.sequence_length = generation_settings
 
 
 def _check_policies(policies: dict[str, Policy]) -> None:

@@ -17,7 +17,12 @@ from rlhf_plugins import (
 
 @hookimpl
 def register_trainers(register):
-    register("sft", sft, description="Supervised fine-tuning with TRL's SFTTrainer.")
+    register(
+        "sft",
+        sft,
+        description="Supervised fine-tuning with TRL's SFTTrainer.",
+        sequence_length=max_length_setting,
+    )
 
 
 class SFTSettings(EpochTrainingSettings):
@@ -61,6 +66,3 @@ def sft(
         settings=settings,
         config=dict(packing=False, dataset_num_proc=None),
     )
-
-
-sft.sequence_length = max_length_setting

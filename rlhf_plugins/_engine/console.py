@@ -13,7 +13,7 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 VERBOSE_ENV = "RLHF_VERBOSE"
@@ -112,14 +112,28 @@ def progress_bar(iterable: Iterable | None, *, total: int | None, desc: str, ena
     return tqdm(iterable, total=total, desc=desc, disable=not enabled, dynamic_ncols=True)
 
 
+def table_lines(
+    header: Sequence[str], rows: Sequence[Sequence[object]], *, markdown: bool = False
+) -> list[str]:
+    """``rows`` under ``header``, columns padded to align: for a terminal two spaces between
+    columns and the last one unpadded; with ``markdown`` a ``| a | b |`` table with its
+    ``---`` row. Every table the CLI and the benches print goes through here."""
+    cells = [[str(c) for c in row] for row in [header, *rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    if markdown:
+        return [
+            "| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |"
+            for row in [cells[0], ["-" * w for w in widths], *cells[1:]]
+        ]
+    return [
+        "  ".join(c.ljust(w) for c, w in zip(row[:-1], widths, strict=False)) + "  " + row[-1]
+        for row in cells
+    ]
+
+
 def summary_table(rows: list[tuple[str, str, str, str]]) -> list[str]:
     """Lines of the end-of-run table: stage, status, wall time, key figures."""
-    header = ("stage", "status", "time", "key figures")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(3)]
-    return [
-        "  ".join(c.ljust(w) for c, w in zip(row[:3], widths, strict=True)) + "  " + row[3]
-        for row in [header, *rows]
-    ]
+    return table_lines(("stage", "status", "time", "key figures"), rows)
 
 
 def format_metrics(metrics: Mapping[str, Any], most: int = 8) -> str:

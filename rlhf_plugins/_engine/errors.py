@@ -15,5 +15,5 @@ class StageFailed(UserError):
 
 class RewardUnavailable(Exception):
     """A reward function cannot score this batch now (e.g. its server cannot be reached after
-    retries). ``rlhf_plugins._engine.components.reward_scores`` turns it into ``(None, why)``: a
+    retries). ``rlhf_plugins.reward_scores`` turns it into ``(None, why)``: a
     trainer skips the batch and counts it, an evaluator fails. Wrappers let it pass through."""

@@ -87,7 +87,7 @@ def generate_texts(
 ) -> list[str]:
     """Completions for ``prompts``, in order, generated ``batch_size`` at a time. Prompts are
     left-truncated to ``max_prompt_length`` tokens, by default to the model's context minus
-    ``max_new_tokens`` (``context.prompt_budget``; a ``UserError`` naming ``policy`` when the
+    ``max_new_tokens`` (``rlhf_plugins.prompt_budget``; a ``UserError`` naming ``policy`` when the
     two cannot fit it)."""
     max_prompt_length = prompt_budget(
         max_prompt_length,

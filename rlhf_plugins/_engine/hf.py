@@ -65,7 +65,7 @@ def training_arguments(stage: StageContext, config_class: type, **settings: Any)
     """``config_class`` (``TrainingArguments`` or a TRL config) for this stage: checkpoints
     under the stage directory, the recipe seed, precision and DeepSpeed from ``[launch]``,
     no third-party reporting (the stage logs itself). ``settings`` override the defaults and
-    keep the meanings of ``rlhf_plugins._engine.training.TrainingSettings``: ``save_steps = 0`` saves
+    keep the meanings of ``rlhf_plugins.TrainingSettings``: ``save_steps = 0`` saves
     no checkpoints, ``max_grad_norm = None`` does not clip; ``gradient_checkpointing`` maps to
     ``activation_checkpointing`` where transformers renamed it.
     With DeepSpeed the Trainer reuses the process state configured here (gloo without CUDA).
@@ -151,7 +151,7 @@ def is_peft_model(model: Any) -> bool:
 
 
 def peft_config(settings: Mapping[str, Any]) -> Any:
-    """A peft ``LoraConfig`` for a causal LM from ``rlhf_plugins._engine.lora.LoraSettings`` fields
+    """A peft ``LoraConfig`` for a causal LM from ``rlhf_plugins.LoraSettings`` fields
     (dumped), or None when ``use_peft`` is off."""
     if not settings["use_peft"]:
         return None

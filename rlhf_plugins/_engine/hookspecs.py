@@ -1,9 +1,14 @@
 """Hook specifications.
 
 **Registration hooks** are called once when plugins load, with a ``register`` callable:
-``register(name, factory, *, description="")``. The factory declares the component's settings
-(``rlhf_plugins._engine.settings``); a recipe table (minus ``use``) is validated against that
-declaration before anything heavy is imported, then passed in.
+``register(name, factory, *, description="", **capabilities)``. The factory declares the
+component's settings (``rlhf_plugins.Settings``, docs/plugins.md); a recipe table (minus ``use``) is
+validated against that declaration before anything heavy is imported, then passed in. What the
+engine must know about a component without calling its factory is declared as a keyword
+capability (policies: ``context_length``; trainers and evaluators: ``sequence_length``,
+``stage_rules``; contracts on ``rlhf_plugins._engine.registry.Component``), checked at
+registration: an unknown keyword, a capability of another kind or one that is not callable is
+a ``TypeError``, shown as the plugin's error by ``rlhf list-plugins``.
 
 **Lifecycle hooks** let plugins observe runs (loggers, notifiers, reports). They are called
 on the main process only, with keyword arguments, in this order: ``rlhf_run_start``; per
@@ -46,18 +51,35 @@ def register_reward_functions(register):
 def register_policies(register):
     """Register policy factories. A policy factory returns an object with
     ``name``, ``load_tokenizer()`` and
-    ``load_model(auto_class=AutoModelForCausalLM, **from_pretrained_kwargs)`` (see ``Policy``)."""
+    ``load_model(auto_class=AutoModelForCausalLM, **from_pretrained_kwargs)`` (see ``Policy``).
+
+    ``register(name, factory, *, description="", context_length=None)``: ``context_length``,
+    ``(settings, base_dir) -> Length | None``, is the model's positions from the policy's
+    recipe settings alone (defaults filled in; ``base_dir`` the recipe's directory), None when
+    they do not tell; it must load and download nothing. ``rlhf validate`` compares it with what
+    the stage's settings need."""
 
 
 @hookspec
 def register_trainers(register):
     """Register trainer factories. A trainer factory returns a ``StageFn``: a callable that
-    takes the running ``StageContext`` and returns final metrics (or None)."""
+    takes the running ``StageContext`` and returns final metrics (or None).
+
+    ``register(name, factory, *, description="", sequence_length=None, stage_rules=None)``,
+    both read by ``rlhf validate`` for a stage whose tables are otherwise valid:
+
+    - ``sequence_length``, ``(settings) -> Length | None``: the longest sequence the stage's
+      settings (defaults filled in) make, None when it adapts to the model; each policy of the
+      stage whose ``context_length`` is shorter is reported (``max_length_setting``,
+      ``generation_settings``);
+    - ``stage_rules``, ``(slots, settings) -> list[(key, message)]``: rules across the stage's
+      resolved slot tables and settings, keys relative to the stage (``view_problems``)."""
 
 
 @hookspec
 def register_evaluators(register):
-    """Register evaluator factories; same contract as trainers."""
+    """Register evaluator factories; same contract as trainers, the same keywords
+    (``register(name, factory, *, description="", sequence_length=None, stage_rules=None)``)."""
 
 
 @hookspec

@@ -1,13 +1,10 @@
 """Context lengths: the positions a policy's model has, the tokens a stage's settings need, and
 the one check between them (at ``rlhf validate`` and again when the model is loaded).
 
-Two optional function attributes, read without calling the factory:
-
-- a policy factory's ``context_length(settings, base_dir) -> Length | None``: the model's
-  positions from its recipe settings alone (defaults filled in; nothing loaded or downloaded;
-  ``base_dir`` is the recipe's directory), None when they cannot be known that way;
-- a trainer or evaluator factory's ``sequence_length(settings) -> Length | None``: the longest
-  sequence its settings (defaults filled in) make, None when it adapts to the model.
+A component declares them at registration, as capabilities (the contracts are on
+``rlhf_plugins._engine.registry.Component``): a policy's ``context_length``, a trainer's or
+evaluator's ``sequence_length``. ``stage_needs`` and ``policy_context`` call them with the
+recipe's settings, defaults filled in, without calling the factory.
 
 ``rlhf validate`` reports every policy of a stage whose context is below what the stage's
 settings need; a stage checks again with the loaded model (``fit_max_length``,
@@ -20,10 +17,13 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rlhf_plugins._engine.errors import UserError
 from rlhf_plugins._engine.factories import RESERVED_COMPONENT_KEYS, describe
+
+if TYPE_CHECKING:
+    from rlhf_plugins._engine.registry import Component
 
 POSITION_KEYS = ("n_positions", "max_position_embeddings", "n_ctx", "seq_length")
 """Model config keys that hold the number of positions, in the order they are tried."""
@@ -56,13 +56,13 @@ def generated_length(max_prompt_length: int | None, max_new_tokens: int) -> Leng
 
 
 def max_length_setting(settings: Mapping[str, Any]) -> Length | None:
-    """A ``sequence_length`` for a factory whose ``max_length`` setting (None: the model's
+    """A ``sequence_length`` for a component whose ``max_length`` setting (None: the model's
     context) caps every row it trains on."""
     return trained_length(settings["max_length"])
 
 
 def generation_settings(settings: Mapping[str, Any]) -> Length:
-    """A ``sequence_length`` for a factory that generates with its ``max_prompt_length``
+    """A ``sequence_length`` for a component that generates with its ``max_prompt_length``
     (None: prompts cut to fit) and ``max_new_tokens`` settings."""
     return generated_length(settings["max_prompt_length"], settings["max_new_tokens"])
 
@@ -168,14 +168,20 @@ def with_defaults(
 
 
 def stage_needs(
-    factory: Callable, settings: Mapping[str, Any], base_dir: Path | None
+    component: Component, settings: Mapping[str, Any], base_dir: Path | None
 ) -> Length | None:
-    """What a trainer or evaluator factory's ``sequence_length`` reports, or None."""
-    report = getattr(factory, "sequence_length", None)
-    return report(with_defaults(factory, settings, base_dir)) if report else None
+    """What a trainer's or evaluator's declared ``sequence_length`` reports for the stage's
+    settings, or None (none declared, or it adapts to the model)."""
+    report = component.sequence_length
+    if report is None:
+        return None
+    return report(with_defaults(component.factory, settings, base_dir))
 
 
-def policy_context(factory: Callable, table: Mapping[str, Any], base_dir: Path) -> Length | None:
-    """What a policy factory's ``context_length`` reports for its recipe table, or None."""
-    report = getattr(factory, "context_length", None)
-    return report(with_defaults(factory, table, base_dir), base_dir) if report else None
+def policy_context(component: Component, table: Mapping[str, Any], base_dir: Path) -> Length | None:
+    """What a policy's declared ``context_length`` reports for its recipe table, or None (none
+    declared, or the table does not tell)."""
+    report = component.context_length
+    if report is None:
+        return None
+    return report(with_defaults(component.factory, table, base_dir), base_dir)

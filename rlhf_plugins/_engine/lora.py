@@ -1,6 +1,6 @@
 """LoRA through peft for the trainers that wrap TRL (their ``peft_config``): the settings,
 declared once with the names and defaults of TRL's ``ModelConfig`` (``use_peft``,
-``lora_r``, ...); ``rlhf_plugins._engine.hf.peft_config`` builds peft's config from them.
+``lora_r``, ...); ``rlhf_plugins.torch_helpers.peft_config`` builds peft's config from them.
 
 peft is optional: a recipe that turns ``use_peft`` on without it fails at ``rlhf validate``.
 This module imports pydantic only.

@@ -20,7 +20,7 @@ from rlhf_plugins._engine.factories import (
 )
 from rlhf_plugins._engine.lengths import policy_context, stage_needs, too_long
 from rlhf_plugins._engine.recipe_tables import STAGE_NAME, LaunchConfig, LoggingConfig, RecipeHead
-from rlhf_plugins._engine.registry import Registry
+from rlhf_plugins._engine.registry import Component, Registry
 from rlhf_plugins._engine.rules import stage_problems
 from rlhf_plugins._engine.settings import Settings, did_you_mean
 from rlhf_plugins._engine.typecheck import check_value
@@ -84,11 +84,11 @@ class Recipe:
 
     path: Path
     name: str
+    stages: dict[str, StageSpec]
     seed: int
     output_dir: Path
     launch: LaunchConfig
     logging: LoggingConfig
-    stages: dict[str, StageSpec]
     data: dict[str, Any] = field(repr=False)
 
     @property
@@ -264,12 +264,10 @@ class _Checker:
             resolved[settings_key] = self.check_settings(spec, settings, f"{prefix}.{settings_key}")
             if len(self.problems) == known:
                 self.check_context(
-                    component.factory, spec, slots, settings, prefix, f"{prefix}.{settings_key}"
+                    component, spec, slots, settings, prefix, f"{prefix}.{settings_key}"
                 )
                 stage_slots = {key: resolved[key] for key in slots}
-                for key, message in stage_problems(
-                    component.factory, stage_slots, resolved[settings_key]
-                ):
+                for key, message in stage_problems(component, stage_slots, resolved[settings_key]):
                     self.problem(f"{prefix}.{key}" if key else prefix, message)
         resolved["needs"] = needs
         return StageSpec(
@@ -284,11 +282,18 @@ class _Checker:
         )
 
     def check_context(
-        self, factory: Any, spec: FactorySpec, slots: dict, settings: dict, prefix: str, key: str
+        self,
+        component: Component,
+        spec: FactorySpec,
+        slots: dict,
+        settings: dict,
+        prefix: str,
+        key: str,
     ) -> None:
         """A problem for every policy of a valid stage whose context, known from its recipe
-        table, is shorter than what the stage's settings need (``rlhf_plugins._engine.lengths``)."""
-        needed = stage_needs(factory, settings, self.path.parent)
+        table, is shorter than what the stage's settings need (the stage component's
+        ``sequence_length`` and each policy's ``context_length``, ``rlhf_plugins._engine.lengths``)."""
+        needed = stage_needs(component, settings, self.path.parent)
         if needed is None:
             return
         for name, param in spec.slots.items():
@@ -296,7 +301,7 @@ class _Checker:
                 continue
             for where, table in slot_tables(name, param, slots[name]):
                 policy = self.registry.get("policy", table["use"])
-                context = policy_context(policy.factory, table, self.path.parent)
+                context = policy_context(policy, table, self.path.parent)
                 label = f"policy '{table['use']}' ({prefix}.{where})"
                 if context is not None and (message := too_long(needed, context, label)):
                     self.problem(key, message)
@@ -313,7 +318,9 @@ class _Checker:
             label = kind.replace("_", " ")
             hint = did_you_mean(name, self.registry.names(kind))
             failed = self.registry.failed_plugin_for(name)
-            if failed and not hint:
+            if failed and name in failed.refused:
+                hint = f"; plugin '{failed.name}' failed to register it ({failed.error})"
+            elif failed and not hint:
                 hint = f"; plugin '{failed.name}' failed to load ({failed.error})"
             elif not hint:
                 known = ", ".join(self.registry.names(kind)) or "none installed"

@@ -2,22 +2,30 @@
 
 A plugin that fails to import (or misspells a hook, or raises while registering) is recorded
 with its error and skipped; it is fatal only for a recipe that uses one of its components.
-A component name registered by two plugins is recorded as a conflict naming both.
+``register`` checks what it is given (a misspelled capability keyword, a capability the kind
+does not take, one that is not callable: a ``TypeError``, so the plugin's error). A component
+name registered by two plugins is recorded as a conflict naming both.
 """
 
 from __future__ import annotations
 
+import difflib
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
+from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 from rlhf_plugins._engine import hookspecs
 from rlhf_plugins._engine.components import KINDS
+
+if TYPE_CHECKING:
+    from rlhf_plugins._engine.lengths import Length
+    from rlhf_plugins._engine.rules import Problem
 
 
 @dataclass
@@ -34,6 +42,9 @@ class PluginInfo:
     ``rlhf list-plugins`` prints and ``--json`` writes."""
     error: str | None = None
     traceback: str | None = None
+    refused: list[str] = field(default_factory=list)
+    """Component names whose registration was refused (a misspelled capability keyword, a
+    capability of another kind, ...): a recipe naming one is told this plugin's error."""
 
     def as_json(self) -> dict:
         return {
@@ -47,9 +58,33 @@ class PluginInfo:
         }
 
 
+ContextLength = Callable[[Mapping[str, Any], Path], "Length | None"]
+"""``context_length(settings, base_dir) -> Length | None`` (a policy's capability)."""
+
+SequenceLength = Callable[[Mapping[str, Any]], "Length | None"]
+"""``sequence_length(settings) -> Length | None`` (a trainer's or evaluator's capability)."""
+
+StageRules = Callable[[Mapping[str, Any], Mapping[str, Any]], Iterable["Problem"]]
+"""``stage_rules(slots, settings) -> list[(key, message)]`` (a trainer's or evaluator's
+capability)."""
+
+CAPABILITIES: dict[str, tuple[str, ...]] = {
+    "context_length": ("policy",),
+    "sequence_length": ("trainer", "evaluator"),
+    "stage_rules": ("trainer", "evaluator"),
+}
+"""Each capability keyword of ``register`` -> the component kinds that may declare it."""
+
+
 @dataclass(frozen=True)
 class Component:
-    """A registered factory and where it came from."""
+    """A registered factory, what it declared at registration and where it came from.
+
+    The capabilities (``register(name, factory, *, context_length=..., sequence_length=...,
+    stage_rules=...)``) are what the engine must know about a component without calling its
+    factory; each is None when not declared, and is checked at registration: a callable, on a
+    kind that takes it (``CAPABILITIES``).
+    """
 
     kind: str
     name: str
@@ -58,6 +93,29 @@ class Component:
     plugin: str
     distribution: str | None
     version: str | None
+    context_length: ContextLength | None = None
+    """A policy's ``context_length(settings, base_dir) -> Length | None``: the model's positions
+    from its recipe settings alone. ``settings`` are the policy table's settings as its
+    factory's declaration resolves them (defaults filled in; ``use`` and slots dropped);
+    ``base_dir`` is the recipe's directory. Called by ``rlhf validate`` for every policy slot of
+    a stage whose tables are otherwise valid, before anything is built: nothing may be loaded
+    or downloaded, so it returns None when the settings do not tell (a hub id, ``from_stage``).
+    The stage checks again with the loaded model (``fit_max_length``, ``prompt_budget``)."""
+    sequence_length: SequenceLength | None = None
+    """A trainer's or evaluator's ``sequence_length(settings) -> Length | None``: the longest
+    sequence the stage's settings make (``settings`` resolved with their defaults), None when
+    it adapts to the model. Called by ``rlhf validate`` for a stage whose tables are otherwise
+    valid; every policy of the stage whose ``context_length`` is shorter is reported, naming
+    both numbers. ``max_length_setting`` and ``generation_settings`` cover the common cases."""
+    stage_rules: StageRules | None = None
+    """A trainer's or evaluator's ``stage_rules(slots, settings) -> list[(key, message)]``:
+    rules across a stage's slots and settings. ``slots`` maps each slot the recipe filled to
+    its resolved table (``use`` plus the component's settings, defaults filled in; a list or
+    dict of such tables for a list or dict slot), ``settings`` holds the stage's settings with
+    their defaults. Each problem is ``(key, message)``, the key relative to the stage
+    (``reward``, ``trainer_settings.reward_weights``; ``""`` for the stage itself). Called by
+    ``rlhf validate`` only for a stage whose tables are otherwise valid; its problems are
+    reported with the others."""
 
     @property
     def origin(self) -> str:
@@ -98,7 +156,11 @@ class Registry:
         return f"{kind.replace('_', ' ')} '{name}' is registered by both {origins}"
 
     def failed_plugin_for(self, name: str) -> PluginInfo | None:
-        """A plugin that failed to load, guessed as the home of an unknown component name."""
+        """A plugin that failed to load or to register ``name``, named by the refused name, else
+        guessed as the home of an unknown component name."""
+        for info in self.plugins.values():
+            if info.error and name in info.refused:
+                return info
         for info in self.plugins.values():
             if info.error and name in (
                 info.name,
@@ -181,6 +243,35 @@ def load_registry(extra_modules: Iterable[tuple[str, ModuleType]] = ()) -> Regis
     return registry
 
 
+def checked_capabilities(kind: str, name: str, **capabilities: Any) -> dict[str, Any]:
+    """The capabilities a component of ``kind`` declared (``context_length=...``, ...), each
+    checked: a ``TypeError`` when one is neither callable nor None, or when ``kind`` does not
+    take it (``CAPABILITIES``)."""
+    for keyword, value in capabilities.items():
+        if value is None:
+            continue
+        kinds = CAPABILITIES[keyword]
+        if kind not in kinds:
+            takers = " and ".join(
+                KINDS[k].removeprefix("register_").replace("_", " ") for k in kinds
+            )
+            raise TypeError(
+                f"{keyword} is a capability of {takers} only; "
+                f"{kind.replace('_', ' ')} '{name}' cannot declare it"
+            )
+        if not callable(value):
+            raise TypeError(
+                f"{keyword} of {kind.replace('_', ' ')} '{name}' must be callable or None, "
+                f"got {value!r}"
+            )
+    return capabilities
+
+
+def register_keywords(kind: str) -> list[str]:
+    """The keywords ``register`` takes for a component of ``kind``."""
+    return ["description"] + [k for k, kinds in CAPABILITIES.items() if kind in kinds]
+
+
 def _register_components(pm: pluggy.PluginManager, registry: Registry, info: PluginInfo) -> None:
     plugin = pm.get_plugin(info.name)
     for kind, hook_name in KINDS.items():
@@ -189,35 +280,77 @@ def _register_components(pm: pluggy.PluginManager, registry: Registry, info: Plu
             continue
         info.hooks.append(hook_name)
         names = info.components.setdefault(hook_name.removeprefix("register_"), [])
-
-        def register(
-            name: str,
-            factory: Callable,
-            *,
-            description: str = "",
-            _kind: str = kind,
-            _names: list[str] = names,
-        ) -> None:
-            if not isinstance(name, str) or not name:
-                raise ValueError(f"component names must be non-empty strings, got {name!r}")
-            if not callable(factory):
-                raise TypeError(f"factory for '{name}' is not callable")
-            _names.append(name)
-            registry.add(
-                Component(
-                    kind=_kind,
-                    name=name,
-                    factory=factory,
-                    description=description or (factory.__doc__ or "").strip().split("\n")[0],
-                    plugin=info.name,
-                    distribution=info.distribution,
-                    version=info.version,
-                )
-            )
-
+        register = _register_function(registry, info, kind, names)
         for impl in impls:
             try:
                 impl.function(register=register)
             except Exception as exc:
                 info.error = f"{hook_name} raised {_describe_error(exc)}"
                 info.traceback = traceback.format_exc()
+
+
+def _register_function(
+    registry: Registry, info: PluginInfo, kind: str, names: list[str]
+) -> Callable[..., None]:
+    """The ``register`` callable the ``register_*`` hook of ``kind`` of ``info``'s plugin
+    receives: ``register(name, factory, *, description="", **capabilities)``."""
+    label = kind.replace("_", " ")
+
+    def register(
+        name: str,
+        factory: Callable,
+        *,
+        description: str = "",
+        context_length: ContextLength | None = None,
+        sequence_length: SequenceLength | None = None,
+        stage_rules: StageRules | None = None,
+        **unknown: Any,
+    ) -> None:
+        try:
+            if unknown:
+                valid = register_keywords(kind)
+                given = ", ".join(
+                    f"'{k}'{difflib_hint(k, ['description', *CAPABILITIES])}" for k in unknown
+                )
+                raise TypeError(
+                    f"register() of {label} '{name}' got unknown keyword {given}; "
+                    f"a {label} takes {', '.join(valid)}"
+                )
+            if not isinstance(name, str) or not name:
+                raise ValueError(f"component names must be non-empty strings, got {name!r}")
+            if not callable(factory):
+                raise TypeError(f"factory for '{name}' is not callable")
+            if not isinstance(description, str):
+                raise TypeError(f"description of '{name}' must be a string, got {description!r}")
+            capabilities = checked_capabilities(
+                kind,
+                name,
+                context_length=context_length,
+                sequence_length=sequence_length,
+                stage_rules=stage_rules,
+            )
+        except (TypeError, ValueError):
+            if isinstance(name, str):
+                info.refused.append(name)
+            raise
+        names.append(name)
+        registry.add(
+            Component(
+                kind=kind,
+                name=name,
+                factory=factory,
+                description=description or (factory.__doc__ or "").strip().split("\n")[0],
+                plugin=info.name,
+                distribution=info.distribution,
+                version=info.version,
+                **capabilities,
+            )
+        )
+
+    return register
+
+
+def difflib_hint(word: str, choices: list[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``choices``, or an empty string."""
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""

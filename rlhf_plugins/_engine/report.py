@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rlhf_plugins._engine.rundir import METRICS_FILE, RESOLVED_FILE, STATE_FILE, stage_dirs
+
 PANELS = {
     "loss": lambda k: "loss" in k and "time" not in k,
     "reward": lambda k: "reward" in k and not k.endswith(("_std", "/std", "samples")),
@@ -196,8 +198,6 @@ pre { background: #f7f7f7; padding: 1em; overflow: auto; font-size: 0.8em; }
 def build_report(run_dir: Path) -> tuple[str, str]:
     """The HTML page and the markdown text of the report of ``run_dir``."""
     plt = _pyplot()
-    from rlhf_plugins._engine.rundir import stage_dirs
-
     stages = stage_dirs(run_dir)
     title = f"rlhf run {run_dir.name}"
     made = time.strftime("%Y-%m-%d %H:%M:%S")
@@ -205,7 +205,7 @@ def build_report(run_dir: Path) -> tuple[str, str]:
     md = [f"# {title}", "", f"`{run_dir}`, made {made}", ""]
     overview = []
     for stage_dir in stages:
-        state = read_json(stage_dir / "stage_state.json")
+        state = read_json(stage_dir / STATE_FILE)
         seconds = state.get("seconds")
         overview.append(
             [stage_dir.name, state.get("status", "?"), seconds if seconds is not None else "-"]
@@ -216,7 +216,7 @@ def build_report(run_dir: Path) -> tuple[str, str]:
         body.append("<p>No plots: install matplotlib (pip install 'rlhf-plugins[report]').</p>")
     resolved: dict[str, Any] = {}
     for stage_dir in stages:
-        state = read_json(stage_dir / "stage_state.json")
+        state = read_json(stage_dir / STATE_FILE)
         status = str(state.get("status", "?"))
         body.append(
             f'<h2>{html.escape(stage_dir.name)} <small class="{html.escape(status)}">{html.escape(status)}</small></h2>'
@@ -230,14 +230,14 @@ def build_report(run_dir: Path) -> tuple[str, str]:
             body.append(_table(["final metric", "value"], rows))
             md += [_md_table(["final metric", "value"], rows), ""]
         if plt is not None:
-            for panel, series in curves(read_jsonl(stage_dir / "metrics.jsonl")).items():
+            for panel, series in curves(read_jsonl(stage_dir / METRICS_FILE)).items():
                 body.append(
                     f'<img alt="{html.escape(stage_dir.name)}: {html.escape(panel)}" src="{plot_panel(plt, panel, series)}">'
                 )
         html_parts, md_parts = evaluation_sections(stage_dir, plt)
         body += html_parts
         md += md_parts
-        resolved.update(read_json(stage_dir / "resolved_stage.json").get("stages", {}))
+        resolved.update(read_json(stage_dir / RESOLVED_FILE).get("stages", {}))
     plugins = sorted({c for stage in resolved.values() for c in _plugins(stage)})
     body += [
         "<h2>Plugins</h2>",

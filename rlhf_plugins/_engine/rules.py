@@ -1,13 +1,9 @@
 """Rules across a stage's slots and settings, checked by ``rlhf validate``.
 
-A trainer or evaluator factory may carry one function attribute, read without calling the
-factory (like ``sequence_length``, see ``rlhf_plugins._engine.lengths``):
-
-``stage_rules(slots, settings) -> list[tuple[str, str]]``: ``slots`` maps each slot the recipe
-filled to its resolved table (``use`` plus the component's settings, defaults filled in; a list
-or dict of such tables for a list or dict slot), ``settings`` holds the stage's settings with
-their defaults. Each problem is ``(key, message)``, the key relative to the stage (``reward``,
-``trainer_settings.reward_weights``). It runs only for a stage whose tables are otherwise valid.
+A trainer or evaluator declares them at registration, as its ``stage_rules`` capability
+(``register(name, factory, stage_rules=...)``; the contract is on
+``rlhf_plugins._engine.registry.Component``): ``stage_rules(slots, settings) -> list[(key,
+message)]``, run only for a stage whose tables are otherwise valid.
 
 A dataset gives a view when its settings declare ``view`` (``tldr``, ``tldr-synthetic``);
 ``view_problems`` reports a slot filled with the wrong one. A dataset without that setting
@@ -17,8 +13,11 @@ This module imports nothing heavy.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rlhf_plugins._engine.registry import Component
 
 Problem = tuple[str, str]
 
@@ -47,8 +46,9 @@ def view_problems(
 
 
 def stage_problems(
-    factory: Callable, slots: Mapping[str, Any], settings: Mapping[str, Any]
+    component: Component, slots: Mapping[str, Any], settings: Mapping[str, Any]
 ) -> list[Problem]:
-    """What a factory's ``stage_rules`` reports for a stage's resolved slots and settings."""
-    rules = getattr(factory, "stage_rules", None)
-    return list(rules(slots, settings)) if rules else []
+    """What a trainer's or evaluator's declared ``stage_rules`` reports for a stage's resolved
+    slots and settings (none declared: no problems)."""
+    rules = component.stage_rules
+    return [] if rules is None else list(rules(slots, settings))

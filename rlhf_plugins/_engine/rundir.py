@@ -5,6 +5,7 @@ markers, atomic JSON writes, listing runs (``rlhf runs``) and clearing a stage d
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -45,6 +46,9 @@ def checkpoint_step(path: Path) -> int:
 
 STATE_FILE = "stage_state.json"
 
+
+METRICS_FILE = "metrics.jsonl"
+"""Each stage's metrics, one JSON record per logged step."""
 
 RESOLVED_FILE = "resolved_stage.json"
 
@@ -132,3 +136,24 @@ def run_overview(directory: Path) -> list[tuple[str, str, str, str, str, str]]:
                 )
             )
     return rows
+
+
+def disk_full(exc: BaseException) -> bool:
+    """True when ``exc`` or an exception it came from says the disk (or quota) is full;
+    torch's writer reports it only as an ``unexpected pos`` failure."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        text = str(seen)
+        if "No space left on device" in text or "unexpected pos" in text:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def free_space(path: Path) -> str:
+    try:
+        return f"{shutil.disk_usage(path).free / 2**20:.1f} MiB free"
+    except OSError:
+        return "free space unknown"

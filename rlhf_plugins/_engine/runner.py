@@ -7,10 +7,8 @@ same hash is skipped; an interrupted one with the same hash resumes; ``force`` r
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
-import shutil
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -35,6 +33,8 @@ from rlhf_plugins._engine.rundir import (
     RESUMABLE,
     checkpoint_step,
     clear_stage_dir,
+    disk_full,
+    free_space,
     read_state,
     record_stop,
     write_json_atomically,
@@ -45,20 +45,6 @@ from rlhf_plugins._engine.settings import did_you_mean
 from rlhf_plugins._engine.stage_context import StageContext
 
 Echo = Callable[[str], None]
-
-
-def disk_full(exc: BaseException) -> bool:
-    """True when ``exc`` or an exception it came from says the disk (or quota) is full;
-    torch's writer reports it only as an ``unexpected pos`` failure."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        text = str(seen)
-        if "No space left on device" in text or "unexpected pos" in text:
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
 
 
 def stage_error(stage: str, out: Path, exc: Exception) -> UserError:
@@ -73,13 +59,6 @@ def stage_error(stage: str, out: Path, exc: Exception) -> UserError:
     if isinstance(exc, UserError):
         return exc
     return StageFailed(f"stage '{stage}' failed: {type(exc).__name__}: {exc}")
-
-
-def free_space(path: Path) -> str:
-    try:
-        return f"{shutil.disk_usage(path).free / 2**20:.1f} MiB free"
-    except OSError:
-        return "free space unknown"
 
 
 def stage_hash(recipe: Recipe, spec: StageSpec, upstream_run_ids: Mapping[str, str]) -> str:

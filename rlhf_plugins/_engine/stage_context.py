@@ -20,6 +20,7 @@ from rlhf_plugins._engine.recipe_tables import LaunchConfig, LoggingConfig
 from rlhf_plugins._engine.rundir import (
     CHECKPOINT_MARKER,
     CHECKPOINT_PREFIX,
+    METRICS_FILE,
     checkpoint_step,
     write_json_atomically,
 )
@@ -74,7 +75,7 @@ class StageContext:
 
     @property
     def metrics_path(self) -> Path:
-        return self.output_dir / "metrics.jsonl"
+        return self.output_dir / METRICS_FILE
 
     def log(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
         """Append one record to ``metrics.jsonl`` and pass it to the ``rlhf_metrics_logged``

@@ -76,7 +76,7 @@ class EpochTrainingSettings(TrainingSettings):
 
 class LearningRateFloor(TrainingSettings):
     """``TrainingSettings`` plus the floor of the linear and cosine schedules, for trainers that
-    run their own loop (``rlhf_plugins._engine.loop.learning_rate_factor``); ``TrainingArguments``
+    run their own loop (``rlhf_plugins.torch_helpers.learning_rate_factor``); ``TrainingArguments``
     has no such field, so the Hugging Face trainers do not take it. Combine it with another
     ``TrainingSettings`` class by inheriting from both."""
 

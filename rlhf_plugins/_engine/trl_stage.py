@@ -42,7 +42,7 @@ class TrainerStage:
     - the reference, for a trainer that takes ``ref_model``: ``reference`` loaded, else a
       frozen copy of the starting policy, as TRL would load it, except with LoRA (TRL turns
       the adapters off instead) or precomputed reference log-probabilities;
-    - LoRA when ``use_peft`` is on (``rlhf_plugins._engine.lora``);
+    - LoRA when ``use_peft`` is on (``rlhf_plugins.LoraSettings``);
     - ``run_trainer`` (resume, stop at ``max_steps``), ``save_final`` (a plain
       ``from_pretrained`` policy and its tokenizer in the stage directory).
 
