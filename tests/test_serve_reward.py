@@ -448,11 +448,11 @@ def test_the_served_reward_is_built_with_the_run_hooks(served, monkeypatch):
     from rlhf_plugins._engine.recipe import load_recipe
     from rlhf_plugins._engine.registry import load_registry
     from rlhf_plugins._engine.reward_server import served_reward
-    from rlhf_plugins._engine.runner import Runner
+    from rlhf_plugins._engine.building import Builder
 
     contexts = []
     monkeypatch.setattr(
-        Runner, "build_component", lambda self, kind, table, stage: contexts.append(stage)
+        Builder, "component", lambda self, kind, table, stage: contexts.append(stage)
     )
     monkeypatch.chdir(served.parent)
     registry = load_registry()
