@@ -140,6 +140,7 @@ def register_trainers(register):
         description="A trainer that declares its capabilities.",
         sequence_length=max_length_setting,
         stage_rules=capped_rules,
+        views={"dataset": ["sft"]},
     )
 
 
@@ -180,7 +181,7 @@ def register_HOOK(register):
             "trainers",
             "stage_rule=max_length_setting",
             "register() of trainer 'bad-one' got unknown keyword 'stage_rule' (did you mean "
-            "'stage_rules'?); a trainer takes description, sequence_length, stage_rules",
+            "'stage_rules'?); a trainer takes description, sequence_length, stage_rules, views",
         ),
         (
             "policies",
@@ -199,8 +200,27 @@ def register_HOOK(register):
             "sequence_length=512",
             "sequence_length of trainer 'bad-one' must be callable or None, got 512",
         ),
+        (
+            "evaluators",
+            'views={"dataset": "prompts"}',
+            "views of evaluator 'bad-one' must be a table of dataset slot -> accepted views, "
+            "e.g. {\"dataset\": (\"prompts\",)}; got 'dataset': 'prompts'",
+        ),
+        (
+            "policies",
+            'views={"dataset": ("prompts",)}',
+            "views is a capability of trainers and evaluators only; policy 'bad-one' cannot "
+            "declare it",
+        ),
     ],
-    ids=["misspelled", "wrong-kind", "policy-only", "not-callable"],
+    ids=[
+        "misspelled",
+        "wrong-kind",
+        "policy-only",
+        "not-callable",
+        "views-not-a-table",
+        "views-of-a-policy",
+    ],
 )
 def test_a_bad_capability_is_the_plugins_error(
     run_cli, plugin_dist, write_recipe, sft_jsonl, hook, capability, message
@@ -229,7 +249,7 @@ def test_a_bad_capability_is_the_plugins_error(
     assert message in result.output
 
 
-def test_declared_sequence_length_and_stage_rules_drive_validate(
+def test_declared_sequence_length_stage_rules_and_views_drive_validate(
     run_cli, plugin_dist, write_recipe, sft_jsonl
 ):
     plugin_dist("rlhf-capped", "rlhf_capped", CAPPED_TRAINER)
@@ -240,6 +260,7 @@ def test_declared_sequence_length_and_stage_rules_drive_validate(
     component = load_registry().get("trainer", "capped")
     assert component.sequence_length.__name__ == "max_length_setting"
     assert component.stage_rules.__name__ == "capped_rules"
+    assert component.views == {"dataset": ("sft",)}
     assert component.context_length is None
     assert not hasattr(component.factory, "sequence_length"), "nothing attached to the factory"
 
@@ -259,7 +280,16 @@ def test_declared_sequence_length_and_stage_rules_drive_validate(
     assert "stages.fit.trainer_settings.words" in ruled.output
     assert "jsonl rows have no 'long' words" in ruled.output
 
-    assert validate("{ max_length = 128 }").exit_code == 0, "both capabilities are satisfied"
+    assert validate("{ max_length = 128 }").exit_code == 0, "every capability is satisfied"
+
+    viewed = run_cli(
+        "validate",
+        write_recipe(CAPPED_RECIPE.replace("SETTINGS", "{ max_length = 128 }")),
+        "--set",
+        'stages.fit.dataset={ use = "tldr-synthetic", view = "prompts" }',
+    )
+    assert viewed.exit_code == 2
+    assert "stages.fit.dataset.view: capped needs a 'sft' view here, got 'prompts'" in viewed.output
 
 
 def test_cli_startup_does_not_import_torch():

@@ -32,6 +32,7 @@ def register_trainers(register):
         orpo,
         description="Odds Ratio Preference Optimization with TRL's ORPOTrainer.",
         sequence_length=max_length_setting,
+        views={"dataset": ("comparisons",), "eval_dataset": ("comparisons",)},
     )
 
 

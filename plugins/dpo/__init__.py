@@ -22,7 +22,6 @@ from rlhf_plugins import (
     StageFn,
     hookimpl,
     max_length_setting,
-    view_problems,
 )
 
 COLUMNS = ("prompt", "chosen", "rejected")
@@ -66,7 +65,7 @@ def register_trainers(register):
         dpo,
         description="Direct Preference Optimization with TRL's DPOTrainer.",
         sequence_length=max_length_setting,
-        stage_rules=dpo_rules,
+        views={"dataset": ("comparisons",), "eval_dataset": ("comparisons",)},
     )
 
 
@@ -162,9 +161,3 @@ def dpo(
         settings=settings,
         summary=("rewards/accuracies", "rewards/margins"),
     )
-
-
-def dpo_rules(slots, settings):
-    """A dataset slot filled with another view than ``comparisons``."""
-    views = {"dataset": ("comparisons",), "eval_dataset": ("comparisons",)}
-    return view_problems(slots, views, "dpo")

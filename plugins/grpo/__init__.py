@@ -25,7 +25,6 @@ from rlhf_plugins import (
     StageFn,
     UserError,
     hookimpl,
-    view_problems,
 )
 
 
@@ -37,6 +36,7 @@ def register_trainers(register):
         description="Group Relative Policy Optimization with TRL's GRPOTrainer.",
         sequence_length=completion_length,
         stage_rules=group_rules("grpo"),
+        views=PROMPTS_VIEW,
     )
 
 
@@ -96,6 +96,7 @@ BOUNDS = {
 (``FromDataclass(constraints=...)``)."""
 
 PROMPTS_VIEW = {"dataset": ("prompts",), "eval_dataset": ("prompts",)}
+"""The ``views`` of ``grpo`` and ``rloo``: prompts in both dataset slots."""
 
 
 class GroupSettings(
@@ -150,13 +151,13 @@ def reward_problems(single: bool, listed: int | None, weights: list | None) -> l
 
 
 def group_rules(component: str) -> Callable[[Mapping[str, Any], Mapping[str, Any]], list[Problem]]:
-    """``stage_rules`` of ``component`` (``grpo``, ``rloo``): prompts views, the reward slots'
-    rules, and an ``eval_dataset`` only with ``eval_steps``."""
+    """``stage_rules`` of ``component`` (``grpo``, ``rloo``): the reward slots' rules, and an
+    ``eval_dataset`` only with ``eval_steps`` (the views: ``PROMPTS_VIEW``, declared as
+    ``views``)."""
 
     def rules(slots: Mapping[str, Any], settings: Mapping[str, Any]) -> list[Problem]:
-        problems = view_problems(slots, PROMPTS_VIEW, component)
         listed = slots.get("rewards")
-        problems += reward_problems(
+        problems = reward_problems(
             "reward" in slots, None if listed is None else len(listed), settings["reward_weights"]
         )
         if "eval_dataset" in slots and settings["eval_steps"] is None:

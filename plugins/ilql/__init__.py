@@ -33,6 +33,7 @@ def register_trainers(register):
         ilql_trainer,
         description="Offline RL (ILQL): V/Q heads, expectile, CQL and AWAC losses.",
         sequence_length=max_length_setting,
+        views={"dataset": ("offline",), "eval_dataset": ("offline",)},
     )
 
 

@@ -22,7 +22,6 @@ from rlhf_plugins import (
     StageFn,
     hookimpl,
     max_length_setting,
-    view_problems,
 )
 
 
@@ -33,7 +32,7 @@ def register_trainers(register):
         kto,
         description="Kahneman-Tversky Optimization with TRL's KTOTrainer.",
         sequence_length=max_length_setting,
-        stage_rules=kto_rules,
+        views={"dataset": ("offline", "comparisons"), "eval_dataset": ("offline", "comparisons")},
     )
 
 
@@ -106,9 +105,3 @@ def kto(
         settings=settings,
         summary=("rewards/margins", "kl"),
     )
-
-
-def kto_rules(slots, settings):
-    """A dataset slot filled with a view that holds no labelled completions."""
-    views = {slot: ("offline", "comparisons") for slot in ("dataset", "eval_dataset")}
-    return view_problems(slots, views, "kto")

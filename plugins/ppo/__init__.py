@@ -19,6 +19,7 @@ def register_trainers(register):
         description="PPO (trlX-style: value head on the trunk, hydra "
         "reference) with any reward function.",
         sequence_length=generation_settings,
+        views={"dataset": ("prompts",), "eval_dataset": ("prompts",)},
     )
 
 

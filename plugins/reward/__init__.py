@@ -35,6 +35,7 @@ def register_trainers(register):
         reward_model,
         description="Pairwise reward-model training (trunk + scalar head) on comparisons.",
         sequence_length=max_length_setting,
+        views={"dataset": ("comparisons",), "eval_dataset": ("comparisons",)},
     )
 
 

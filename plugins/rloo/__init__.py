@@ -12,6 +12,7 @@ from pydantic import Field, model_validator
 from rlhf_builtins.grpo import (
     BOUNDS,
     NOT_OFFERED,
+    PROMPTS_VIEW,
     GroupSettings,
     completion_length,
     group_rules,
@@ -28,6 +29,7 @@ def register_trainers(register):
         description="REINFORCE Leave-One-Out with TRL's RLOOTrainer.",
         sequence_length=completion_length,
         stage_rules=group_rules("rloo"),
+        views=PROMPTS_VIEW,
     )
 
 

@@ -32,6 +32,7 @@ def register_evaluators(register):
         rouge,
         description="ROUGE-1/2/L, mean reward and reward delta of each policy's summaries.",
         sequence_length=generation_settings,
+        views={"dataset": ("prompts",)},
     )
 
 

@@ -22,6 +22,7 @@ def register_trainers(register):
         sft,
         description="Supervised fine-tuning with TRL's SFTTrainer.",
         sequence_length=max_length_setting,
+        views={"dataset": ("sft",), "eval_dataset": ("sft",)},
     )
 
 

@@ -3,15 +3,16 @@
 A plugin that fails to import (or misspells a hook, or raises while registering) is recorded
 with its error and skipped; it is fatal only for a recipe that uses one of its components.
 ``register`` checks what it is given (a misspelled capability keyword, a capability the kind
-does not take, one that is not callable: a ``TypeError``, so the plugin's error). A component
-name registered by two plugins is recorded as a conflict naming both.
+does not take, one that is not callable or, for ``views``, not a table of view names: a
+``TypeError``, so the plugin's error). A component name registered by two plugins is recorded
+as a conflict naming both.
 """
 
 from __future__ import annotations
 
 import difflib
 import traceback
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -68,10 +69,14 @@ StageRules = Callable[[Mapping[str, Any], Mapping[str, Any]], Iterable["Problem"
 """``stage_rules(slots, settings) -> list[(key, message)]`` (a trainer's or evaluator's
 capability)."""
 
+Views = Mapping[str, Sequence[str]]
+"""``views``: dataset slot -> the views it accepts (a trainer's or evaluator's capability)."""
+
 CAPABILITIES: dict[str, tuple[str, ...]] = {
     "context_length": ("policy",),
     "sequence_length": ("trainer", "evaluator"),
     "stage_rules": ("trainer", "evaluator"),
+    "views": ("trainer", "evaluator"),
 }
 """Each capability keyword of ``register`` -> the component kinds that may declare it."""
 
@@ -81,9 +86,9 @@ class Component:
     """A registered factory, what it declared at registration and where it came from.
 
     The capabilities (``register(name, factory, *, context_length=..., sequence_length=...,
-    stage_rules=...)``) are what the engine must know about a component without calling its
-    factory; each is None when not declared, and is checked at registration: a callable, on a
-    kind that takes it (``CAPABILITIES``).
+    stage_rules=..., views=...)``) are what the engine must know about a component without
+    calling its factory; each is None when not declared, and is checked at registration: a
+    callable (``views``: a table of view names), on a kind that takes it (``CAPABILITIES``).
     """
 
     kind: str
@@ -116,6 +121,13 @@ class Component:
     (``reward``, ``trainer_settings.reward_weights``; ``""`` for the stage itself). Called by
     ``rlhf validate`` only for a stage whose tables are otherwise valid; its problems are
     reported with the others."""
+    views: Mapping[str, tuple[str, ...]] | None = None
+    """A trainer's or evaluator's ``views``: each dataset slot -> the views it accepts
+    (``{"dataset": ("prompts",)}``). ``rlhf validate`` reports a slot (also each table of a
+    list or dict slot) filled with a dataset whose ``view`` setting names another view
+    (``rlhf_plugins._engine.rules.view_problems``), for a stage whose tables are otherwise
+    valid; a dataset without a ``view`` setting is checked when the stage starts
+    (``require_columns``)."""
 
     @property
     def origin(self) -> str:
@@ -245,8 +257,9 @@ def load_registry(extra_modules: Iterable[tuple[str, ModuleType]] = ()) -> Regis
 
 def checked_capabilities(kind: str, name: str, **capabilities: Any) -> dict[str, Any]:
     """The capabilities a component of ``kind`` declared (``context_length=...``, ...), each
-    checked: a ``TypeError`` when one is neither callable nor None, or when ``kind`` does not
-    take it (``CAPABILITIES``)."""
+    checked: a ``TypeError`` when one is neither callable nor None (``views``: neither a table
+    of view names nor None), or when ``kind`` does not take it (``CAPABILITIES``). ``views``
+    comes back as a dict of tuples."""
     for keyword, value in capabilities.items():
         if value is None:
             continue
@@ -259,12 +272,29 @@ def checked_capabilities(kind: str, name: str, **capabilities: Any) -> dict[str,
                 f"{keyword} is a capability of {takers} only; "
                 f"{kind.replace('_', ' ')} '{name}' cannot declare it"
             )
-        if not callable(value):
+        if keyword == "views":
+            capabilities[keyword] = checked_views(value, f"views of {kind} '{name}'")
+        elif not callable(value):
             raise TypeError(
                 f"{keyword} of {kind.replace('_', ' ')} '{name}' must be callable or None, "
                 f"got {value!r}"
             )
     return capabilities
+
+
+def checked_views(views: Any, what: str) -> dict[str, tuple[str, ...]]:
+    """``views`` (slot -> the views it accepts) as a dict of tuples; a ``TypeError`` unless it
+    maps slot names to non-empty lists or tuples of view names."""
+    usage = 'a table of dataset slot -> accepted views, e.g. {"dataset": ("prompts",)}'
+    if not isinstance(views, Mapping):
+        raise TypeError(f"{what} must be {usage}, got {views!r}")
+    checked = {}
+    for slot, accepted in views.items():
+        names = tuple(accepted) if isinstance(accepted, (list, tuple)) else ()
+        if not isinstance(slot, str) or not names or not all(isinstance(v, str) for v in names):
+            raise TypeError(f"{what} must be {usage}; got {slot!r}: {accepted!r}")
+        checked[slot] = names
+    return checked
 
 
 def register_keywords(kind: str) -> list[str]:
@@ -304,6 +334,7 @@ def _register_function(
         context_length: ContextLength | None = None,
         sequence_length: SequenceLength | None = None,
         stage_rules: StageRules | None = None,
+        views: Views | None = None,
         **unknown: Any,
     ) -> None:
         try:
@@ -328,6 +359,7 @@ def _register_function(
                 context_length=context_length,
                 sequence_length=sequence_length,
                 stage_rules=stage_rules,
+                views=views,
             )
         except (TypeError, ValueError):
             if isinstance(name, str):
