@@ -213,21 +213,14 @@ def expected(name: str, view: str, split: str) -> list[dict]:
     return found
 
 
-CASES = [
-    ("tldr", "sft", "train"),
-    ("tldr", "prompts", "validation"),
-    ("tldr-preference", "comparisons", "train"),
-    ("tldr-preference", "offline", "validation"),
-    ("tldr-preference", "sft", "train"),
-    ("tldr-preference", "prompts", "train"),
-    ("ultrafeedback_binarized", "comparisons", "train"),
-    ("ultrafeedback_binarized", "sft", "test"),
-    ("ultrafeedback_binarized", "prompts", "train"),
-    ("ultrafeedback_binarized", "offline", "train"),
-    ("hh-rlhf", "comparisons", "train"),
-    ("hh-rlhf", "offline", "test"),
-    ("hh-rlhf", "prompts", "train"),
-]
+VIEW_SPLITS = {
+    "tldr": "sft/train prompts/validation",
+    "tldr-preference": "comparisons/train offline/validation sft/train prompts/train",
+    "ultrafeedback_binarized": "comparisons/train sft/test prompts/train offline/train",
+    "hh-rlhf": "comparisons/train offline/test prompts/train",
+}
+"""Each standard set -> the ``view/split`` pairs read from it."""
+CASES = [(name, *pair.split("/")) for name, pairs in VIEW_SPLITS.items() for pair in pairs.split()]
 
 
 @pytest.mark.parametrize("layout", ["files", "saved"])

@@ -199,10 +199,11 @@ def test_every_trainer_and_evaluator_declares_the_views_of_its_dataset_slots():
     for kind in ("trainer", "evaluator"):
         for name in registry.names(kind):
             component = registry.get(kind, name)
-            slots = {k for k, p in describe(component.factory).slots.items() if p.slot == "dataset"}
-            assert set(component.views or {}) == slots, f"{kind} {name}: views of {slots}"
+            spec = describe(component.factory)
+            slots = {k for k, p in spec.slots.items() if p.slot == "dataset"}
+            assert set(spec.views) == slots, f"{kind} {name}: views of {slots}"
             if component.distribution == "rlhf-plugins":
-                assert component.views == ACCEPTED[kind, name], f"{kind} {name}"
+                assert spec.views == ACCEPTED[kind, name], f"{kind} {name}"
 
 
 @pytest.mark.parametrize("view", VIEWS)

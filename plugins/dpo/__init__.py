@@ -20,6 +20,7 @@ from rlhf_plugins import (
     Policy,
     PreferenceSettings,
     StageFn,
+    Views,
     hookimpl,
     max_length_setting,
 )
@@ -58,6 +59,10 @@ F_DIVERGENCE_LOSSES = (
 f-divergence other than ``reverse_kl`` (``DPOTrainer``)."""
 
 
+ComparisonsDataset = Annotated[Dataset, Views("comparisons")]
+"""The dataset slots of ``dpo``: the ``comparisons`` view (prompt, chosen, rejected)."""
+
+
 @hookimpl
 def register_trainers(register):
     register(
@@ -65,7 +70,6 @@ def register_trainers(register):
         dpo,
         description="Direct Preference Optimization with TRL's DPOTrainer.",
         sequence_length=max_length_setting,
-        views={"dataset": ("comparisons",), "eval_dataset": ("comparisons",)},
     )
 
 
@@ -116,8 +120,8 @@ class DPOSettings(PreferenceSettings):
 
 def dpo(
     policy: Policy,
-    dataset: Dataset,
-    eval_dataset: Dataset | None = None,
+    dataset: ComparisonsDataset,
+    eval_dataset: ComparisonsDataset | None = None,
     reference: Policy | None = None,
     *,
     settings: Annotated[

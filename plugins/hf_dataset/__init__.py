@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field
 
+from rlhf_builtins.jsonl import Columns, Shuffle
 from rlhf_plugins import Dataset, StageContext, did_you_mean, hookimpl
 
 View = Literal["sft", "prompts", "comparisons", "offline"]
@@ -57,15 +58,9 @@ def hf_dataset(
         str | list[str] | dict[str, str | list[str]] | None,
         Field(description="load_dataset's data_files: within path, or beside the recipe"),
     ] = None,
-    columns: Annotated[
-        dict[str, str] | None,
-        AfterValidator(known_roles),
-        Field(description='view column -> source column, e.g. { prompt = "question" }'),
-    ] = None,
+    columns: Annotated[Columns, AfterValidator(known_roles)] = None,
     limit: Annotated[int | None, Field(ge=1, description="source rows kept (unset: all)")] = None,
-    shuffle: Annotated[
-        bool, Field(description="shuffle with the recipe seed before limit")
-    ] = False,
+    shuffle: Shuffle = False,
 ) -> Dataset:
     """Rows of ``path`` (read with ``datasets.load_dataset(path, name, split=split,
     data_dir=data_dir, data_files=data_files)``, or ``load_from_disk`` for a ``save_to_disk``

@@ -20,9 +20,15 @@ from rlhf_plugins import (
     Policy,
     PreferenceSettings,
     StageFn,
+    Views,
     hookimpl,
     max_length_setting,
 )
+
+LabelledDataset = Annotated[Dataset, Views("offline", "comparisons")]
+"""The dataset slots of ``kto``: labelled completions, from the ``offline`` view (desirable
+when the reward is above ``reward_threshold``) or ``comparisons`` (chosen desirable, rejected
+not)."""
 
 
 @hookimpl
@@ -32,7 +38,6 @@ def register_trainers(register):
         kto,
         description="Kahneman-Tversky Optimization with TRL's KTOTrainer.",
         sequence_length=max_length_setting,
-        views={"dataset": ("offline", "comparisons"), "eval_dataset": ("offline", "comparisons")},
     )
 
 
@@ -58,8 +63,8 @@ class KTOSettings(PreferenceSettings):
 
 def kto(
     policy: Policy,
-    dataset: Dataset,
-    eval_dataset: Dataset | None = None,
+    dataset: LabelledDataset,
+    eval_dataset: LabelledDataset | None = None,
     reference: Policy | None = None,
     *,
     settings: Annotated[

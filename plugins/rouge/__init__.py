@@ -8,6 +8,8 @@ This hook module imports nothing heavy; the evaluator lives in ``rlhf_builtins.r
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import Field, model_validator
 
 from rlhf_plugins import (
@@ -17,6 +19,7 @@ from rlhf_plugins import (
     Settings,
     StageFn,
     UserError,
+    Views,
     generation_settings,
     hookimpl,
 )
@@ -32,7 +35,6 @@ def register_evaluators(register):
         rouge,
         description="ROUGE-1/2/L, mean reward and reward delta of each policy's summaries.",
         sequence_length=generation_settings,
-        views={"dataset": ("prompts",)},
     )
 
 
@@ -64,7 +66,7 @@ class RougeSettings(Settings):
 
 def rouge(
     policies: dict[str, Policy],
-    dataset: Dataset,
+    dataset: Annotated[Dataset, Views("prompts")],
     reward: RewardFunction | None = None,
     reference: Policy | None = None,
     *,

@@ -6,10 +6,11 @@ component's settings (``rlhf_plugins.Settings``, docs/plugins.md); a recipe tabl
 validated against that declaration before anything heavy is imported, then passed in. What the
 engine must know about a component without calling its factory is declared as a keyword
 capability (policies: ``context_length``; trainers and evaluators: ``sequence_length``,
-``stage_rules``, ``views``; contracts on ``rlhf_plugins._engine.registry.Component``), checked
-at registration: an unknown keyword, a capability of another kind or one that is not callable
-(``views``: not a table of view names) is a ``TypeError``, shown as the plugin's error by
-``rlhf list-plugins``.
+``stage_rules``; contracts on ``rlhf_plugins._engine.registry.Component``), checked at
+registration: an unknown keyword, a capability of another kind or one that is not callable is
+a ``TypeError``, shown as the plugin's error by ``rlhf list-plugins``. The views a trainer's or
+evaluator's dataset slot accepts are declared on that parameter
+(``Annotated[Dataset, Views("prompts")]``), read at registration too.
 
 **Lifecycle hooks** let plugins observe runs (loggers, notifiers, reports). They are called
 on the main process only, with keyword arguments, in this order: ``rlhf_run_start``; per
@@ -66,24 +67,25 @@ def register_trainers(register):
     """Register trainer factories. A trainer factory returns a ``StageFn``: a callable that
     takes the running ``StageContext`` and returns final metrics (or None).
 
-    ``register(name, factory, *, description="", sequence_length=None, stage_rules=None,
-    views=None)``, all read by ``rlhf validate`` for a stage whose tables are otherwise valid:
+    ``register(name, factory, *, description="", sequence_length=None, stage_rules=None)``,
+    both read by ``rlhf validate`` for a stage whose tables are otherwise valid:
 
     - ``sequence_length``, ``(settings) -> Length | None``: the longest sequence the stage's
       settings (defaults filled in) make, None when it adapts to the model; each policy of the
       stage whose ``context_length`` is shorter is reported (``max_length_setting``,
       ``generation_settings``);
     - ``stage_rules``, ``(slots, settings) -> list[(key, message)]``: rules across the stage's
-      resolved slot tables and settings, keys relative to the stage;
-    - ``views``, ``{slot: (view, ...)}``: the views each dataset slot accepts; a dataset whose
-      ``view`` setting names another is reported (``view_problems``)."""
+      resolved slot tables and settings, keys relative to the stage.
+
+    Each dataset slot declares the views it accepts on its parameter,
+    ``dataset: Annotated[Dataset, Views("comparisons")]``; a dataset whose ``view`` setting
+    names another is reported (``view_problems``)."""
 
 
 @hookspec
 def register_evaluators(register):
     """Register evaluator factories; same contract as trainers, the same keywords
-    (``register(name, factory, *, description="", sequence_length=None, stage_rules=None,
-    views=None)``)."""
+    (``register(name, factory, *, description="", sequence_length=None, stage_rules=None)``)."""
 
 
 @hookspec

@@ -3,16 +3,16 @@
 A plugin that fails to import (or misspells a hook, or raises while registering) is recorded
 with its error and skipped; it is fatal only for a recipe that uses one of its components.
 ``register`` checks what it is given (a misspelled capability keyword, a capability the kind
-does not take, one that is not callable or, for ``views``, not a table of view names: a
-``TypeError``, so the plugin's error). A component name registered by two plugins is recorded
-as a conflict naming both.
+does not take, one that is not callable, a factory whose declaration cannot be read, such as
+``Views`` on a parameter that is no dataset slot: a ``TypeError``, so the plugin's error). A
+component name registered by two plugins is recorded as a conflict naming both.
 """
 
 from __future__ import annotations
 
 import difflib
 import traceback
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -23,6 +23,7 @@ import pluggy
 
 from rlhf_plugins._engine import hookspecs
 from rlhf_plugins._engine.components import KINDS
+from rlhf_plugins._engine.factories import describe
 
 if TYPE_CHECKING:
     from rlhf_plugins._engine.lengths import Length
@@ -69,16 +70,15 @@ StageRules = Callable[[Mapping[str, Any], Mapping[str, Any]], Iterable["Problem"
 """``stage_rules(slots, settings) -> list[(key, message)]`` (a trainer's or evaluator's
 capability)."""
 
-Views = Mapping[str, Sequence[str]]
-"""``views``: dataset slot -> the views it accepts (a trainer's or evaluator's capability)."""
-
 CAPABILITIES: dict[str, tuple[str, ...]] = {
     "context_length": ("policy",),
     "sequence_length": ("trainer", "evaluator"),
     "stage_rules": ("trainer", "evaluator"),
-    "views": ("trainer", "evaluator"),
 }
 """Each capability keyword of ``register`` -> the component kinds that may declare it."""
+
+VIEWS_KINDS = ("trainer", "evaluator")
+"""The component kinds whose dataset slots may declare ``Views`` (their stages are checked)."""
 
 
 @dataclass(frozen=True)
@@ -86,9 +86,9 @@ class Component:
     """A registered factory, what it declared at registration and where it came from.
 
     The capabilities (``register(name, factory, *, context_length=..., sequence_length=...,
-    stage_rules=..., views=...)``) are what the engine must know about a component without
-    calling its factory; each is None when not declared, and is checked at registration: a
-    callable (``views``: a table of view names), on a kind that takes it (``CAPABILITIES``).
+    stage_rules=...)``) are what the engine must know about a component without calling its
+    factory; each is None when not declared, and is checked at registration: a callable, on a
+    kind that takes it (``CAPABILITIES``).
     """
 
     kind: str
@@ -121,13 +121,6 @@ class Component:
     (``reward``, ``trainer_settings.reward_weights``; ``""`` for the stage itself). Called by
     ``rlhf validate`` only for a stage whose tables are otherwise valid; its problems are
     reported with the others."""
-    views: Mapping[str, tuple[str, ...]] | None = None
-    """A trainer's or evaluator's ``views``: each dataset slot -> the views it accepts
-    (``{"dataset": ("prompts",)}``). ``rlhf validate`` reports a slot (also each table of a
-    list or dict slot) filled with a dataset whose ``view`` setting names another view
-    (``rlhf_plugins._engine.rules.view_problems``), for a stage whose tables are otherwise
-    valid; a dataset without a ``view`` setting is checked when the stage starts
-    (``require_columns``)."""
 
     @property
     def origin(self) -> str:
@@ -257,9 +250,8 @@ def load_registry(extra_modules: Iterable[tuple[str, ModuleType]] = ()) -> Regis
 
 def checked_capabilities(kind: str, name: str, **capabilities: Any) -> dict[str, Any]:
     """The capabilities a component of ``kind`` declared (``context_length=...``, ...), each
-    checked: a ``TypeError`` when one is neither callable nor None (``views``: neither a table
-    of view names nor None), or when ``kind`` does not take it (``CAPABILITIES``). ``views``
-    comes back as a dict of tuples."""
+    checked: a ``TypeError`` when one is neither callable nor None, or when ``kind`` does not
+    take it (``CAPABILITIES``)."""
     for keyword, value in capabilities.items():
         if value is None:
             continue
@@ -272,9 +264,7 @@ def checked_capabilities(kind: str, name: str, **capabilities: Any) -> dict[str,
                 f"{keyword} is a capability of {takers} only; "
                 f"{kind.replace('_', ' ')} '{name}' cannot declare it"
             )
-        if keyword == "views":
-            capabilities[keyword] = checked_views(value, f"views of {kind} '{name}'")
-        elif not callable(value):
+        if not callable(value):
             raise TypeError(
                 f"{keyword} of {kind.replace('_', ' ')} '{name}' must be callable or None, "
                 f"got {value!r}"
@@ -282,19 +272,22 @@ def checked_capabilities(kind: str, name: str, **capabilities: Any) -> dict[str,
     return capabilities
 
 
-def checked_views(views: Any, what: str) -> dict[str, tuple[str, ...]]:
-    """``views`` (slot -> the views it accepts) as a dict of tuples; a ``TypeError`` unless it
-    maps slot names to non-empty lists or tuples of view names."""
-    usage = 'a table of dataset slot -> accepted views, e.g. {"dataset": ("prompts",)}'
-    if not isinstance(views, Mapping):
-        raise TypeError(f"{what} must be {usage}, got {views!r}")
-    checked = {}
-    for slot, accepted in views.items():
-        names = tuple(accepted) if isinstance(accepted, (list, tuple)) else ()
-        if not isinstance(slot, str) or not names or not all(isinstance(v, str) for v in names):
-            raise TypeError(f"{what} must be {usage}; got {slot!r}: {accepted!r}")
-        checked[slot] = names
-    return checked
+def checked_declaration(kind: str, name: str, factory: Callable) -> None:
+    """``factory``'s declaration read once at registration (``describe``): a ``TypeError``
+    naming the component when it cannot be (``Views`` on a parameter that is no dataset slot,
+    or naming no view), or when a component of a kind other than ``VIEWS_KINDS`` declares
+    ``Views``."""
+    label = kind.replace("_", " ")
+    try:
+        views = describe(factory).views
+    except TypeError as exc:
+        raise TypeError(f"{label} '{name}': {exc}") from None
+    if views and kind not in VIEWS_KINDS:
+        on = ", ".join(f"'{slot}'" for slot in views)
+        raise TypeError(
+            f"Views is a declaration of trainers and evaluators only; {label} '{name}' cannot "
+            f"declare it (parameter {on})"
+        )
 
 
 def register_keywords(kind: str) -> list[str]:
@@ -334,7 +327,6 @@ def _register_function(
         context_length: ContextLength | None = None,
         sequence_length: SequenceLength | None = None,
         stage_rules: StageRules | None = None,
-        views: Views | None = None,
         **unknown: Any,
     ) -> None:
         try:
@@ -359,8 +351,8 @@ def _register_function(
                 context_length=context_length,
                 sequence_length=sequence_length,
                 stage_rules=stage_rules,
-                views=views,
             )
+            checked_declaration(kind, name, factory)
         except (TypeError, ValueError):
             if isinstance(name, str):
                 info.refused.append(name)

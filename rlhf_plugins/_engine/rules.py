@@ -1,9 +1,11 @@
 """Rules across a stage's slots and settings, checked by ``rlhf validate``.
 
-A trainer or evaluator declares them at registration (``register(name, factory, views=...,
-stage_rules=...)``; the contracts are on ``rlhf_plugins._engine.registry.Component``): the
-views each dataset slot accepts, and ``stage_rules(slots, settings) -> list[(key, message)]``,
-both checked only for a stage whose tables are otherwise valid.
+A trainer or evaluator declares them in its factory and at registration: the views each
+dataset slot accepts on that parameter (``dataset: Annotated[Dataset, Views("prompts")]``,
+read by ``rlhf_plugins._engine.factories.describe``), and ``stage_rules(slots, settings) ->
+list[(key, message)]`` (``register(name, factory, stage_rules=...)``; the contract is on
+``rlhf_plugins._engine.registry.Component``), both checked only for a stage whose tables are
+otherwise valid.
 
 A dataset gives a view when its settings declare ``view`` (``tldr``, ``tldr-synthetic``,
 ``hf-dataset``); ``view_problems`` reports a slot filled with the wrong one. A dataset without
@@ -17,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from rlhf_plugins._engine.factories import FactorySpec
     from rlhf_plugins._engine.registry import Component
 
 Problem = tuple[str, str]
@@ -57,10 +60,14 @@ def view_problems(
 
 
 def stage_problems(
-    component: Component, slots: Mapping[str, Any], settings: Mapping[str, Any]
+    component: Component,
+    spec: FactorySpec,
+    slots: Mapping[str, Any],
+    settings: Mapping[str, Any],
 ) -> list[Problem]:
-    """What a trainer's or evaluator's declared ``views`` and ``stage_rules`` report for a
-    stage's resolved slots and settings (none declared: no problems)."""
-    problems = view_problems(slots, component.views or {}, component.name)
+    """What a trainer's or evaluator's declared views (``spec``, its factory's declaration)
+    and ``stage_rules`` report for a stage's resolved slots and settings (none declared: no
+    problems)."""
+    problems = view_problems(slots, spec.views, component.name)
     rules = component.stage_rules
     return problems if rules is None else problems + list(rules(slots, settings))
