@@ -5,9 +5,9 @@ pure-Python part (it imports neither torch nor transformers); the torch-importin
 
 - hooks: ``hookimpl`` marks the ``register_*`` and lifecycle hook implementations of a module
   named by an entry point in the ``rlhf_plugins`` group;
-- component contracts: ``Dataset``, ``Policy``, ``RewardFunction``, ``StageFn`` and the running
-  stage ``StageContext``; ``require_columns``, ``TEXT_COLUMNS``; reward scores: ``as_score``,
-  ``checked_scores``, ``reward_scores``;
+- component contracts: ``Dataset`` (and the ``Views`` a dataset slot accepts), ``Policy``,
+  ``RewardFunction``, ``StageFn`` and the running stage ``StageContext``; ``require_columns``,
+  ``TEXT_COLUMNS``; reward scores: ``as_score``, ``checked_scores``, ``reward_scores``;
 - errors: ``UserError``, ``StageFailed``, ``RewardUnavailable``;
 - settings: ``Settings``, ``LocalPath``, ``FromDataclass``, ``did_you_mean``, the shared
   trainer settings ``TrainingSettings``, ``EpochTrainingSettings``, ``LearningRateFloor``,
@@ -27,6 +27,7 @@ from rlhf_plugins._engine.components import (
     Policy,
     RewardFunction,
     StageFn,
+    Views,
     as_score,
     checked_scores,
     require_columns,
@@ -86,6 +87,7 @@ __all__ = [
     "StageFn",
     "TrainingSettings",
     "UserError",
+    "Views",
     "__version__",
     "as_score",
     "checked_scores",

@@ -366,8 +366,8 @@ def list_plugins(as_json: bool, verbose: bool) -> None:
 
 
 def describe_component(component: Component) -> str:
-    """A component's description, its slots, and every setting with type, default,
-    constraint and help (read from its one declaration)."""
+    """A component's description, its slots (a dataset slot with the views it accepts), and
+    every setting with type, default, constraint and help (read from its one declaration)."""
     from rlhf_plugins._engine.factories import describe, setting_docs
 
     lines = [
@@ -379,7 +379,9 @@ def describe_component(component: Component) -> str:
         kind = f"{param.slot.replace('_', ' ')} component"
         if param.container:
             kind = f"{param.container} of {kind}s"
-        lines.append(f"    {param.name}: {kind}, {'required' if param.required else 'optional'}")
+        views = f", view {' | '.join(map(repr, param.views))}" if param.views else ""
+        needed = "required" if param.required else "optional"
+        lines.append(f"    {param.name}: {kind}, {needed}{views}")
     for doc in setting_docs(spec.model):
         default = "required" if doc.default == "required" else f"default {doc.default}"
         detail = ", ".join(x for x in (doc.type, doc.constraint, default) if x)

@@ -129,7 +129,9 @@ def test_duplicate_component_names_both_plugins(run_cli, plugin_dist, write_reci
 
 
 CAPPED_TRAINER = """
-from rlhf_plugins import Dataset, Length, Policy, hookimpl, max_length_setting
+from typing import Annotated
+
+from rlhf_plugins import Dataset, Length, Policy, Views, hookimpl, max_length_setting
 
 
 @hookimpl
@@ -143,7 +145,12 @@ def register_trainers(register):
     )
 
 
-def capped(policy: Policy, dataset: Dataset, max_length: int | None = 600, words: str = "any"):
+def capped(
+    policy: Policy,
+    dataset: Annotated[Dataset, Views("sft")],
+    max_length: int | None = 600,
+    words: str = "any",
+):
     def run(stage):
         return {}
     return run
@@ -163,13 +170,19 @@ CAPPED_RECIPE = (
 )
 
 BAD_CAPABILITY = """
-from rlhf_plugins import hookimpl, max_length_setting
+from typing import Annotated
+
+from rlhf_plugins import Dataset, Policy, Views, hookimpl, max_length_setting
 
 
 @hookimpl
 def register_HOOK(register):
     register("fine", lambda: None)
-    register("bad-one", lambda: None, description="Declares a capability wrongly.", CAPABILITY)
+    register("bad-one", bad, description="Declares a capability wrongly.", CAPABILITY)
+
+
+def bad():
+    pass
 """
 
 
@@ -199,13 +212,57 @@ def register_HOOK(register):
             "sequence_length=512",
             "sequence_length of trainer 'bad-one' must be callable or None, got 512",
         ),
+        (
+            "evaluators",
+            "def bad(dataset: Annotated[Dataset, Views()]):",
+            "evaluator 'bad-one': Views() on parameter 'dataset' of bad must name the views it "
+            'accepts, e.g. Views("prompts")',
+        ),
+        (
+            "evaluators",
+            'def bad(dataset: Annotated[Dataset, Views(["prompts"])]):',
+            "evaluator 'bad-one': Views(['prompts']) on parameter 'dataset' of bad must name the "
+            'views it accepts, e.g. Views("prompts")',
+        ),
+        (
+            "trainers",
+            'def bad(policy: Annotated[Policy | None, Views("prompts")] = None):',
+            "trainer 'bad-one': parameter 'policy' of bad is a policy slot; Views(...) declares "
+            "the views a dataset slot accepts",
+        ),
+        (
+            "trainers",
+            'def bad(steps: Annotated[int, Views("prompts")] = 1):',
+            "trainer 'bad-one': parameter 'steps' of bad is no component slot; Views(...) "
+            "declares the views a dataset slot accepts",
+        ),
+        (
+            "policies",
+            'def bad(dataset: Annotated[Dataset, Views("prompts")]):',
+            "Views is a declaration of trainers and evaluators only; policy 'bad-one' cannot "
+            "declare it (parameter 'dataset')",
+        ),
     ],
-    ids=["misspelled", "wrong-kind", "policy-only", "not-callable"],
+    ids=[
+        "misspelled",
+        "wrong-kind",
+        "policy-only",
+        "not-callable",
+        "views-naming-none",
+        "views-not-strings",
+        "views-on-a-policy-slot",
+        "views-on-a-setting",
+        "views-of-a-policy",
+    ],
 )
 def test_a_bad_capability_is_the_plugins_error(
     run_cli, plugin_dist, write_recipe, sft_jsonl, hook, capability, message
 ):
-    source = BAD_CAPABILITY.replace("HOOK", hook).replace("CAPABILITY", capability)
+    source = BAD_CAPABILITY.replace("HOOK", hook)
+    if capability.startswith("def bad("):  # declared in the factory's signature
+        source = source.replace(", CAPABILITY", "").replace("def bad():", capability)
+    else:
+        source = source.replace("CAPABILITY", capability)
     plugin_dist("rlhf-badcap", "rlhf_badcap", source)
     info = plugins_by_name(run_cli)["rlhf-badcap"]
     assert info["error"] == f"register_{hook} raised TypeError: {message}"
@@ -229,17 +286,19 @@ def test_a_bad_capability_is_the_plugins_error(
     assert message in result.output
 
 
-def test_declared_sequence_length_and_stage_rules_drive_validate(
+def test_declared_sequence_length_stage_rules_and_views_drive_validate(
     run_cli, plugin_dist, write_recipe, sft_jsonl
 ):
     plugin_dist("rlhf-capped", "rlhf_capped", CAPPED_TRAINER)
     assert plugins_by_name(run_cli)["rlhf-capped"]["error"] is None
 
+    from rlhf_plugins._engine.factories import describe
     from rlhf_plugins._engine.registry import load_registry
 
     component = load_registry().get("trainer", "capped")
     assert component.sequence_length.__name__ == "max_length_setting"
     assert component.stage_rules.__name__ == "capped_rules"
+    assert describe(component.factory).views == {"dataset": ("sft",)}
     assert component.context_length is None
     assert not hasattr(component.factory, "sequence_length"), "nothing attached to the factory"
 
@@ -259,7 +318,18 @@ def test_declared_sequence_length_and_stage_rules_drive_validate(
     assert "stages.fit.trainer_settings.words" in ruled.output
     assert "jsonl rows have no 'long' words" in ruled.output
 
-    assert validate("{ max_length = 128 }").exit_code == 0, "both capabilities are satisfied"
+    assert validate("{ max_length = 128 }").exit_code == 0, "every capability is satisfied"
+
+    viewed = run_cli(
+        "validate",
+        write_recipe(CAPPED_RECIPE.replace("SETTINGS", "{ max_length = 128 }")),
+        "--set",
+        'stages.fit.dataset={ use = "tldr-synthetic", view = "prompts" }',
+    )
+    assert viewed.exit_code == 2
+    assert "stages.fit.dataset.view: capped needs a 'sft' view here, got 'prompts'" in viewed.output
+    listed = run_cli("list-plugins", "-v").output
+    assert "    dataset: dataset component, required, view 'sft'" in listed
 
 
 def test_cli_startup_does_not_import_torch():

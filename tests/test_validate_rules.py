@@ -5,8 +5,11 @@ rule lived in a factory body (it surfaced only when the stage started)."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
+from rlhf_plugins._engine.recipe import tomllib
 from tests.conftest import REPO_ROOT
 
 CLIP = '{ use = "clip", base = { use = "gptj-reward-head", from_stage = "reward_model" }%s }'
@@ -141,6 +144,22 @@ CASES = [
         '{ use = "gptj-reward-head", from_stage = "reward_model" } }',
         "stages.evaluate.reward.epsilon: must be > 0",
     ),
+    (
+        # issue 19: this passed validate and failed after training
+        "tiny_rm",
+        'stages.evaluate.dataset={ use = "tldr-synthetic", view = "sft" }',
+        "stages.evaluate.dataset.view: rouge needs a 'prompts' view here, got 'sft'",
+    ),
+    (
+        "tiny_rm",
+        'stages.evaluate.dataset={ use = "hf-dataset", path = "trl-lib/tldr", view = "comparisons" }',
+        "stages.evaluate.dataset.view: rouge needs a 'prompts' view here, got 'comparisons'",
+    ),
+    (
+        "tiny_rm",
+        'stages.reward_model.dataset={ use = "hf-dataset", path = "trl-lib/tldr", view = "sft" }',
+        "stages.reward_model.dataset.view: reward-model needs a 'comparisons' view here, got 'sft'",
+    ),
 ]
 
 
@@ -151,3 +170,65 @@ def test_validate_rejects_the_mistake(run_cli, recipe, override, message):
     result = run_cli("validate", path, "--set", override)
     assert result.exit_code == 2, result.output
     assert message in result.output, result.output
+
+
+VIEWS = ("sft", "prompts", "comparisons", "offline")
+ACCEPTED = {
+    ("trainer", "sft"): {"dataset": ("sft",), "eval_dataset": ("sft",)},
+    ("trainer", "reward-model"): {"dataset": ("comparisons",), "eval_dataset": ("comparisons",)},
+    ("trainer", "ppo"): {"dataset": ("prompts",), "eval_dataset": ("prompts",)},
+    ("trainer", "grpo"): {"dataset": ("prompts",), "eval_dataset": ("prompts",)},
+    ("trainer", "rloo"): {"dataset": ("prompts",), "eval_dataset": ("prompts",)},
+    ("trainer", "dpo"): {"dataset": ("comparisons",), "eval_dataset": ("comparisons",)},
+    ("trainer", "kto"): {
+        "dataset": ("offline", "comparisons"),
+        "eval_dataset": ("offline", "comparisons"),
+    },
+    ("trainer", "ilql"): {"dataset": ("offline",), "eval_dataset": ("offline",)},
+    ("evaluator", "rouge"): {"dataset": ("prompts",)},
+}
+"""The views each built-in trainer's and evaluator's dataset slots accept: what its stage
+reads at run time (``require_columns``)."""
+
+
+def test_every_trainer_and_evaluator_declares_the_views_of_its_dataset_slots():
+    from rlhf_plugins._engine.factories import describe
+    from rlhf_plugins._engine.registry import load_registry
+
+    registry = load_registry()
+    for kind in ("trainer", "evaluator"):
+        for name in registry.names(kind):
+            component = registry.get(kind, name)
+            spec = describe(component.factory)
+            slots = {k for k, p in spec.slots.items() if p.slot == "dataset"}
+            assert set(spec.views) == slots, f"{kind} {name}: views of {slots}"
+            if component.distribution == "rlhf-plugins":
+                assert spec.views == ACCEPTED[kind, name], f"{kind} {name}"
+
+
+@pytest.mark.parametrize("view", VIEWS)
+def test_validate_checks_the_view_of_every_dataset_slot(run_cli, view):
+    """Every dataset slot of every built-in trainer and evaluator (``tiny_compare`` runs each
+    of them once; the slots it leaves empty are filled here) filled with ``view``: exactly the
+    slots that do not accept it are reported, with the key path and the views that would do."""
+    path = REPO_ROOT / "recipes" / "tiny_compare.toml"
+    stages = tomllib.loads(path.read_text())["stages"]
+    components = {
+        (kind, table[kind]): stage
+        for stage, table in stages.items()
+        for kind in table
+        if kind in ("trainer", "evaluator")
+    }
+    assert set(components) == set(ACCEPTED), "tiny_compare runs every trainer and evaluator"
+    table = f'{{ use = "tldr-synthetic", view = "{view}", num_examples = 8 }}'
+    overrides, wanted = [], {}
+    for key, slots in ACCEPTED.items():
+        for slot, accepted in slots.items():
+            overrides += ["--set", f"stages.{components[key]}.{slot}={table}"]
+            if view not in accepted:
+                wanted[f"stages.{components[key]}.{slot}.view"] = (
+                    f"{key[1]} needs a {' or '.join(map(repr, accepted))} view here, got '{view}'"
+                )
+    result = run_cli("validate", path, *overrides)
+    reported = dict(re.findall(r"(stages\.[\w.]+\.view): (.*)", result.output))
+    assert reported == wanted, result.output

@@ -15,9 +15,13 @@ from rlhf_plugins import (
     Policy,
     RewardFunction,
     StageFn,
+    Views,
     hookimpl,
     max_length_setting,
 )
+
+ComparisonsDataset = Annotated[Dataset, Views("comparisons")]
+"""The dataset slots of ``orpo``: the ``comparisons`` view (prompt, chosen, rejected)."""
 
 
 @hookimpl
@@ -42,8 +46,8 @@ class ORPOSettings(EpochTrainingSettings.with_defaults(learning_rate=1e-6), Lora
 
 def orpo(
     policy: Policy,
-    dataset: Dataset,
-    eval_dataset: Dataset | None = None,
+    dataset: ComparisonsDataset,
+    eval_dataset: ComparisonsDataset | None = None,
     *,
     settings: Annotated[
         ORPOSettings,

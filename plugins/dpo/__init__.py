@@ -20,9 +20,9 @@ from rlhf_plugins import (
     Policy,
     PreferenceSettings,
     StageFn,
+    Views,
     hookimpl,
     max_length_setting,
-    view_problems,
 )
 
 COLUMNS = ("prompt", "chosen", "rejected")
@@ -59,6 +59,10 @@ F_DIVERGENCE_LOSSES = (
 f-divergence other than ``reverse_kl`` (``DPOTrainer``)."""
 
 
+ComparisonsDataset = Annotated[Dataset, Views("comparisons")]
+"""The dataset slots of ``dpo``: the ``comparisons`` view (prompt, chosen, rejected)."""
+
+
 @hookimpl
 def register_trainers(register):
     register(
@@ -66,7 +70,6 @@ def register_trainers(register):
         dpo,
         description="Direct Preference Optimization with TRL's DPOTrainer.",
         sequence_length=max_length_setting,
-        stage_rules=dpo_rules,
     )
 
 
@@ -117,8 +120,8 @@ class DPOSettings(PreferenceSettings):
 
 def dpo(
     policy: Policy,
-    dataset: Dataset,
-    eval_dataset: Dataset | None = None,
+    dataset: ComparisonsDataset,
+    eval_dataset: ComparisonsDataset | None = None,
     reference: Policy | None = None,
     *,
     settings: Annotated[
@@ -162,9 +165,3 @@ def dpo(
         settings=settings,
         summary=("rewards/accuracies", "rewards/margins"),
     )
-
-
-def dpo_rules(slots, settings):
-    """A dataset slot filled with another view than ``comparisons``."""
-    views = {"dataset": ("comparisons",), "eval_dataset": ("comparisons",)}
-    return view_problems(slots, views, "dpo")

@@ -8,7 +8,7 @@ class is read when a recipe is validated or run.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Annotated, Any
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
@@ -24,9 +24,13 @@ from rlhf_plugins import (
     RewardFunction,
     StageFn,
     UserError,
+    Views,
     hookimpl,
-    view_problems,
 )
+
+PromptsDataset = Annotated[Dataset, Views("prompts")]
+"""The dataset slots of ``grpo`` and ``rloo``: the ``prompts`` view (prompt, extra columns
+for the reward functions)."""
 
 
 @hookimpl
@@ -36,7 +40,7 @@ def register_trainers(register):
         grpo,
         description="Group Relative Policy Optimization with TRL's GRPOTrainer.",
         sequence_length=completion_length,
-        stage_rules=group_rules("grpo"),
+        stage_rules=group_rules,
     )
 
 
@@ -95,8 +99,6 @@ BOUNDS = {
 """Bounds of the TRL fields ``grpo`` and ``rloo`` share that TRL's dataclasses do not state
 (``FromDataclass(constraints=...)``)."""
 
-PROMPTS_VIEW = {"dataset": ("prompts",), "eval_dataset": ("prompts",)}
-
 
 class GroupSettings(
     LoraSettings,
@@ -149,23 +151,19 @@ def reward_problems(single: bool, listed: int | None, weights: list | None) -> l
     return []
 
 
-def group_rules(component: str) -> Callable[[Mapping[str, Any], Mapping[str, Any]], list[Problem]]:
-    """``stage_rules`` of ``component`` (``grpo``, ``rloo``): prompts views, the reward slots'
-    rules, and an ``eval_dataset`` only with ``eval_steps``."""
-
-    def rules(slots: Mapping[str, Any], settings: Mapping[str, Any]) -> list[Problem]:
-        problems = view_problems(slots, PROMPTS_VIEW, component)
-        listed = slots.get("rewards")
-        problems += reward_problems(
-            "reward" in slots, None if listed is None else len(listed), settings["reward_weights"]
+def group_rules(slots: Mapping[str, Any], settings: Mapping[str, Any]) -> list[Problem]:
+    """``stage_rules`` of ``grpo`` and ``rloo``: the reward slots' rules, and an
+    ``eval_dataset`` only with ``eval_steps`` (the views: ``Views("prompts")`` on both
+    dataset slots)."""
+    listed = slots.get("rewards")
+    problems = reward_problems(
+        "reward" in slots, None if listed is None else len(listed), settings["reward_weights"]
+    )
+    if "eval_dataset" in slots and settings["eval_steps"] is None:
+        problems.append(
+            ("trainer_settings.eval_steps", "eval_dataset is scored every eval_steps: set it")
         )
-        if "eval_dataset" in slots and settings["eval_steps"] is None:
-            problems.append(
-                ("trainer_settings.eval_steps", "eval_dataset is scored every eval_steps: set it")
-            )
-        return problems
-
-    return rules
+    return problems
 
 
 def reward_functions(
@@ -204,8 +202,8 @@ class GRPOSettings(GroupSettings):
 
 def grpo(
     policy: Policy,
-    dataset: Dataset,
-    eval_dataset: Dataset | None = None,
+    dataset: PromptsDataset,
+    eval_dataset: PromptsDataset | None = None,
     reward: RewardFunction | None = None,
     rewards: list[RewardFunction] | None = None,
     *,

@@ -20,10 +20,15 @@ from rlhf_plugins import (
     Policy,
     StageFn,
     UserError,
+    Views,
     hookimpl,
     max_length_setting,
     saved_model_context,
 )
+
+OfflineDataset = Annotated[Dataset, Views("offline")]
+"""The dataset slots of the ``ilql`` trainer: the ``offline`` view (prompt, completion,
+reward)."""
 
 
 @hookimpl
@@ -48,8 +53,8 @@ def register_policies(register):
 
 def ilql_trainer(
     policy: Policy,
-    dataset: Dataset,
-    eval_dataset: Dataset | None = None,
+    dataset: OfflineDataset,
+    eval_dataset: OfflineDataset | None = None,
     *,
     settings: ILQLSettings,
 ) -> StageFn:

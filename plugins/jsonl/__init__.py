@@ -9,6 +9,16 @@ from pydantic import Field
 
 from rlhf_plugins import Dataset, LocalPath, StageContext, hookimpl
 
+Columns = Annotated[
+    dict[str, str] | None,
+    Field(description='view column -> source column, e.g. { prompt = "question" }'),
+]
+"""The ``columns`` setting, shared with ``hf-dataset``: each view column -> the source column
+it comes from."""
+
+Shuffle = Annotated[bool, Field(description="shuffle with the recipe seed before limit")]
+"""The ``shuffle`` setting, shared with ``hf-dataset``."""
+
 
 @hookimpl
 def register_datasets(register):
@@ -20,14 +30,9 @@ def jsonl(
     path: Annotated[
         LocalPath, Field(description="a data file or a directory of them, relative to the recipe")
     ],
-    columns: Annotated[
-        dict[str, str] | None,
-        Field(description='view column -> source column, e.g. { prompt = "question" }'),
-    ] = None,
+    columns: Columns = None,
     limit: Annotated[int | None, Field(ge=1, description="rows kept (unset: all)")] = None,
-    shuffle: Annotated[
-        bool, Field(description="shuffle with the recipe seed before limit")
-    ] = False,
+    shuffle: Shuffle = False,
 ) -> Dataset:
     """Rows of ``path`` (relative to the recipe). ``columns`` maps each view column to the source
     column it comes from; other columns are kept. ``shuffle`` uses the recipe seed and happens

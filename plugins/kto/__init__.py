@@ -20,10 +20,15 @@ from rlhf_plugins import (
     Policy,
     PreferenceSettings,
     StageFn,
+    Views,
     hookimpl,
     max_length_setting,
-    view_problems,
 )
+
+LabelledDataset = Annotated[Dataset, Views("offline", "comparisons")]
+"""The dataset slots of ``kto``: labelled completions, from the ``offline`` view (desirable
+when the reward is above ``reward_threshold``) or ``comparisons`` (chosen desirable, rejected
+not)."""
 
 
 @hookimpl
@@ -33,7 +38,6 @@ def register_trainers(register):
         kto,
         description="Kahneman-Tversky Optimization with TRL's KTOTrainer.",
         sequence_length=max_length_setting,
-        stage_rules=kto_rules,
     )
 
 
@@ -59,8 +63,8 @@ class KTOSettings(PreferenceSettings):
 
 def kto(
     policy: Policy,
-    dataset: Dataset,
-    eval_dataset: Dataset | None = None,
+    dataset: LabelledDataset,
+    eval_dataset: LabelledDataset | None = None,
     reference: Policy | None = None,
     *,
     settings: Annotated[
@@ -106,9 +110,3 @@ def kto(
         settings=settings,
         summary=("rewards/margins", "kl"),
     )
-
-
-def kto_rules(slots, settings):
-    """A dataset slot filled with a view that holds no labelled completions."""
-    views = {slot: ("offline", "comparisons") for slot in ("dataset", "eval_dataset")}
-    return view_problems(slots, views, "kto")

@@ -7,8 +7,21 @@ See docs/ppo.md for every setting.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from rlhf_builtins.ppo.settings import PPOSettings
-from rlhf_plugins import Dataset, Policy, RewardFunction, StageFn, generation_settings, hookimpl
+from rlhf_plugins import (
+    Dataset,
+    Policy,
+    RewardFunction,
+    StageFn,
+    Views,
+    generation_settings,
+    hookimpl,
+)
+
+PromptsDataset = Annotated[Dataset, Views("prompts")]
+"""The dataset slots of ``ppo``: the ``prompts`` view (prompt, extra columns for the reward)."""
 
 
 @hookimpl
@@ -25,8 +38,8 @@ def register_trainers(register):
 def ppo(
     policy: Policy,
     reward: RewardFunction,
-    dataset: Dataset,
-    eval_dataset: Dataset | None = None,
+    dataset: PromptsDataset,
+    eval_dataset: PromptsDataset | None = None,
     *,
     settings: PPOSettings,
 ) -> StageFn:

@@ -21,11 +21,17 @@ from rlhf_plugins import (
     StageContext,
     StageFn,
     UserError,
+    Views,
     hookimpl,
     max_length_setting,
 )
 
 LossType = Literal["divergence", "last-token"]
+
+
+ComparisonsDataset = Annotated[Dataset, Views("comparisons")]
+"""The dataset slots of ``reward-model``: the ``comparisons`` view (prompt, chosen,
+rejected)."""
 
 
 @hookimpl
@@ -79,8 +85,8 @@ class RewardModelSettings(
 
 def reward_model(
     policy: Policy,
-    dataset: Dataset,
-    eval_dataset: Dataset | None = None,
+    dataset: ComparisonsDataset,
+    eval_dataset: ComparisonsDataset | None = None,
     *,
     settings: RewardModelSettings,
 ) -> StageFn:

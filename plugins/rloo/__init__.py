@@ -13,11 +13,12 @@ from rlhf_builtins.grpo import (
     BOUNDS,
     NOT_OFFERED,
     GroupSettings,
+    PromptsDataset,
     completion_length,
     group_rules,
     reward_functions,
 )
-from rlhf_plugins import Dataset, FromDataclass, Policy, RewardFunction, StageFn, hookimpl
+from rlhf_plugins import FromDataclass, Policy, RewardFunction, StageFn, hookimpl
 
 
 @hookimpl
@@ -27,7 +28,7 @@ def register_trainers(register):
         rloo,
         description="REINFORCE Leave-One-Out with TRL's RLOOTrainer.",
         sequence_length=completion_length,
-        stage_rules=group_rules("rloo"),
+        stage_rules=group_rules,
     )
 
 
@@ -49,8 +50,8 @@ class RLOOSettings(GroupSettings):
 
 def rloo(
     policy: Policy,
-    dataset: Dataset,
-    eval_dataset: Dataset | None = None,
+    dataset: PromptsDataset,
+    eval_dataset: PromptsDataset | None = None,
     reward: RewardFunction | None = None,
     rewards: list[RewardFunction] | None = None,
     *,

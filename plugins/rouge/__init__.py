@@ -8,6 +8,8 @@ This hook module imports nothing heavy; the evaluator lives in ``rlhf_builtins.r
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import Field, model_validator
 
 from rlhf_plugins import (
@@ -17,6 +19,7 @@ from rlhf_plugins import (
     Settings,
     StageFn,
     UserError,
+    Views,
     generation_settings,
     hookimpl,
 )
@@ -63,7 +66,7 @@ class RougeSettings(Settings):
 
 def rouge(
     policies: dict[str, Policy],
-    dataset: Dataset,
+    dataset: Annotated[Dataset, Views("prompts")],
     reward: RewardFunction | None = None,
     reference: Policy | None = None,
     *,

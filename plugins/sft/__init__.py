@@ -3,6 +3,8 @@ the loss on completion tokens only."""
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import Field
 
 from rlhf_plugins import (
@@ -10,9 +12,13 @@ from rlhf_plugins import (
     EpochTrainingSettings,
     Policy,
     StageFn,
+    Views,
     hookimpl,
     max_length_setting,
 )
+
+SFTDataset = Annotated[Dataset, Views("sft")]
+"""The dataset slots of ``sft``: the ``sft`` view (prompt, completion)."""
 
 
 @hookimpl
@@ -39,8 +45,8 @@ class SFTSettings(EpochTrainingSettings):
 
 def sft(
     policy: Policy,
-    dataset: Dataset,
-    eval_dataset: Dataset | None = None,
+    dataset: SFTDataset,
+    eval_dataset: SFTDataset | None = None,
     *,
     settings: SFTSettings,
 ) -> StageFn:

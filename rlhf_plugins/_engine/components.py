@@ -4,7 +4,8 @@ A factory parameter annotated with ``Policy``, ``Dataset`` or ``RewardFunction``
 ``list[...]`` / ``dict[str, ...]`` of one, optionally ``| None``) is a *component slot*: the
 recipe fills it with a table ``{ use = "<registered name>", ... }`` of that kind, which is built
 by its own factory and passed in. A parameter annotated ``StageContext`` receives the running
-stage and is not a setting. Every other parameter is a plain setting.
+stage and is not a setting. Every other parameter is a plain setting. A dataset slot declares
+the views it accepts on its annotation: ``Annotated[Dataset, Views("prompts")]``.
 """
 
 from __future__ import annotations
@@ -116,6 +117,31 @@ class Dataset(Protocol):
     column_names: list[str]
 
     def __len__(self) -> int: ...
+
+
+class Views:
+    """The views a dataset slot accepts, declared on the slot parameter itself:
+    ``dataset: Annotated[Dataset, Views("comparisons")]``,
+    ``eval_dataset: Annotated[Dataset | None, Views("offline", "comparisons")] = None``.
+    ``rlhf validate`` reports a dataset table in that slot (each one of a list or dict slot)
+    whose ``view`` setting names another view; a dataset without a ``view`` setting is checked
+    when the stage starts (``require_columns``). Read with the factory's other declarations
+    (``rlhf_plugins._engine.factories.describe``, into ``Param.views``), which refuse it on
+    any other parameter and without a view name."""
+
+    __slots__ = ("names",)
+
+    def __init__(self, *names: str) -> None:
+        self.names = names
+
+    def __repr__(self) -> str:
+        return f"Views({', '.join(map(repr, self.names))})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Views) and other.names == self.names
+
+    def __hash__(self) -> int:
+        return hash(self.names)
 
 
 TEXT_COLUMNS = ("prompt", "completion", "chosen", "rejected", "reference")

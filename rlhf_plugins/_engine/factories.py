@@ -2,8 +2,10 @@
 parameters into component slots, settings and the running stage, and ``FactorySpec.validate``
 turns a recipe table into the factory's keyword arguments and a list of problems (key path,
 message), all of them at once; ``check_value`` is the small type checker the recipe grammar
-uses for slot values. Validation, building, ``rlhf list-plugins -v``, the docs tables and
-``rlhf schema`` all read this one declaration (docs/plugins.md: writing settings)."""
+uses for slot values. The views a dataset slot accepts are part of that declaration
+(``Annotated[Dataset, Views("prompts")]``, read into ``Param.views``). Validation, building,
+``rlhf list-plugins -v``, the docs tables and ``rlhf schema`` all read this one declaration
+(docs/plugins.md: writing settings)."""
 
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ from pydantic import (
 )
 
 from rlhf_plugins._engine import components
-from rlhf_plugins._engine.components import SLOT_TYPES
+from rlhf_plugins._engine.components import SLOT_TYPES, Views
 from rlhf_plugins._engine.settings import (
     FromDataclass,
     LocalPath,
@@ -51,6 +53,10 @@ class Param:
     """For slots: None (one component), "list" or "dict" (name -> component)."""
     injected: bool = False
     """True for a ``StageContext`` parameter: the runner passes the running stage."""
+    views: tuple[str, ...] | None = None
+    """For a dataset slot annotated ``Annotated[Dataset, Views(...)]``: the views it accepts
+    (``rlhf validate`` reports a dataset table in it whose ``view`` setting names another);
+    None when it declares none."""
 
 
 class _OpenSettings(Settings):
@@ -96,6 +102,11 @@ class FactorySpec:
     @property
     def slots(self) -> dict[str, Param]:
         return {n: p for n, p in self.params.items() if p.slot}
+
+    @property
+    def views(self) -> dict[str, tuple[str, ...]]:
+        """Each dataset slot that declares ``Views`` -> the views it accepts."""
+        return {n: p.views for n, p in self.params.items() if p.views is not None}
 
     @property
     def accepts_from_stage(self) -> bool:
@@ -218,22 +229,60 @@ def _slot_kind(annotation: Any) -> str | None:
     return SLOT_TYPES.get(name) if name else None
 
 
-def _classify(name: str, annotation: Any, default: Any) -> Param:
-    required = default is inspect.Parameter.empty
+def _unannotated(annotation: Any) -> tuple[Any, list[Any]]:
+    """``annotation`` without ``| None`` and ``Annotated`` (in either order), and the
+    ``Annotated`` metadata."""
     base = strip_optional(annotation)
-    common = dict(
-        name=name, annotation=annotation, required=required, default=None if required else default
+    if typing.get_origin(base) is not Annotated:
+        return base, []
+    inner, *extras = typing.get_args(base)
+    return strip_optional(inner), extras
+
+
+def _classify(name: str, annotation: Any, default: Any, owner: str) -> Param:
+    """Parameter ``name`` of the factory ``owner`` (its qualified name), classified."""
+    required = default is inspect.Parameter.empty
+    base, extras = _unannotated(annotation)
+    slot, container = _slot(base)
+    views = [e for e in extras if isinstance(e, Views)]
+    return Param(
+        name=name,
+        annotation=annotation,
+        required=required,
+        default=None if required else default,
+        slot=slot,
+        container=container,
+        injected=getattr(base, "__name__", None) == "StageContext",
+        views=_checked_views(f"parameter '{name}' of {owner}", slot, views) if views else None,
     )
-    if getattr(base, "__name__", None) == "StageContext":
-        return Param(**common, injected=True)
+
+
+def _slot(base: Any) -> tuple[str | None, str | None]:
+    """The component kind and container (None, "list", "dict") of a slot's annotation
+    (without ``| None``); ``(None, None)`` for any other parameter."""
     if kind := _slot_kind(base):
-        return Param(**common, slot=kind)
+        return kind, None
     origin, args = typing.get_origin(base), typing.get_args(base)
     if origin in (list, tuple) and args and (kind := _slot_kind(args[0])):
-        return Param(**common, slot=kind, container="list")
+        return kind, "list"
     if origin is dict and len(args) == 2 and (kind := _slot_kind(args[1])):
-        return Param(**common, slot=kind, container="dict")
-    return Param(**common)
+        return kind, "dict"
+    return None, None
+
+
+def _checked_views(param: str, slot: str | None, views: list[Views]) -> tuple[str, ...]:
+    """The view names of the one ``Views`` on ``param`` (``parameter 'x' of f``); a
+    ``TypeError`` unless it is a dataset slot and they are strings, one at least."""
+    if slot != "dataset":
+        what = f"a {slot.replace('_', ' ')} slot" if slot else "no component slot"
+        raise TypeError(f"{param} is {what}; Views(...) declares the views a dataset slot accepts")
+    if len(views) > 1:
+        raise TypeError(f"{param} has {len(views)} Views; give its views in one")
+    names = views[0].names
+    if not names or not all(isinstance(n, str) for n in names):
+        example = 'Views("prompts")'
+        raise TypeError(f"{views[0]!r} on {param} must name the views it accepts, e.g. {example}")
+    return names
 
 
 def _settings_model(annotation: Any) -> Any:
@@ -268,7 +317,7 @@ def describe(factory: Callable) -> FactorySpec:
                 raise TypeError(f"{factory.__qualname__} declares two settings models")
             settings_param, declared = p.name, model
             continue
-        params[p.name] = _classify(p.name, annotation, p.default)
+        params[p.name] = _classify(p.name, annotation, p.default, factory.__qualname__)
     name = "".join(part.title() for part in factory.__name__.split("_"))
     return FactorySpec(
         params=params,

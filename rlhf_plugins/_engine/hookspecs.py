@@ -8,7 +8,9 @@ engine must know about a component without calling its factory is declared as a 
 capability (policies: ``context_length``; trainers and evaluators: ``sequence_length``,
 ``stage_rules``; contracts on ``rlhf_plugins._engine.registry.Component``), checked at
 registration: an unknown keyword, a capability of another kind or one that is not callable is
-a ``TypeError``, shown as the plugin's error by ``rlhf list-plugins``.
+a ``TypeError``, shown as the plugin's error by ``rlhf list-plugins``. The views a trainer's or
+evaluator's dataset slot accepts are declared on that parameter
+(``Annotated[Dataset, Views("prompts")]``), read at registration too.
 
 **Lifecycle hooks** let plugins observe runs (loggers, notifiers, reports). They are called
 on the main process only, with keyword arguments, in this order: ``rlhf_run_start``; per
@@ -73,7 +75,11 @@ def register_trainers(register):
       stage whose ``context_length`` is shorter is reported (``max_length_setting``,
       ``generation_settings``);
     - ``stage_rules``, ``(slots, settings) -> list[(key, message)]``: rules across the stage's
-      resolved slot tables and settings, keys relative to the stage (``view_problems``)."""
+      resolved slot tables and settings, keys relative to the stage.
+
+    Each dataset slot declares the views it accepts on its parameter,
+    ``dataset: Annotated[Dataset, Views("comparisons")]``; a dataset whose ``view`` setting
+    names another is reported (``view_problems``)."""
 
 
 @hookspec

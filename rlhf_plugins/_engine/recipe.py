@@ -267,7 +267,8 @@ class _Checker:
                     component, spec, slots, settings, prefix, f"{prefix}.{settings_key}"
                 )
                 stage_slots = {key: resolved[key] for key in slots}
-                for key, message in stage_problems(component, stage_slots, resolved[settings_key]):
+                ruled = stage_problems(component, spec, stage_slots, resolved[settings_key])
+                for key, message in ruled:
                     self.problem(f"{prefix}.{key}" if key else prefix, message)
         resolved["needs"] = needs
         return StageSpec(

@@ -3,8 +3,9 @@
 A plugin that fails to import (or misspells a hook, or raises while registering) is recorded
 with its error and skipped; it is fatal only for a recipe that uses one of its components.
 ``register`` checks what it is given (a misspelled capability keyword, a capability the kind
-does not take, one that is not callable: a ``TypeError``, so the plugin's error). A component
-name registered by two plugins is recorded as a conflict naming both.
+does not take, one that is not callable, a factory whose declaration cannot be read, such as
+``Views`` on a parameter that is no dataset slot: a ``TypeError``, so the plugin's error). A
+component name registered by two plugins is recorded as a conflict naming both.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import pluggy
 
 from rlhf_plugins._engine import hookspecs
 from rlhf_plugins._engine.components import KINDS
+from rlhf_plugins._engine.factories import describe
 
 if TYPE_CHECKING:
     from rlhf_plugins._engine.lengths import Length
@@ -74,6 +76,9 @@ CAPABILITIES: dict[str, tuple[str, ...]] = {
     "stage_rules": ("trainer", "evaluator"),
 }
 """Each capability keyword of ``register`` -> the component kinds that may declare it."""
+
+VIEWS_KINDS = ("trainer", "evaluator")
+"""The component kinds whose dataset slots may declare ``Views`` (their stages are checked)."""
 
 
 @dataclass(frozen=True)
@@ -267,6 +272,24 @@ def checked_capabilities(kind: str, name: str, **capabilities: Any) -> dict[str,
     return capabilities
 
 
+def checked_declaration(kind: str, name: str, factory: Callable) -> None:
+    """``factory``'s declaration read once at registration (``describe``): a ``TypeError``
+    naming the component when it cannot be (``Views`` on a parameter that is no dataset slot,
+    or naming no view), or when a component of a kind other than ``VIEWS_KINDS`` declares
+    ``Views``."""
+    label = kind.replace("_", " ")
+    try:
+        views = describe(factory).views
+    except TypeError as exc:
+        raise TypeError(f"{label} '{name}': {exc}") from None
+    if views and kind not in VIEWS_KINDS:
+        on = ", ".join(f"'{slot}'" for slot in views)
+        raise TypeError(
+            f"Views is a declaration of trainers and evaluators only; {label} '{name}' cannot "
+            f"declare it (parameter {on})"
+        )
+
+
 def register_keywords(kind: str) -> list[str]:
     """The keywords ``register`` takes for a component of ``kind``."""
     return ["description"] + [k for k, kinds in CAPABILITIES.items() if kind in kinds]
@@ -329,6 +352,7 @@ def _register_function(
                 sequence_length=sequence_length,
                 stage_rules=stage_rules,
             )
+            checked_declaration(kind, name, factory)
         except (TypeError, ValueError):
             if isinstance(name, str):
                 info.refused.append(name)
