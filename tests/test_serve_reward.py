@@ -445,10 +445,10 @@ def test_a_served_reward_that_is_unavailable_is_a_500_saying_so():
 
 
 def test_the_served_reward_is_built_with_the_run_hooks(served, monkeypatch):
+    from rlhf_plugins._engine.building import Builder
     from rlhf_plugins._engine.recipe import load_recipe
     from rlhf_plugins._engine.registry import load_registry
     from rlhf_plugins._engine.reward_server import served_reward
-    from rlhf_plugins._engine.building import Builder
 
     contexts = []
     monkeypatch.setattr(
