@@ -145,12 +145,12 @@ def run(
         needs_launcher,
         relaunch,
     )
-
-    debug = click.get_current_context().params["debug"]
     from rlhf_plugins._engine.ranks import is_main_process
     from rlhf_plugins._engine.recipe import load_recipe
     from rlhf_plugins._engine.runner import Runner
     from rlhf_plugins._engine.shipped import find_recipe
+
+    debug = click.get_current_context().params["debug"]
 
     recipe = find_recipe(str(recipe))
     registry = load_registry()

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rlhf_plugins._engine.rundir import METRICS_FILE, RESOLVED_FILE, STATE_FILE, stage_dirs
+from rlhf_plugins._engine.rundir import METRICS_FILE, RESOLVED_FILE, stage_states
 
 PANELS = {
     "loss": lambda k: "loss" in k and "time" not in k,
@@ -198,14 +198,13 @@ pre { background: #f7f7f7; padding: 1em; overflow: auto; font-size: 0.8em; }
 def build_report(run_dir: Path) -> tuple[str, str]:
     """The HTML page and the markdown text of the report of ``run_dir``."""
     plt = _pyplot()
-    stages = stage_dirs(run_dir)
+    stages = stage_states(run_dir)
     title = f"rlhf run {run_dir.name}"
     made = time.strftime("%Y-%m-%d %H:%M:%S")
     body = [f"<h1>{html.escape(title)}</h1>", f"<p>{html.escape(str(run_dir))}, made {made}</p>"]
     md = [f"# {title}", "", f"`{run_dir}`, made {made}", ""]
     overview = []
-    for stage_dir in stages:
-        state = read_json(stage_dir / STATE_FILE)
+    for stage_dir, state in stages:
         seconds = state.get("seconds")
         overview.append(
             [stage_dir.name, state.get("status", "?"), seconds if seconds is not None else "-"]
@@ -215,8 +214,7 @@ def build_report(run_dir: Path) -> tuple[str, str]:
     if plt is None:
         body.append("<p>No plots: install matplotlib (pip install 'rlhf-plugins[report]').</p>")
     resolved: dict[str, Any] = {}
-    for stage_dir in stages:
-        state = read_json(stage_dir / STATE_FILE)
+    for stage_dir, state in stages:
         status = str(state.get("status", "?"))
         body.append(
             f'<h2>{html.escape(stage_dir.name)} <small class="{html.escape(status)}">{html.escape(status)}</small></h2>'

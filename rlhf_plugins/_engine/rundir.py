@@ -97,10 +97,10 @@ def clear_stage_dir(out: Path) -> None:
     out.mkdir(parents=True)
 
 
-def stage_dirs(run_dir: Path) -> list[Path]:
-    """The stage directories of a run (those with a state file), in the recipe's order (each
-    state records its stage's ``position`` in the recipe that last ran it); stages without one
-    come last, in the order they started."""
+def stage_states(run_dir: Path) -> list[tuple[Path, dict[str, Any]]]:
+    """The stage directories of a run (those with a state file) with their states, in the
+    recipe's order (each state records its stage's ``position`` in the recipe that last ran
+    it); stages without one come last, in the order they started."""
     found = [(p, read_state(p)) for p in run_dir.iterdir() if (p / STATE_FILE).is_file()]
 
     def order(pair: tuple[Path, dict[str, Any]]) -> tuple[float, float, str]:
@@ -108,7 +108,7 @@ def stage_dirs(run_dir: Path) -> list[Path]:
         known = isinstance(position, int) and not isinstance(position, bool)
         return (position if known else math.inf, pair[1].get("started_at") or 0, pair[0].name)
 
-    return [path for path, _ in sorted(found, key=order)]
+    return sorted(found, key=order)
 
 
 def run_overview(directory: Path) -> list[tuple[str, str, str, str, str, str]]:
@@ -118,8 +118,7 @@ def run_overview(directory: Path) -> list[tuple[str, str, str, str, str, str]]:
     rows = []
     for run_dir in sorted(p for p in directory.glob("*") if p.is_dir()):
         holder = lock_holder(run_dir)
-        for stage_dir in stage_dirs(run_dir):
-            state = read_state(stage_dir)
+        for stage_dir, state in stage_states(run_dir):
             status = state.get("status", "?")
             if status == "running":
                 status = f"running (pid {holder['pid']})" if holder else "killed, resumes"
