@@ -9,6 +9,8 @@ pure-Python part (it imports neither torch nor transformers); the torch-importin
   ``RewardFunction``, ``StageFn`` and the running stage ``StageContext``; ``require_columns``,
   ``TEXT_COLUMNS``; reward scores: ``as_score``, ``checked_scores``, ``reward_scores``;
 - errors: ``UserError``, ``StageFailed``, ``RewardUnavailable``;
+- pretrained models: ``ModelSource`` (hub id, directory or ``pip:<distribution>``),
+  ``resolve_installed``, ``ModelDtype``, ``AttnImplementation``;
 - settings: ``Settings``, ``LocalPath``, ``FromDataclass``, ``did_you_mean``, the shared
   trainer settings ``TrainingSettings``, ``EpochTrainingSettings``, ``LearningRateFloor``,
   ``LoraSettings``, ``PreferenceSettings`` (with ``TRAINING_ARGUMENTS``, ``EXCLUDED``,
@@ -51,6 +53,12 @@ from rlhf_plugins._engine.preference import (
     TRAINING_ARGUMENTS,
     PreferenceSettings,
 )
+from rlhf_plugins._engine.pretrained import (
+    AttnImplementation,
+    ModelDtype,
+    ModelSource,
+    resolve_installed,
+)
 from rlhf_plugins._engine.ranks import is_main_process, wait_for_everyone
 from rlhf_plugins._engine.reward_api import SCORE_PATH, ErrorResponse, ScoreRequest, ScoreResponse
 from rlhf_plugins._engine.rules import Problem, view_problems
@@ -66,6 +74,7 @@ __all__ = [
     "SCORE_PATH",
     "TEXT_COLUMNS",
     "TRAINING_ARGUMENTS",
+    "AttnImplementation",
     "Dataset",
     "EpochTrainingSettings",
     "ErrorResponse",
@@ -74,6 +83,8 @@ __all__ = [
     "Length",
     "LocalPath",
     "LoraSettings",
+    "ModelDtype",
+    "ModelSource",
     "Policy",
     "PreferenceSettings",
     "Problem",
@@ -100,6 +111,7 @@ __all__ = [
     "model_context",
     "prompt_budget",
     "require_columns",
+    "resolve_installed",
     "reward_scores",
     "saved_model_context",
     "view_problems",

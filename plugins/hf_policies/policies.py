@@ -18,31 +18,55 @@ from transformers import (
 )
 
 from rlhf_plugins import StageContext, UserError
-from rlhf_plugins.torch_helpers import ensure_pad_token
+from rlhf_plugins.torch_helpers import load_pretrained, load_pretrained_tokenizer
 
 EOS, PAD = "<|endoftext|>", "<|pad|>"
 
 
 class PretrainedPolicy:
-    """``from_pretrained`` of a hub id or a local directory."""
+    """``from_pretrained`` of a hub id or a local directory, a GGUF file in it dequantized.
+    ``hub`` (``revision``, ``trust_remote_code``) goes to every load; ``chosen`` (``dtype``,
+    ``attn_implementation``) overrides what the caller asks for."""
 
-    def __init__(self, name: str, *, revision: str | None = None, trust_remote_code: bool = False):
-        self.name = name
-        self.revision = revision
-        self.trust_remote_code = trust_remote_code
-        if Path(name).exists() and not (Path(name) / "config.json").is_file():
-            raise UserError(f"{name} has no config.json: not a save_pretrained model directory")
+    def __init__(
+        self,
+        name: str,
+        *,
+        label: str | None = None,
+        hub: dict[str, Any] | None = None,
+        chosen: dict[str, Any] | None = None,
+        gguf_file: str | None = None,
+        tokenizer: str | None = None,
+    ):
+        self.source = name
+        self.name = label or name
+        self.hub = dict(hub or {})
+        self.chosen = dict(chosen or {})
+        self.gguf_file = gguf_file
+        self.tokenizer = tokenizer
+        local = Path(name)
+        if gguf_file is not None:
+            if local.is_dir() and not (local / gguf_file).is_file():
+                found = sorted(p.name for p in local.glob("*.gguf"))
+                raise UserError(
+                    f"{name} has no GGUF file '{gguf_file}' (there: {', '.join(found) or 'none'})"
+                )
+        elif local.exists() and not (local / "config.json").is_file():
+            found = sorted(p.name for p in local.glob("*.gguf")) if local.is_dir() else []
+            hint = f" (set gguf_file to load {found[0]})" if found else ""
+            raise UserError(
+                f"{name} has no config.json: not a save_pretrained model directory{hint}"
+            )
 
     def load_tokenizer(self) -> Any:
-        return ensure_pad_token(
-            AutoTokenizer.from_pretrained(
-                self.name, revision=self.revision, trust_remote_code=self.trust_remote_code
-            )
-        )
+        if self.tokenizer is not None:
+            remote = {"trust_remote_code": self.hub.get("trust_remote_code", False)}
+            return load_pretrained_tokenizer(self.tokenizer, **remote)
+        return load_pretrained_tokenizer(self.source, gguf_file=self.gguf_file, **self.hub)
 
     def load_model(self, auto_class: Any = AutoModelForCausalLM, **kwargs: Any) -> Any:
-        return auto_class.from_pretrained(
-            self.name, revision=self.revision, trust_remote_code=self.trust_remote_code, **kwargs
+        return load_pretrained(
+            auto_class, self.source, gguf_file=self.gguf_file, **(kwargs | self.hub | self.chosen)
         )
 
 

@@ -14,9 +14,11 @@ from pydantic import Field
 
 from rlhf_builtins.ilql.settings import ILQLSettings
 from rlhf_plugins import (
+    AttnImplementation,
     Dataset,
     Length,
     LocalPath,
+    ModelDtype,
     Policy,
     StageFn,
     UserError,
@@ -93,26 +95,29 @@ def ilql_policy(
         float | None,
         Field(ge=0, description="when set, imposed temperature (0: argmax); unset: the caller's"),
     ] = None,
+    dtype: ModelDtype = None,
+    attn_implementation: AttnImplementation = None,
 ) -> Policy:
     """The ILQL model saved by an ``ilql`` stage (``from_stage``) or in a directory (``path``).
     Its ``generate`` shifts the LM logits by ``decode_beta * (min target Q - V)``; a list of
     betas gives one variant per beta (labelled ``beta=<value>``) for evaluators to sweep.
-    ``temperature`` and ``top_k``, when set, replace the caller's sampling settings."""
+    ``temperature`` and ``top_k``, when set, replace the caller's sampling settings.
+    ``dtype`` and ``attn_implementation``, when set, win over what the stage asks for, as in
+    ``hf-causal-lm``."""
     if (from_stage is None) == (path is None):
         raise UserError("ilql policy takes exactly one of 'from_stage' or 'path'")
     from rlhf_builtins.ilql.policy import ILQLPolicy, ILQLPolicySweep
 
     directory = Path(from_stage or path)
-    if isinstance(decode_beta, list):
-        return ILQLPolicySweep(
-            directory,
-            decode_betas=[float(b) for b in decode_beta],
-            top_k=top_k,
-            temperature=temperature,
-        )
-    return ILQLPolicy(
-        directory, decode_beta=float(decode_beta), top_k=top_k, temperature=temperature
+    chosen = dict(dtype=dtype, attn_implementation=attn_implementation)
+    common = dict(
+        top_k=top_k,
+        temperature=temperature,
+        chosen={key: value for key, value in chosen.items() if value is not None},
     )
+    if isinstance(decode_beta, list):
+        return ILQLPolicySweep(directory, decode_betas=[float(b) for b in decode_beta], **common)
+    return ILQLPolicy(directory, decode_beta=float(decode_beta), **common)
 
 
 def saved_ilql_context(settings: dict[str, Any], base_dir: Path) -> Length | None:

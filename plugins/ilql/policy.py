@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from rlhf_builtins.ilql.decoding import attach_q_guidance, impose_sampling, sampling_overrides
 from rlhf_builtins.ilql.models import HEADS_WEIGHTS, ILQLHeads, has_heads, load_heads
 from rlhf_plugins import Policy, UserError
-from rlhf_plugins.torch_helpers import ensure_pad_token
+from rlhf_plugins.torch_helpers import ensure_pad_token, load_pretrained
 
 
 def beta_label(beta: float) -> str:
@@ -22,10 +22,17 @@ class ILQLPolicy:
     """The ILQL model saved in ``directory``. ``load_model()`` returns the causal LM with the
     heads attached (submodule ``ilql_heads``) whose ``generate`` shifts the logits by
     ``decode_beta * (min target Q - V)`` and applies the policy's ``top_k``/``temperature``
-    when set. ``load_parts()`` returns the plain LM and the heads (to train further)."""
+    when set; ``chosen`` (``dtype``, ``attn_implementation``) overrides what the caller asks
+    for. ``load_parts()`` returns the plain LM and the heads (to train further)."""
 
     def __init__(
-        self, directory: Path, *, decode_beta: float, top_k: int | None, temperature: float | None
+        self,
+        directory: Path,
+        *,
+        decode_beta: float,
+        top_k: int | None,
+        temperature: float | None,
+        chosen: dict[str, Any] | None = None,
     ):
         if not has_heads(directory):
             raise UserError(
@@ -36,6 +43,7 @@ class ILQLPolicy:
         self.decode_beta = decode_beta
         self.top_k = top_k
         self.temperature = temperature
+        self.chosen = dict(chosen or {})
         self.name = f"{directory} ({beta_label(decode_beta)})"
 
     def load_tokenizer(self) -> Any:
@@ -44,7 +52,12 @@ class ILQLPolicy:
     def load_parts(
         self, auto_class: Any = AutoModelForCausalLM, **kwargs: Any
     ) -> tuple[Any, ILQLHeads]:
-        return auto_class.from_pretrained(self.directory, **kwargs), load_heads(self.directory)
+        model = load_pretrained(
+            auto_class,
+            str(self.directory),
+            **(kwargs | self.chosen),
+        )
+        return model, load_heads(self.directory)
 
     def load_model(self, auto_class: Any = AutoModelForCausalLM, **kwargs: Any) -> Any:
         model, heads = self.load_parts(auto_class, **kwargs)
@@ -61,14 +74,10 @@ class ILQLPolicySweep:
         directory: Path,
         *,
         decode_betas: list[float],
-        top_k: int | None,
-        temperature: float | None,
+        **settings: Any,
     ):
         self.policies = {
-            beta_label(b): ILQLPolicy(
-                directory, decode_beta=b, top_k=top_k, temperature=temperature
-            )
-            for b in decode_betas
+            beta_label(b): ILQLPolicy(directory, decode_beta=b, **settings) for b in decode_betas
         }
         self.name = f"{directory} (decode_beta sweep {', '.join(f'{b:g}' for b in decode_betas)})"
         self.directory = directory

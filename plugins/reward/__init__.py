@@ -13,8 +13,10 @@ from typing import Annotated, Literal
 from pydantic import Field, model_validator
 
 from rlhf_plugins import (
+    AttnImplementation,
     Dataset,
     EpochTrainingSettings,
+    ModelDtype,
     Policy,
     RewardFunction,
     Settings,
@@ -123,16 +125,24 @@ def gptj_reward_head(
         str | None, Field(description="torch device of the model (unset: the stage's)")
     ] = None,
     dtype: Annotated[
-        Literal["float32", "bfloat16", "float16"], Field(description="weights' dtype")
+        ModelDtype,
+        Field(description="weights' dtype (auto: the checkpoint's)"),
     ] = "float32",
+    attn_implementation: AttnImplementation = None,
+    tokenizer: Annotated[
+        str | None,
+        Field(description="hub id or local directory of the tokenizer (unset: the model's)"),
+    ] = None,
 ) -> RewardFunction:
     """The score of prompt + completion at its last token, from the reward model saved by a
     ``reward-model`` stage (``from_stage``) or at ``path`` (a local directory or hub id). With
     ``base_model`` (the trunk's model id or directory), ``path`` is a trlX ``GPTRewardModel``
     checkpoint (``pytorch_model.bin``), scored on the text trlX trained it on:
     ``"<|startoftext|>" + prompt + completion + "<|endoftext|>"`` tokenized as one string, cut
-    from the right at ``max_length``. ``device`` defaults to the stage's device. Relative
-    local paths are relative to the recipe file."""
+    from the right at ``max_length``. ``device`` defaults to the stage's device. ``dtype``,
+    ``attn_implementation`` and ``tokenizer`` (instead of the one saved with the model, or
+    ``base_model``'s) load it as ``hf-causal-lm`` does. Relative local paths are relative to
+    the recipe file."""
     if (from_stage is None) == (path is None):
         raise UserError("gptj-reward-head takes exactly one of 'from_stage' or 'path'")
     from rlhf_builtins.reward.scoring import RewardHead
@@ -140,12 +150,15 @@ def gptj_reward_head(
     if stage is not None:
         path = str(stage.local_path(path) or path) if path else path
         base_model = str(stage.local_path(base_model) or base_model) if base_model else base_model
+        tokenizer = str(stage.local_path(tokenizer) or tokenizer) if tokenizer else tokenizer
     return RewardHead(
         from_stage or path,
         base_model=base_model,
         batch_size=batch_size,
         max_length=max_length,
         dtype=dtype,
+        attn_implementation=attn_implementation,
+        tokenizer=tokenizer,
         device=device or (stage.device if stage is not None else None),
     )
 

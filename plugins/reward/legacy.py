@@ -77,11 +77,19 @@ def convert_state_dict(
     return converted
 
 
-def load_trlx_reward_model(checkpoint: str, base_model: str) -> tuple[Any, Any]:
-    """``(model, tokenizer)``: the trlX checkpoint as a reward model of this package."""
-    tokenizer = ensure_pad_token(AutoTokenizer.from_pretrained(base_model))
+def load_trlx_reward_model(
+    checkpoint: str,
+    base_model: str,
+    *,
+    tokenizer: str | None = None,
+    attn_implementation: str | None = None,
+) -> tuple[Any, Any]:
+    """``(model, tokenizer)``: the trlX checkpoint as a reward model of this package (its
+    tokenizer ``base_model``'s unless ``tokenizer`` names another)."""
+    tokenizer = ensure_pad_token(AutoTokenizer.from_pretrained(tokenizer or base_model))
     config = reward_config(AutoConfig.from_pretrained(base_model), tokenizer.pad_token_id)
-    model = AutoModelForSequenceClassification.from_config(config)
+    attention = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    model = AutoModelForSequenceClassification.from_config(config, **attention)
     state = load_tensors(legacy_file(checkpoint))
     try:
         result = model.load_state_dict(

@@ -33,7 +33,14 @@ from rlhf_plugins import Policy, UserError
 from rlhf_plugins.torch_helpers import decoder_blocks, disable_dropout, freeze_bottom
 
 HEAD_NAME = "score"
-HUB_KWARGS = ("revision", "trust_remote_code", "token", "cache_dir", "local_files_only")
+HUB_KWARGS = (
+    "revision",
+    "trust_remote_code",
+    "token",
+    "cache_dir",
+    "local_files_only",
+    "gguf_file",
+)
 
 
 def reward_config(config: Any, pad_token_id: int | None) -> Any:

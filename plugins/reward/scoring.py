@@ -13,14 +13,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoModelForSequenceClassification
 
 from rlhf_builtins.reward.maths import end_rewards
 from rlhf_builtins.reward.models import HeadOutputs, encode_groups, pad_right
 from rlhf_plugins import UserError
-from rlhf_plugins.torch_helpers import batched, ensure_pad_token, loading_whole
+from rlhf_plugins.torch_helpers import (
+    batched,
+    load_pretrained,
+    load_pretrained_tokenizer,
+    loading_whole,
+)
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 TRLX_PREFIX, TRLX_SUFFIX = "<|startoftext|>", "<|endoftext|>"
 """What trlX's summarize_rlhf put around every text its reward model read."""
 
@@ -39,17 +43,21 @@ def trlx_rows(
     return [row[: row.index(eos)] if eos in row else row for row in rows]
 
 
-def load_saved_reward_model(source: str) -> tuple[Any, Any]:
-    """``(model, tokenizer)`` from a ``save_pretrained`` reward-model directory or hub id."""
+def load_saved_reward_model(
+    source: str, *, tokenizer: str | None = None, **loading: Any
+) -> tuple[Any, Any]:
+    """``(model, tokenizer)`` from a ``save_pretrained`` reward-model directory or hub id;
+    ``loading`` (``dtype``, ``attn_implementation``) goes to ``load_pretrained``, the tokenizer
+    comes from ``tokenizer`` when set."""
     if Path(source).exists() and not (Path(source) / "config.json").is_file():
         raise UserError(
             f"{source} has no config.json: not a saved reward model (for a trlX "
             "checkpoint set 'base_model')"
         )
-    model = AutoModelForSequenceClassification.from_pretrained(source)
+    model = load_pretrained(AutoModelForSequenceClassification, source, **loading)
     if model.config.num_labels != 1:
         raise UserError(f"{source} is not a reward model (num_labels = {model.config.num_labels})")
-    return model.eval(), ensure_pad_token(AutoTokenizer.from_pretrained(source))
+    return model.eval(), load_pretrained_tokenizer(tokenizer or source)
 
 
 class RewardHead:
@@ -65,13 +73,17 @@ class RewardHead:
         max_length: int = 550,
         device: Any = None,
         dtype: str = "float32",
+        attn_implementation: str | None = None,
+        tokenizer: str | None = None,
     ):
         self.source = source
         self.base_model = base_model
         self.batch_size = batch_size
         self.max_length = max_length
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.dtype = DTYPES[dtype]
+        self.dtype = dtype
+        self.attn_implementation = attn_implementation
+        self.tokenizer = tokenizer
 
     @cached_property
     def loaded(self) -> tuple[Any, Any, HeadOutputs]:
@@ -82,10 +94,22 @@ class RewardHead:
             if self.base_model is not None:
                 from rlhf_builtins.reward.legacy import load_trlx_reward_model
 
-                model, tokenizer = load_trlx_reward_model(self.source, self.base_model)
+                model, tokenizer = load_trlx_reward_model(
+                    self.source,
+                    self.base_model,
+                    tokenizer=self.tokenizer,
+                    attn_implementation=self.attn_implementation,
+                )
+                if self.dtype != "auto":
+                    model = model.to(dtype=getattr(torch, self.dtype))
             else:
-                model, tokenizer = load_saved_reward_model(self.source)
-        model = model.to(device=self.device, dtype=self.dtype)
+                model, tokenizer = load_saved_reward_model(
+                    self.source,
+                    tokenizer=self.tokenizer,
+                    dtype=self.dtype,
+                    attn_implementation=self.attn_implementation,
+                )
+        model = model.to(device=self.device)
         return model, tokenizer, HeadOutputs(model)
 
     def encode(self, prompts: list[str], completions: list[str]) -> list[list[int]]:

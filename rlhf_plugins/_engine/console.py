@@ -24,8 +24,10 @@ QUIET_ENV = {
     "TRANSFORMERS_VERBOSITY": "error",
     "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
     "TOKENIZERS_PARALLELISM": "false",
+    "TQDM_DISABLE": "1",
 }
-"""Environment that silences the libraries' bars and advice (read when they are imported)."""
+"""Environment that silences the libraries' bars and advice (read when they are imported);
+``TQDM_DISABLE`` only changes tqdm's default, so the stage bars (``disable=`` given) stay."""
 NOISY_LOGGERS = ("DeepSpeed", "accelerate", "torch.distributed", "datasets", "transformers")
 
 

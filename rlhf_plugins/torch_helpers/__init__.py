@@ -5,6 +5,8 @@ stays fast. docs/plugins.md documents every name.
 
 - generation: ``SamplingSettings``, ``ensure_pad_token``, ``encode_prompts``, ``generate_texts``,
   ``batched``;
+- pretrained models: ``load_pretrained`` (dtype by name, attention implementation, GGUF
+  dequantized into plain weights), ``load_pretrained_tokenizer``;
 - Hugging Face ``Trainer`` stages: ``TrainerStage`` (a TRL trainer as a stage),
   ``training_arguments``, ``run_trainer``, ``save_final``, ``StageCallback``, ``peft_config``;
 - model parts: ``decoder_blocks``, ``MLPHead``, ``freeze_bottom``, ``disable_dropout``,
@@ -30,6 +32,7 @@ from rlhf_plugins._engine.hf import (
     save_final,
     training_arguments,
 )
+from rlhf_plugins._engine.loading import load_pretrained, load_pretrained_tokenizer
 from rlhf_plugins._engine.loop import (
     RunningMoments,
     eval_shard,
@@ -67,6 +70,8 @@ __all__ = [
     "generate_texts",
     "learning_rate_factor",
     "load_models_whole",
+    "load_pretrained",
+    "load_pretrained_tokenizer",
     "loading_whole",
     "peft_config",
     "run_trainer",
