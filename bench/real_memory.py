@@ -298,11 +298,10 @@ def main() -> None:
             numbered.append(commands[label])
             row.append(f"{peaks[label]:.2f} GB [{len(numbered)}]")
         rows.append(row)
-    revision = f"{args.baseline} " if args.baseline else ""
+    before = f"before = {args.baseline} (git archive), " if args.baseline else ""
     print(
-        f"Peak RSS, SmolLM2-135M-Instruct, batch 4 x 512 tokens; before = {revision}"
-        "(git archive), after = this tree; +gc = gradient_checkpointing = true; +mmap = "
-        "MALLOC_MMAP_THRESHOLD_=1048576"
+        f"Peak RSS, SmolLM2-135M-Instruct, batch 4 x 512 tokens; {before}after = this tree; "
+        "+gc = gradient_checkpointing = true; +mmap = MALLOC_MMAP_THRESHOLD_=1048576"
     )
     print_table(["stage", *names], rows)
     print()
