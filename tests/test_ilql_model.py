@@ -70,7 +70,7 @@ def padded_batch(tokenizer) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("architecture", ["gptj", "gpt2", "gpt_neox"])
-def test_lm_logits_at_the_states_are_the_causal_lms(tokenizer, architecture):
+def test_lm_logprobs_at_the_states_are_the_causal_lms(tokenizer, architecture):
     base = tiny_lm(tokenizer, architecture)
     model = ILQLModel(base, heads_for(base, two_qs=False)).eval()
     batch = padded_batch(tokenizer)
@@ -82,10 +82,61 @@ def test_lm_logits_at_the_states_are_the_causal_lms(tokenizer, architecture):
     real = batch["terminal"][:, :-1] == 0
     positions = batch["state_indices"][:, :-1]
     expected = full.gather(1, positions.unsqueeze(-1).expand(-1, -1, full.shape[-1]))
-    assert torch.allclose(outputs.lm_logits[real].float(), expected[real].float(), atol=1e-5)
+    logprobs = expected.float().log_softmax(-1).gather(-1, batch["actions"].unsqueeze(-1))
+    assert torch.allclose(outputs.lm_logprobs[real], logprobs.squeeze(-1)[real], atol=1e-5)
     assert outputs.values.shape == batch["state_indices"].shape
-    assert len(outputs.q_logits) == 1 and outputs.q_logits[0].shape == outputs.lm_logits.shape
-    assert outputs.target_q.shape == batch["actions"].shape
+    assert outputs.target_q.shape == outputs.lm_logprobs.shape == batch["actions"].shape
+    assert len(outputs.q_taken) == len(outputs.q_logprobs) == 1
+    # Q at the taken actions and their log-probabilities under softmax(Q): the full Q's
+    with torch.no_grad():
+        states = model.base.base_model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+        ).last_hidden_state
+        q = model.heads.q_heads[0](
+            states.gather(1, positions.unsqueeze(-1).expand(-1, -1, states.shape[-1]))
+        )
+    taken = batch["actions"].unsqueeze(-1)
+    torch.testing.assert_close(
+        outputs.q_taken[0], q.gather(-1, taken).squeeze(-1), atol=1e-5, rtol=0
+    )
+    q_logprobs = q.float().log_softmax(-1).gather(-1, taken).squeeze(-1)
+    torch.testing.assert_close(outputs.q_logprobs[0], q_logprobs, atol=1e-5, rtol=0)
+
+
+def test_the_objective_equals_trlx_form_on_full_logits_with_gradients(tokenizer):
+    from rlhf_builtins.ilql.maths import ilql_loss, ilql_objective
+    from rlhf_builtins.ilql.models import gather_positions
+    from rlhf_builtins.ilql.settings import ILQLSettings
+
+    torch.manual_seed(0)
+    base = tiny_lm(tokenizer, "gpt2")
+    model = ILQLModel(base, heads_for(base, two_qs=True))
+    batch = padded_batch(tokenizer)
+    weights = ILQLSettings(cql_scale=0.5, awac_beta=0.5)
+    inputs = (batch["input_ids"], batch["attention_mask"], batch["state_indices"], batch["actions"])
+    rest = dict(rewards=batch["rewards"], terminal=batch["terminal"], weights=weights)
+
+    outputs = model(*inputs)
+    found = ilql_objective(**vars(outputs), **rest)
+    found_grads = torch.autograd.grad(found["loss"], list(model.heads.q_heads.parameters()))
+
+    hidden = base.base_model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+    ).last_hidden_state
+    states = gather_positions(hidden, batch["state_indices"])
+    expected = ilql_loss(
+        lm_logits=base.get_output_embeddings()(states[:, :-1]),
+        q_logits=tuple(head(states[:, :-1]) for head in model.heads.q_heads),
+        target_q=outputs.target_q,
+        values=model.heads.v_head(states).squeeze(-1),
+        actions=batch["actions"],
+        **rest,
+    )
+    expected_grads = torch.autograd.grad(expected["loss"], list(model.heads.q_heads.parameters()))
+    for key in expected:
+        torch.testing.assert_close(found[key], expected[key], rtol=1e-5, atol=1e-6)
+    for got, want in zip(found_grads, expected_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
 
 
 def test_save_then_reload_is_identical(tokenizer, saved):
@@ -101,9 +152,10 @@ def test_save_then_reload_is_identical(tokenizer, saved):
     inputs = (batch["input_ids"], batch["attention_mask"], batch["state_indices"], batch["actions"])
     with torch.no_grad():
         a, b = first(*inputs), second(*inputs)
-    assert torch.equal(a.lm_logits, b.lm_logits) and torch.equal(a.values, b.values)
+    assert torch.equal(a.lm_logprobs, b.lm_logprobs) and torch.equal(a.values, b.values)
     assert torch.equal(a.target_q, b.target_q)
-    assert all(torch.equal(x, y) for x, y in zip(a.q_logits, b.q_logits, strict=True))
+    for x, y in zip(a.q_taken + a.q_logprobs, b.q_taken + b.q_logprobs, strict=True):
+        assert torch.equal(x, y)
     # the base LM alone is a plain from_pretrained causal LM (hf-causal-lm from_stage)
     plain = PretrainedPolicy(str(saved)).load_model().eval()
     with torch.no_grad():

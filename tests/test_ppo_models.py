@@ -1,6 +1,6 @@
-"""Models: the hydra reference gives the logits of a full frozen copy after the policy has
-moved, for GPT-2, GPT-J and GPT-NeoX; freezing (-1, k and 0 unfrozen layers); response-only
-logits and values."""
+"""Models: the hydra reference gives the log-probabilities of a full frozen copy after the
+policy has moved, for GPT-2, GPT-J and GPT-NeoX; freezing (-1, k and 0 unfrozen layers);
+response-only log-probabilities (those of the full logits) and values."""
 
 from __future__ import annotations
 
@@ -29,14 +29,23 @@ CONFIGS = {
 }
 
 
-def left_padded_batch():
+def left_padded_batch(temperature=1.0):
+    from rlhf_builtins.ppo.models import Responses
     from rlhf_builtins.ppo.rollout import model_inputs
 
     queries = torch.tensor([[0, 0, 5, 6, 7], [1, 2, 3, 4, 5]])
     query_mask = (queries != 0).long()
     responses = torch.tensor([[8, 9, 10], [11, 12, 0]])
     mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
-    return model_inputs(queries, query_mask, responses, mask), queries.shape[1]
+    inputs = model_inputs(queries, query_mask, responses, mask)
+    return inputs, Responses(queries.shape[1], responses, temperature)
+
+
+def full_logprobs(lm, inputs, responses):
+    """The response tokens' log-probabilities from ``lm``'s full logits, the plain way."""
+    logits = lm(**inputs).logits[:, responses.start - 1 : -1].float() / responses.temperature
+    taken = logits.log_softmax(-1).gather(-1, responses.tokens.unsqueeze(-1))
+    return taken.squeeze(-1)
 
 
 def tiny_lm(architecture: str):
@@ -53,14 +62,14 @@ def perturb_trainable(module: torch.nn.Module) -> None:
 
 def assert_reference_is_initial(model, reference, initial):
     """Move the trainable weights, then check the reference still gives the initial model's
-    logits (within float rounding); returns (policy logits, reference logits)."""
+    log-probabilities (within float rounding); returns (policy, reference) log-probabilities."""
     perturb_trainable(model)
-    inputs, start = left_padded_batch()
+    inputs, responses = left_padded_batch()
     with torch.no_grad():
-        logits, _, ref_logits = reference.run(model.eval(), inputs, start)
-        expected = initial(**inputs).logits[:, start - 1 : -1]
-    torch.testing.assert_close(ref_logits, expected, rtol=0, atol=1e-6)
-    return logits, ref_logits
+        logprobs, _, ref_logprobs = reference.run(model.eval(), inputs, responses)
+        expected = full_logprobs(initial, inputs, responses)
+    torch.testing.assert_close(ref_logprobs, expected, rtol=0, atol=1e-6)
+    return logprobs, ref_logprobs
 
 
 @pytest.mark.parametrize("architecture", sorted(CONFIGS))
@@ -71,14 +80,17 @@ def test_hydra_reference_equals_a_full_copy_after_training(architecture):
     initial = copy.deepcopy(lm)
     model, reference = build_models(lm, num_layers_unfrozen=1, separate_critic=False)
     perturb_trainable(model)
-    inputs, start = left_padded_batch()
+    inputs, responses = left_padded_batch(temperature=0.7)
     with torch.no_grad():
-        logits, values, ref_logits = reference.run(model.eval(), inputs, start)
-        expected_ref = initial(**inputs).logits[:, start - 1 : -1]
-        expected_policy = model.policy(**inputs).logits[:, start - 1 : -1]
-    assert torch.equal(ref_logits, expected_ref)  # bit-exact
-    torch.testing.assert_close(logits, expected_policy, rtol=0, atol=1e-6)
-    assert (logits - ref_logits).abs().max() > 1e-3, "the policy should have moved"
+        logprobs, values, ref_logprobs = reference.run(model.eval(), inputs, responses)
+        hidden = initial.base_model(**inputs).last_hidden_state
+        same_path = responses.logprobs(initial.get_output_embeddings(), hidden)
+        expected_ref = full_logprobs(initial, inputs, responses)
+        expected_policy = full_logprobs(model.policy, inputs, responses)
+    assert torch.equal(ref_logprobs, same_path)  # bit-exact: a full copy's, the same way
+    torch.testing.assert_close(ref_logprobs, expected_ref, rtol=0, atol=1e-6)
+    torch.testing.assert_close(logprobs, expected_policy, rtol=0, atol=1e-6)
+    assert (logprobs - ref_logprobs).abs().max() > 1e-3, "the policy should have moved"
     assert values.shape == (2, 3) and values.dtype == torch.float32
 
 
@@ -140,9 +152,9 @@ def test_zero_unfrozen_layers_trains_only_the_value_head_against_the_policy_itse
         "value_head.2.weight",
         "value_head.2.bias",
     }
-    inputs, start = left_padded_batch()
-    logits, values, ref_logits = reference.run(model, inputs, start)
-    assert ref_logits is logits and not logits.requires_grad
+    inputs, responses = left_padded_batch()
+    logprobs, values, ref_logprobs = reference.run(model, inputs, responses)
+    assert ref_logprobs is logprobs and not logprobs.requires_grad
     values.sum().backward()
     assert model.value_head[0].weight.grad is not None
 
@@ -153,9 +165,15 @@ def test_separate_critic_has_its_own_trunk():
     model, _ = build_models(tiny_lm("gpt_neox"), num_layers_unfrozen=1, separate_critic=True)
     assert model.critic is not None
     assert all(p.requires_grad for p in model.critic.parameters())
-    inputs, start = left_padded_batch()
-    logits, values = model(**inputs, response_start=start)
-    assert logits.shape == (2, 3, 97) and values.shape == (2, 3)
+    inputs, responses = left_padded_batch()
+    logprobs, values, entropy = model(
+        **inputs, response_start=responses.start, responses=responses.tokens, entropy=True
+    )
+    assert logprobs.shape == values.shape == entropy.shape == (2, 3)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            logprobs, full_logprobs(model.policy, inputs, responses), rtol=0, atol=1e-6
+        )
     values.sum().backward()
     assert model.critic.layers[0].attention.query_key_value.weight.grad is not None
 
@@ -179,5 +197,5 @@ def test_lora_reference_is_the_policy_with_its_adapter_off():
     assert isinstance(reference, AdapterOffReference)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n or n.startswith("value_head.") for n in trainable)
-    logits, ref_logits = assert_reference_is_initial(model, reference, initial)
-    assert (logits - ref_logits).abs().max() > 1e-4, "the adapter should change the policy"
+    logprobs, ref_logprobs = assert_reference_is_initial(model, reference, initial)
+    assert (logprobs - ref_logprobs).abs().max() > 1e-4, "the adapter should change the policy"

@@ -10,10 +10,10 @@ not terminal. Every term is a mean over the real actions of the batch.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from rlhf_builtins.ilql.settings import ILQLSettings
+from rlhf_plugins.torch_helpers import token_logprobs
 
 
 def action_mask(terminal: Tensor) -> Tensor:
@@ -39,18 +39,9 @@ def q_targets(rewards: Tensor, values: Tensor, terminal: Tensor, gamma: float) -
     return rewards + gamma * next_values
 
 
-def token_cross_entropy(logits: Tensor, tokens: Tensor) -> Tensor:
-    """Per-position cross-entropy of ``tokens [B, A]`` under ``logits [B, A, V]``."""
-    flat = F.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]).float(), tokens.reshape(-1), reduction="none"
-    )
-    return flat.view(tokens.shape)
-
-
-def q_loss(q_logits: tuple[Tensor, ...], actions: Tensor, targets: Tensor, mask: Tensor) -> Tensor:
+def q_loss(q_taken: tuple[Tensor, ...], targets: Tensor, mask: Tensor) -> Tensor:
     """Sum over Q heads of the masked mean squared error between Q(s, a_taken) and ``targets``."""
-    taken = [q.gather(-1, actions.unsqueeze(-1)).squeeze(-1) for q in q_logits]
-    return sum(masked_mean((q.float() - targets).pow(2), mask) for q in taken)
+    return sum(masked_mean((q.float() - targets).pow(2), mask) for q in q_taken)
 
 
 def value_loss(target_q: Tensor, values: Tensor, mask: Tensor, tau: float) -> Tensor:
@@ -60,10 +51,10 @@ def value_loss(target_q: Tensor, values: Tensor, mask: Tensor, tau: float) -> Te
     return masked_mean(expectile_weights(difference, tau) * difference.pow(2), mask)
 
 
-def cql_loss(q_logits: tuple[Tensor, ...], actions: Tensor, mask: Tensor) -> Tensor:
-    """Sum over Q heads of the cross-entropy of the taken actions under softmax(Q): pushes
-    down Q of actions the data never took."""
-    return sum(masked_mean(token_cross_entropy(q, actions), mask) for q in q_logits)
+def cql_loss(q_logprobs: tuple[Tensor, ...], mask: Tensor) -> Tensor:
+    """Sum over Q heads of the cross-entropy of the taken actions under softmax(Q)
+    (``q_logprobs``: their log-probabilities): pushes down Q of actions the data never took."""
+    return sum(masked_mean(-logprobs, mask) for logprobs in q_logprobs)
 
 
 def awac_weights(target_q: Tensor, values: Tensor, awac_beta: float) -> Tensor:
@@ -71,9 +62,53 @@ def awac_weights(target_q: Tensor, values: Tensor, awac_beta: float) -> Tensor:
     return torch.exp(awac_beta * (target_q.float() - values[:, :-1].float())).detach()
 
 
-def awac_loss(lm_logits: Tensor, actions: Tensor, weights: Tensor, mask: Tensor) -> Tensor:
+def awac_loss(lm_logprobs: Tensor, weights: Tensor, mask: Tensor) -> Tensor:
     """Advantage-weighted negative log-likelihood of the taken actions under the LM."""
-    return masked_mean(token_cross_entropy(lm_logits, actions) * weights, mask)
+    return masked_mean(-lm_logprobs * weights, mask)
+
+
+def ilql_objective(
+    *,
+    lm_logprobs: Tensor,
+    q_taken: tuple[Tensor, ...],
+    q_logprobs: tuple[Tensor, ...],
+    target_q: Tensor,
+    values: Tensor,
+    rewards: Tensor,
+    terminal: Tensor,
+    weights: ILQLSettings,
+) -> dict[str, Tensor]:
+    """Every term of the objective and their weighted sum under ``"loss"`` (the only one with
+    a graph worth keeping), plus statistics: mean V, Q, target Q and AWAC weight. ``weights``
+    gives the coefficients ``tau``, ``gamma``, ``cql_scale``, ``awac_scale``, ``awac_beta``.
+
+    Per taken action (``[B, A]`` each): ``lm_logprobs``, its log-probability under the LM;
+    for each Q head, ``q_taken`` (its Q value) and ``q_logprobs`` (its log-probability under
+    softmax(Q)); ``target_q``, the min over the target Q heads. ``values [B, S]``; ``rewards
+    [B, A]``; ``terminal [B, S]``. ``ILQLModel`` computes them without vocabulary-sized
+    tensors; ``ilql_loss`` from full logits."""
+    mask = action_mask(terminal)
+    targets = q_targets(rewards.float(), values.float(), terminal, weights.gamma)
+    awac = awac_weights(target_q, values, weights.awac_beta)
+    terms = {
+        "loss_q": q_loss(q_taken, targets, mask),
+        "loss_v": value_loss(target_q, values, mask, weights.tau),
+        "loss_cql": cql_loss(q_logprobs, mask),
+        "loss_awac": awac_loss(lm_logprobs, awac, mask),
+    }
+    total = (
+        terms["loss_q"]
+        + terms["loss_v"]
+        + weights.cql_scale * terms["loss_cql"]
+        + weights.awac_scale * terms["loss_awac"]
+    )
+    stats = {
+        "value_mean": masked_mean(values[:, :-1].detach().float(), mask),
+        "q_mean": masked_mean(q_taken[0].detach().float(), mask),
+        "target_q_mean": masked_mean(target_q.detach().float(), mask),
+        "awac_weight_mean": masked_mean(awac, mask),
+    }
+    return {"loss": total, **terms, **stats}
 
 
 def ilql_loss(
@@ -87,36 +122,19 @@ def ilql_loss(
     terminal: Tensor,
     weights: ILQLSettings,
 ) -> dict[str, Tensor]:
-    """Every term of the objective and their weighted sum under ``"loss"`` (the only one with
-    a graph worth keeping), plus statistics: mean V, Q, target Q and AWAC weight. ``weights``
-    gives the coefficients ``tau``, ``gamma``, ``cql_scale``, ``awac_scale``, ``awac_beta``.
-
-    ``lm_logits`` and each of ``q_logits``: ``[B, A, V]`` at the positions that predict the
-    actions; ``target_q [B, A]``: min over the target Q heads at the taken actions;
-    ``values [B, S]``; ``actions``, ``rewards [B, A]``; ``terminal [B, S]``."""
-    mask = action_mask(terminal)
-    targets = q_targets(rewards.float(), values.float(), terminal, weights.gamma)
-    awac = awac_weights(target_q, values, weights.awac_beta)
-    terms = {
-        "loss_q": q_loss(q_logits, actions, targets, mask),
-        "loss_v": value_loss(target_q, values, mask, weights.tau),
-        "loss_cql": cql_loss(q_logits, actions, mask),
-        "loss_awac": awac_loss(lm_logits, actions, awac, mask),
-    }
-    total = (
-        terms["loss_q"]
-        + terms["loss_v"]
-        + weights.cql_scale * terms["loss_cql"]
-        + weights.awac_scale * terms["loss_awac"]
+    """``ilql_objective`` from full logits, as trlX writes the loss: ``lm_logits`` and each of
+    ``q_logits`` ``[B, A, V]`` at the positions that predict ``actions [B, A]``."""
+    index = actions.unsqueeze(-1)
+    return ilql_objective(
+        lm_logprobs=token_logprobs(lm_logits, actions),
+        q_taken=tuple(q.gather(-1, index).squeeze(-1) for q in q_logits),
+        q_logprobs=tuple(token_logprobs(q, actions) for q in q_logits),
+        target_q=target_q,
+        values=values,
+        rewards=rewards,
+        terminal=terminal,
+        weights=weights,
     )
-    taken_q = q_logits[0].gather(-1, actions.unsqueeze(-1)).squeeze(-1)
-    stats = {
-        "value_mean": masked_mean(values[:, :-1].detach().float(), mask),
-        "q_mean": masked_mean(taken_q.detach().float(), mask),
-        "target_q_mean": masked_mean(target_q.detach().float(), mask),
-        "awac_weight_mean": masked_mean(awac, mask),
-    }
-    return {"loss": total, **terms, **stats}
 
 
 @torch.no_grad()

@@ -2,8 +2,12 @@
 
 ``ILQLHeads``: a V head, one or two Q heads over the vocabulary and their target copies
 (no gradients; Polyak-averaged toward the Q heads). Each head is trlX's MLP
-(``rlhf_plugins.torch_helpers.MLPHead``: hidden -> 2*hidden -> out, trlX's state-dict keys). ``ILQLModel`` runs the trunk once and applies the LM head and the
-ILQL heads only at the state positions of a batch.
+(``rlhf_plugins.torch_helpers.MLPHead``: hidden -> 2*hidden -> out, trlX's state-dict keys).
+``ILQLModel`` runs the trunk once and applies the LM head and the ILQL heads only at the state
+positions of a batch, and gives per taken action what the objective reads: Q values through
+``MLPHead``'s one-output path, log-probabilities under the LM and under softmax(Q) a chunk of
+positions at a time (``rlhf_plugins.torch_helpers.token_logprobs``), so no
+``[batch, actions, vocabulary]`` tensor is held.
 
 Saved layout of a stage directory: the causal LM via ``save_pretrained`` (so ``hf-causal-lm``
 with ``from_stage`` loads it as a plain model), the tokenizer, and beside them
@@ -22,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from rlhf_builtins.ilql.maths import polyak_update
-from rlhf_plugins.torch_helpers import MLPHead
+from rlhf_plugins.torch_helpers import MLPHead, token_logprobs
 
 HEADS_WEIGHTS = "ilql_heads.safetensors"
 HEADS_CONFIG = "ilql_heads.json"
@@ -48,16 +52,20 @@ class ILQLHeads(nn.Module):
         )
         self.target_q_heads = copy.deepcopy(self.q_heads).requires_grad_(False)
 
-    def forward(self, states: Tensor, actions: Tensor) -> tuple[Tensor, tuple[Tensor, ...], Tensor]:
+    def forward(
+        self, states: Tensor, actions: Tensor
+    ) -> tuple[Tensor, tuple[Tensor, ...], tuple[Tensor, ...], Tensor]:
         """``states [B, S, H]`` (hidden states at the state positions), ``actions [B, A]`` with
-        ``A = S - 1``. Returns ``values [B, S]``, the Q heads over the vocabulary at the action
-        states (``[B, A, V]`` each) and the min target Q at the taken actions (``[B, A]``)."""
+        ``A = S - 1``. Returns ``values [B, S]``; for each Q head, Q at the taken actions and
+        their log-probabilities under softmax(Q) (``[B, A]`` each); and the min target Q at the
+        taken actions (``[B, A]``)."""
         values = self.v_head(states).squeeze(-1)
         action_states = states[:, :-1]
-        q_logits = tuple(head(action_states) for head in self.q_heads)
+        q_taken = tuple(head(action_states, actions) for head in self.q_heads)
+        q_logprobs = tuple(token_logprobs(action_states, actions, head) for head in self.q_heads)
         with torch.no_grad():
             target_q = torch.stack([head(action_states, actions) for head in self.target_q_heads])
-        return values, q_logits, target_q.min(dim=0).values
+        return values, q_taken, q_logprobs, target_q.min(dim=0).values
 
     def advantage(self, hidden: Tensor) -> Tensor:
         """``min target Q(s, .) - V(s)`` over the vocabulary for every position of ``hidden``
@@ -89,8 +97,13 @@ def gather_positions(hidden: Tensor, indices: Tensor) -> Tensor:
 
 @dataclass
 class ILQLOutputs:
-    lm_logits: Tensor
-    q_logits: tuple[Tensor, ...]
+    """Per taken action (``[B, A]``): its log-probability under the LM, Q and log-probability
+    under softmax(Q) for each Q head, the min target Q; and the values at every state
+    (``[B, S]``). The arguments of ``maths.ilql_objective``."""
+
+    lm_logprobs: Tensor
+    q_taken: tuple[Tensor, ...]
+    q_logprobs: tuple[Tensor, ...]
     target_q: Tensor
     values: Tensor
 
@@ -112,9 +125,17 @@ class ILQLModel(nn.Module):
             input_ids=input_ids, attention_mask=attention_mask, use_cache=False
         )
         states = gather_positions(trunk.last_hidden_state, state_indices)
-        lm_logits = self.base.get_output_embeddings()(states[:, :-1])
-        values, q_logits, target_q = self.heads(states.to(self.heads.v_head.dtype), actions)
-        return ILQLOutputs(lm_logits=lm_logits, q_logits=q_logits, target_q=target_q, values=values)
+        lm_logprobs = token_logprobs(states[:, :-1], actions, self.base.get_output_embeddings())
+        values, q_taken, q_logprobs, target_q = self.heads(
+            states.to(self.heads.v_head.dtype), actions
+        )
+        return ILQLOutputs(
+            lm_logprobs=lm_logprobs,
+            q_taken=q_taken,
+            q_logprobs=q_logprobs,
+            target_q=target_q,
+            values=values,
+        )
 
 
 def save_ilql_model(

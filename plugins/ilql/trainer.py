@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from rlhf_builtins.ilql.batches import Episode, collate, episodes
-from rlhf_builtins.ilql.maths import ilql_loss
+from rlhf_builtins.ilql.maths import ilql_objective
 from rlhf_builtins.ilql.models import (
     ILQLHeads,
     ILQLModel,
@@ -92,12 +92,12 @@ def batch_losses(
         state_indices=batch["state_indices"],
         actions=batch["actions"],
     )
-    return ilql_loss(
-        lm_logits=outputs.lm_logits,
-        q_logits=outputs.q_logits,
+    return ilql_objective(
+        lm_logprobs=outputs.lm_logprobs,
+        q_taken=outputs.q_taken,
+        q_logprobs=outputs.q_logprobs,
         target_q=outputs.target_q,
         values=outputs.values,
-        actions=batch["actions"],
         rewards=batch["rewards"],
         terminal=batch["terminal"],
         weights=weights,

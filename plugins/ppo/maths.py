@@ -142,18 +142,6 @@ def value_loss(
     return loss, stats
 
 
-def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """``log softmax(logits)[token]`` for every position, without a full log-softmax tensor."""
-    picked = torch.gather(logits, -1, tokens.unsqueeze(-1)).squeeze(-1)
-    return picked - torch.logsumexp(logits, dim=-1)
-
-
-def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy of the softmax distribution at every position."""
-    probs = torch.softmax(logits, dim=-1)
-    return torch.logsumexp(logits, dim=-1) - (probs * logits).sum(dim=-1)
-
-
 def response_mask(responses: torch.Tensor, eos_token_id: int | None) -> torch.Tensor:
     """1 for every generated token up to and including the first EOS, 0 after it."""
     if eos_token_id is None:

@@ -1,17 +1,21 @@
 """The trained module (causal LM + value head, optionally a separate critic) and the three kinds
 of reference model.
 
-``PolicyValueModel.forward`` runs the trunk once and returns the LM logits and values only at
-the positions that predict response tokens (no vocabulary projection over the prompt).
+``PolicyValueModel.forward`` runs the trunk once and returns the log-probabilities of the
+response tokens and the values only at the positions that predict them: the LM head runs on
+those positions alone, a chunk of positions at a time
+(``rlhf_plugins.torch_helpers.token_logprobs``), so no ``[batch, positions, vocabulary]``
+logits are ever held.
 
-References (all frozen; ``run`` returns policy logits, values and reference logits):
+References (all frozen; ``run`` returns policy log-probabilities, values and reference
+log-probabilities of the response tokens):
 
 - ``HydraReference`` (``num_layers_unfrozen = k >= 1``): the policy trains only its top ``k``
   blocks, final norm and (untied) LM head; everything below is frozen, embeddings included
   (``rlhf_plugins.torch_helpers.freeze_bottom``). The reference holds frozen copies of exactly the
   trainable part. In one policy forward the input of block ``n - k`` is captured and replayed
-  through the copies, so reference logits equal a full frozen copy's and cost ``k / n`` of a
-  forward.
+  through the copies, so reference log-probabilities equal a full frozen copy's and cost
+  ``k / n`` of a forward.
 - ``SharedReference`` (``k = 0``): the whole LM is frozen and only the value head trains, so
   the policy is its own reference (a hydra with nothing copied).
 - ``FrozenCopyReference`` (``k = -1``): a full frozen copy of the initial policy.
@@ -23,6 +27,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -35,12 +40,28 @@ from rlhf_plugins.torch_helpers import (
     disable_dropout,
     final_norm,
     freeze_bottom,
+    token_logprobs,
+    token_logprobs_and_entropy,
 )
 
 
-def response_logits(lm: nn.Module, hidden: torch.Tensor, response_start: int) -> torch.Tensor:
-    """LM-head logits at the positions predicting tokens ``response_start`` onwards."""
-    return lm.get_output_embeddings()(hidden[:, response_start - 1 : -1])
+@dataclass(frozen=True)
+class Responses:
+    """The response tokens of a batch and how to score them: ``tokens [batch, length]``
+    start at position ``start`` of the inputs; log-probabilities are of the logits divided by
+    ``temperature``."""
+
+    start: int
+    tokens: torch.Tensor
+    temperature: float = 1.0
+
+    def states(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The hidden states at the positions predicting the response tokens."""
+        return hidden[:, self.start - 1 : -1]
+
+    def logprobs(self, head: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        """Log-probabilities of the tokens under ``head`` on the whole sequence's ``hidden``."""
+        return token_logprobs(self.states(hidden), self.tokens, head, temperature=self.temperature)
 
 
 def trunk_hidden(trunk: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -67,16 +88,30 @@ class PolicyValueModel(nn.Module):
         attention_mask: torch.Tensor,
         position_ids: torch.Tensor,
         response_start: int,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(logits, values)`` at the positions predicting the response tokens:
-        ``[batch, response_length, vocab]`` and ``[batch, response_length]`` (float32)."""
+        responses: torch.Tensor,
+        temperature: float = 1.0,
+        entropy: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``(logprobs, values, entropy)`` at the positions predicting the response tokens
+        (``responses``, from position ``response_start`` on), ``[batch, response_length]``
+        each (float32): the log-probabilities of the tokens under the logits divided by
+        ``temperature``, the values, and with ``entropy`` the entropy of that distribution (no
+        gradient; else None)."""
         inputs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
-        hidden = trunk_hidden(self.trunk, inputs)
-        logits = response_logits(self.policy, hidden, response_start)
+        scored = Responses(response_start, responses, temperature)
+        states = scored.states(trunk_hidden(self.trunk, inputs))
+        head = self.policy.get_output_embeddings()
+        if entropy:
+            logprobs, entropies = token_logprobs_and_entropy(
+                states, responses, head, temperature=temperature
+            )
+        else:
+            logprobs = token_logprobs(states, responses, head, temperature=temperature)
+            entropies = None
         if self.critic is not None:
-            hidden = trunk_hidden(self.critic, inputs)
-        values = self.value_head(hidden[:, response_start - 1 : -1]).squeeze(-1)
-        return logits, values.float()
+            states = scored.states(trunk_hidden(self.critic, inputs))
+        values = self.value_head(states).squeeze(-1)
+        return logprobs, values.float(), entropies
 
 
 def freeze(module: nn.Module) -> nn.Module:
@@ -84,7 +119,42 @@ def freeze(module: nn.Module) -> nn.Module:
     return module.eval()
 
 
-class HydraReference(nn.Module):
+class Reference(nn.Module):
+    """What every reference does: ``run`` scores the responses with the policy (one forward of
+    the trained module) and with the reference."""
+
+    def run(
+        self, model: PolicyValueModel, inputs: dict[str, torch.Tensor], responses: Responses
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(policy log-probabilities, values, reference log-probabilities)`` of the
+        response tokens, ``[batch, response_length]`` each."""
+        with self.watching() as seen:
+            logprobs, values, _ = model(
+                **inputs,
+                response_start=responses.start,
+                responses=responses.tokens,
+                temperature=responses.temperature,
+            )
+        return logprobs, values, self.logprobs(model, inputs, responses, seen, logprobs)
+
+    @contextmanager
+    def watching(self) -> Iterator[dict[str, Any]]:
+        """Active during the policy's forward; yields what the reference keeps of it."""
+        yield {}
+
+    def logprobs(
+        self,
+        model: PolicyValueModel,
+        inputs: dict[str, torch.Tensor],
+        responses: Responses,
+        seen: dict[str, Any],
+        policy_logprobs: torch.Tensor,
+    ) -> torch.Tensor:
+        """The reference's log-probabilities of the response tokens."""
+        raise NotImplementedError
+
+
+class HydraReference(Reference):
     """Frozen copies of the policy's top ``k`` blocks, final norm and LM head (the head is
     shared instead when it is tied to the frozen input embeddings)."""
 
@@ -104,7 +174,7 @@ class HydraReference(nn.Module):
         return self.shared_head[0] if self.shared_head else self.own_head
 
     @contextmanager
-    def capture(self) -> Iterator[dict[str, Any]]:
+    def watching(self) -> Iterator[dict[str, Any]]:
         """While active, records the positional and keyword inputs of the policy's block
         ``n - k`` (the first one the reference replays)."""
         captured: dict[str, Any] = {}
@@ -118,8 +188,9 @@ class HydraReference(nn.Module):
         finally:
             handle.remove()
 
-    def replay(self, captured: dict[str, Any], response_start: int) -> torch.Tensor:
-        args, kwargs = list(captured["args"]), dict(captured["kwargs"])
+    def logprobs(self, model, inputs, responses, seen, policy_logprobs):
+        """The captured input of block ``n - k`` through the frozen copies."""
+        args, kwargs = list(seen["args"]), dict(seen["kwargs"])
         in_kwargs = "hidden_states" in kwargs
         hidden = kwargs["hidden_states"] if in_kwargs else args[0]
         for block in self.blocks:
@@ -129,61 +200,43 @@ class HydraReference(nn.Module):
                 args[0] = hidden
             output = block(*args, **kwargs)
             hidden = output[0] if isinstance(output, tuple) else output
-        hidden = self.norm(hidden[:, response_start - 1 : -1])
-        return self.head(hidden)
-
-    def run(
-        self, model: PolicyValueModel, inputs: dict[str, torch.Tensor], response_start: int
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        with self.capture() as captured:
-            logits, values = model(**inputs, response_start=response_start)
-        return logits, values, self.replay(captured, response_start)
+        states = self.norm(responses.states(hidden))
+        return token_logprobs(
+            states, responses.tokens, self.head, temperature=responses.temperature
+        )
 
 
-class SharedReference(nn.Module):
+class SharedReference(Reference):
     """The policy itself, for a policy whose LM is frozen whole (``num_layers_unfrozen = 0``):
-    its logits are the reference logits (holds no weights)."""
+    its log-probabilities are the reference ones (holds no weights)."""
 
-    def run(
-        self, model: PolicyValueModel, inputs: dict[str, torch.Tensor], response_start: int
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        logits, values = model(**inputs, response_start=response_start)
-        return logits, values, logits
+    def logprobs(self, model, inputs, responses, seen, policy_logprobs):
+        return policy_logprobs
 
 
-class FrozenCopyReference(nn.Module):
+class FrozenCopyReference(Reference):
     """A full frozen copy of the initial policy."""
 
     def __init__(self, lm: nn.Module):
         super().__init__()
         self.lm = freeze(copy.deepcopy(lm))
 
-    def run(
-        self, model: PolicyValueModel, inputs: dict[str, torch.Tensor], response_start: int
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        logits, values = model(**inputs, response_start=response_start)
+    def logprobs(self, model, inputs, responses, seen, policy_logprobs):
         hidden = trunk_hidden(self.lm.base_model, inputs)
-        return logits, values, response_logits(self.lm, hidden, response_start)
+        return responses.logprobs(self.lm.get_output_embeddings(), hidden)
 
 
-class AdapterOffReference(nn.Module):
+class AdapterOffReference(Reference):
     """The LoRA policy with its adapter switched off (holds no weights of its own)."""
 
     def __init__(self, peft_model: Any):
         super().__init__()
         self.peft_model = [peft_model]
 
-    def run(
-        self, model: PolicyValueModel, inputs: dict[str, torch.Tensor], response_start: int
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        logits, values = model(**inputs, response_start=response_start)
+    def logprobs(self, model, inputs, responses, seen, policy_logprobs):
         with self.peft_model[0].disable_adapter():
             hidden = trunk_hidden(model.trunk, inputs)
-            ref_logits = response_logits(model.policy, hidden, response_start)
-        return logits, values, ref_logits
-
-
-Reference = HydraReference | SharedReference | FrozenCopyReference | AdapterOffReference
+            return responses.logprobs(model.policy.get_output_embeddings(), hidden)
 
 
 def apply_lora(

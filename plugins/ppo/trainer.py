@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 
 from rlhf_builtins.ppo import maths
 from rlhf_builtins.ppo.kl_control import make_kl_controller, update_steps
-from rlhf_builtins.ppo.models import build_models
+from rlhf_builtins.ppo.models import Responses, build_models
 from rlhf_builtins.ppo.rollout import Chunk, PromptSampler, Rollout, model_inputs
 from rlhf_builtins.ppo.settings import PPOSettings
 from rlhf_plugins import (
@@ -234,8 +234,8 @@ class PPOTrainer:
             responses, mask = responses[:, :width], mask[:, :width]
             responses = responses.masked_fill(mask == 0, tokenizer.pad_token_id)
             inputs = model_inputs(batch["input_ids"], batch["attention_mask"], responses, mask)
-            logits, values, ref_logits = self.reference.run(model, inputs, start)
-        temperature = self.settings.temperature
+            scored = Responses(start, responses, self.settings.temperature)
+            logprobs, values, ref_logprobs = self.reference.run(model, inputs, scored)
         return Chunk(
             queries=[
                 row[m.bool()]
@@ -243,8 +243,8 @@ class PPOTrainer:
             ],
             responses=responses,
             mask=mask,
-            logprobs=maths.token_logprobs(logits.float() / temperature, responses) * mask,
-            ref_logprobs=maths.token_logprobs(ref_logits.float() / temperature, responses) * mask,
+            logprobs=logprobs * mask,
+            ref_logprobs=ref_logprobs * mask,
             values=values * mask,
         )
 
@@ -347,10 +347,14 @@ class PPOTrainer:
     # -- optimisation --------------------------------------------------------------------
 
     def loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        logits, values = self.model(**batch["inputs"], response_start=batch["response_start"])
-        logits = logits.float() / self.settings.temperature
+        logprobs, values, entropy = self.model(
+            **batch["inputs"],
+            response_start=batch["response_start"],
+            responses=batch["responses"],
+            temperature=self.settings.temperature,
+            entropy=True,
+        )
         mask = batch["mask"]
-        logprobs = maths.token_logprobs(logits, batch["responses"])
         pg_loss, pg_stats = maths.policy_loss(
             logprobs, batch["logprobs"], batch["advantages"], mask, self.settings.cliprange
         )
@@ -363,7 +367,7 @@ class PPOTrainer:
                 **vf_stats,
                 "loss/policy": pg_loss.detach(),
                 "loss/value": vf_loss.detach(),
-                "policy/entropy": maths.masked_mean(maths.entropy_from_logits(logits), mask),
+                "policy/entropy": maths.masked_mean(entropy, mask),
             }
         return pg_loss + self.settings.vf_coef * vf_loss, stats
 

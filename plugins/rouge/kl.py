@@ -5,7 +5,9 @@ over the vocabulary, ``KL_t = sum_v p(v | x, y<t) (log p(v | x, y<t) - log q(v |
 along the completion the policy generated; a sample's KL is the sum over its tokens, its
 per-token KL that sum over its length. Unlike the one-sample estimate ``log p(y) - log q(y)``
 this is well defined for greedy completions too. Prompts are cut from the left as in
-generation; completions are re-tokenized from their text.
+generation; completions are re-tokenized from their text. The LM heads run on the completion
+positions only, a chunk of positions at a time (``rlhf_plugins.torch_helpers.token_kl``): no
+``[batch, positions, vocabulary]`` logits are held.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 import torch
 
 from rlhf_plugins import UserError
-from rlhf_plugins.torch_helpers import batched, encode_prompts
+from rlhf_plugins.torch_helpers import batched, encode_prompts, token_kl
 
 
 def check_vocabularies(tokenizer: Any, reference_tokenizer: Any, label: str) -> None:
@@ -25,6 +27,12 @@ def check_vocabularies(tokenizer: Any, reference_tokenizer: Any, label: str) -> 
             f"rouge evaluator: policy '{label}' and the reference policy use different "
             "vocabularies; a KL between them is not defined"
         )
+
+
+def completion_states(model: Any, inputs: dict[str, torch.Tensor], start: int) -> torch.Tensor:
+    """``model``'s final hidden states at the positions predicting the completion (from
+    ``start`` on), the ones its LM head reads."""
+    return model.base_model(**inputs, use_cache=False).last_hidden_state[:, start:-1]
 
 
 @torch.no_grad()
@@ -55,9 +63,13 @@ def completion_kl(
         positions = (attention.cumsum(dim=1) - 1).clamp(min=0)
         start = batch["input_ids"].shape[1] - 1
         inputs = dict(input_ids=input_ids, attention_mask=attention, position_ids=positions)
-        log_p = model(**inputs).logits[:, start:-1].float().log_softmax(-1)
-        log_q = reference(**inputs).logits[:, start:-1].float().log_softmax(-1)
-        per_token = (log_p.exp() * (log_p - log_q)).sum(-1) * mask
+        per_token = token_kl(
+            completion_states(model, inputs, start),
+            model.get_output_embeddings(),
+            completion_states(reference, inputs, start),
+            reference.get_output_embeddings(),
+        )
+        per_token = per_token * mask
         results += [
             (float(total), int(count))
             for total, count in zip(per_token.sum(1), mask.sum(1), strict=True)

@@ -1,7 +1,9 @@
 """Batched text generation shared by trainers and evaluators (imports torch).
 
 Prompts are left-padded so every row continues from its last real token (and left-truncated
-to fit the model's context); generation stops at EOS and uses the KV cache.
+to fit the model's context); generation stops at EOS and uses the KV cache. transformers'
+``generate`` runs the LM head on the last position only (``logits_to_keep = 1``), so no
+vocabulary logits are computed for the prompt (tests/test_logprobs.py).
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from transformers.trainer import TRAINER_STATE_NAME
 from transformers.utils import is_peft_available
 
 from rlhf_plugins._engine.errors import UserError
+from rlhf_plugins._engine.logprobs import trl_logprob_tiles
 from rlhf_plugins._engine.ranks import process_state, wait_for_everyone
 from rlhf_plugins._engine.rundir import checkpoint_step
 from rlhf_plugins._engine.stage_context import StageContext
@@ -114,14 +115,16 @@ def run_trainer(stage: StageContext, trainer: Any) -> dict[str, float]:
     stage resumes; returns ``steps`` and ``train_loss`` (of the steps this call trained).
 
     A checkpoint already at ``max_steps`` is loaded instead of trained on (the Trainer would
-    take one step past ``max_steps``), and ``train_loss`` is then absent."""
+    take one step past ``max_steps``), and ``train_loss`` is then absent. TRL's fused LM head
+    computes its logits in small tiles on the CPU (``logprobs.trl_logprob_tiles``)."""
     trainer.remove_callback(PrinterCallback)
     checkpoint = stage.latest_checkpoint() if stage.resume else None
     if checkpoint is not None and 0 < trainer.args.max_steps <= checkpoint_step(checkpoint):
         trainer._load_from_checkpoint(str(checkpoint))
         trainer.state = TrainerState.load_from_json(str(checkpoint / TRAINER_STATE_NAME))
         return {"steps": trainer.state.global_step}
-    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    with trl_logprob_tiles(trainer.accelerator.device):
+        result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     return {"train_loss": result.training_loss, "steps": result.global_step}
 
 

@@ -23,6 +23,7 @@ from rlhf_plugins._engine.hf import (
     training_arguments,
 )
 from rlhf_plugins._engine.lengths import fit_max_length, model_context
+from rlhf_plugins._engine.logprobs import trl_logprob_tiles
 from rlhf_plugins._engine.lora import LoraSettings
 from rlhf_plugins._engine.stage_context import StageContext
 from rlhf_plugins._engine.training import TrainingSettings
@@ -166,6 +167,7 @@ class TrainerStage:
 
     def evaluated(self, trainer: Any) -> dict[str, float]:
         """``eval_loss`` and ``eval_<key>`` of each ``summary`` key, evaluated now."""
-        result = trainer.evaluate()
+        with trl_logprob_tiles(trainer.accelerator.device):
+            result = trainer.evaluate()
         keys = ("eval_loss", *(f"eval_{key}" for key in self.summary))
         return {key: result[key] for key in keys if key in result}

@@ -11,6 +11,8 @@ stays fast. docs/plugins.md documents every name.
   ``training_arguments``, ``run_trainer``, ``save_final``, ``StageCallback``, ``peft_config``;
 - model parts: ``decoder_blocks``, ``MLPHead``, ``freeze_bottom``, ``disable_dropout``,
   ``final_norm``;
+- log-probabilities chunk by chunk over positions: ``token_logprobs``,
+  ``token_logprobs_and_entropy``, ``token_kl``;
 - custom training loops: ``warmup_count``, ``learning_rate_factor``, ``fill_deepspeed_config``,
   ``eval_shard``, ``RunningMoments``;
 - DeepSpeed ZeRO-3: ``zero3_enabled``, ``load_models_whole``, ``loading_whole``,
@@ -33,6 +35,7 @@ from rlhf_plugins._engine.hf import (
     training_arguments,
 )
 from rlhf_plugins._engine.loading import load_pretrained, load_pretrained_tokenizer
+from rlhf_plugins._engine.logprobs import token_kl, token_logprobs, token_logprobs_and_entropy
 from rlhf_plugins._engine.loop import (
     RunningMoments,
     eval_shard,
@@ -76,6 +79,9 @@ __all__ = [
     "peft_config",
     "run_trainer",
     "save_final",
+    "token_kl",
+    "token_logprobs",
+    "token_logprobs_and_entropy",
     "training_arguments",
     "warmup_count",
     "zero3_enabled",
