@@ -10,7 +10,8 @@ pure-Python part (it imports neither torch nor transformers); the torch-importin
   ``TEXT_COLUMNS``; reward scores: ``as_score``, ``checked_scores``, ``reward_scores``;
 - errors: ``UserError``, ``StageFailed``, ``RewardUnavailable``;
 - pretrained models: ``ModelSource`` (hub id, directory or ``pip:<distribution>``),
-  ``resolve_installed``, ``ModelDtype``, ``AttnImplementation``;
+  ``resolve_installed``, ``ModelDtype``, ``AttnImplementation``,
+  ``TokenizerSource``;
 - settings: ``Settings``, ``LocalPath``, ``FromDataclass``, ``did_you_mean``, the shared
   trainer settings ``TrainingSettings``, ``EpochTrainingSettings``, ``LearningRateFloor``,
   ``LoraSettings``, ``PreferenceSettings`` (with ``TRAINING_ARGUMENTS``, ``EXCLUDED``,
@@ -57,6 +58,7 @@ from rlhf_plugins._engine.pretrained import (
     AttnImplementation,
     ModelDtype,
     ModelSource,
+    TokenizerSource,
     resolve_installed,
 )
 from rlhf_plugins._engine.ranks import is_main_process, wait_for_everyone
@@ -96,6 +98,7 @@ __all__ = [
     "StageContext",
     "StageFailed",
     "StageFn",
+    "TokenizerSource",
     "TrainingSettings",
     "UserError",
     "Views",

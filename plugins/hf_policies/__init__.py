@@ -17,6 +17,7 @@ from rlhf_plugins import (
     Policy,
     Settings,
     StageContext,
+    TokenizerSource,
     UserError,
     hookimpl,
     resolve_installed,
@@ -59,10 +60,7 @@ def hf_causal_lm(
         str | None,
         Field(description="a GGUF file in model's directory or hub repo, dequantized on load"),
     ] = None,
-    tokenizer: Annotated[
-        str | None,
-        Field(description="hub id or local directory of the tokenizer (unset: the model's)"),
-    ] = None,
+    tokenizer: TokenizerSource = None,
 ) -> Policy:
     """A causal LM from a hub id or local directory (``model``), or from the output directory
     of an earlier stage (``from_stage``). A relative local ``model`` directory is relative to
@@ -86,8 +84,8 @@ def hf_causal_lm(
     if model is not None:
         model, gguf_file = resolve_installed(model, gguf_file)
     if stage is not None:
-        model = str(stage.local_path(model) or model) if model is not None else model
-        tokenizer = str(stage.local_path(tokenizer) or tokenizer) if tokenizer else tokenizer
+        model = stage.local_or_hub(model)
+        tokenizer = stage.local_or_hub(tokenizer)
     chosen = dict(dtype=dtype, attn_implementation=attn_implementation)
     return PretrainedPolicy(
         model or from_stage,

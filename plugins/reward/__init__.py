@@ -22,6 +22,7 @@ from rlhf_plugins import (
     Settings,
     StageContext,
     StageFn,
+    TokenizerSource,
     UserError,
     Views,
     hookimpl,
@@ -129,10 +130,7 @@ def gptj_reward_head(
         Field(description="weights' dtype (auto: the checkpoint's)"),
     ] = "float32",
     attn_implementation: AttnImplementation = None,
-    tokenizer: Annotated[
-        str | None,
-        Field(description="hub id or local directory of the tokenizer (unset: the model's)"),
-    ] = None,
+    tokenizer: TokenizerSource = None,
 ) -> RewardFunction:
     """The score of prompt + completion at its last token, from the reward model saved by a
     ``reward-model`` stage (``from_stage``) or at ``path`` (a local directory or hub id). With
@@ -148,9 +146,9 @@ def gptj_reward_head(
     from rlhf_builtins.reward.scoring import RewardHead
 
     if stage is not None:
-        path = str(stage.local_path(path) or path) if path else path
-        base_model = str(stage.local_path(base_model) or base_model) if base_model else base_model
-        tokenizer = str(stage.local_path(tokenizer) or tokenizer) if tokenizer else tokenizer
+        path = stage.local_or_hub(path)
+        base_model = stage.local_or_hub(base_model)
+        tokenizer = stage.local_or_hub(tokenizer)
     return RewardHead(
         from_stage or path,
         base_model=base_model,

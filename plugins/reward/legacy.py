@@ -78,11 +78,7 @@ def convert_state_dict(
 
 
 def load_trlx_reward_model(
-    checkpoint: str,
-    base_model: str,
-    *,
-    tokenizer: str | None = None,
-    attn_implementation: str | None = None,
+    checkpoint: str, base_model: str, tokenizer: str | None, attn_implementation: str | None
 ) -> tuple[Any, Any]:
     """``(model, tokenizer)``: the trlX checkpoint as a reward model of this package (its
     tokenizer ``base_model``'s unless ``tokenizer`` names another)."""
@@ -106,7 +102,7 @@ def load_trlx_reward_model(
 
 def import_trlx_checkpoint(checkpoint: str, base_model: str, output_dir: str | Path) -> Path:
     """Write the trlX checkpoint as a ``save_pretrained`` reward-model directory."""
-    model, tokenizer = load_trlx_reward_model(checkpoint, base_model)
+    model, tokenizer = load_trlx_reward_model(checkpoint, base_model, None, None)
     model.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
     return Path(output_dir)

@@ -95,10 +95,7 @@ class RewardHead:
                 from rlhf_builtins.reward.legacy import load_trlx_reward_model
 
                 model, tokenizer = load_trlx_reward_model(
-                    self.source,
-                    self.base_model,
-                    tokenizer=self.tokenizer,
-                    attn_implementation=self.attn_implementation,
+                    self.source, self.base_model, self.tokenizer, self.attn_implementation
                 )
                 if self.dtype != "auto":
                     model = model.to(dtype=getattr(torch, self.dtype))

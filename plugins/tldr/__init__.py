@@ -72,8 +72,8 @@ def tldr(
     from rlhf_builtins.tldr.loader import load_tldr
 
     if stage is not None:
-        source = str(stage.local_path(source) or source) if source else source
-        tokenizer = str(stage.local_path(tokenizer) or tokenizer) if tokenizer else tokenizer
+        source = stage.local_or_hub(source)
+        tokenizer = stage.local_or_hub(tokenizer)
     return load_tldr(
         source=source,
         view=view,

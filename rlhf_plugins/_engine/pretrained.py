@@ -1,5 +1,5 @@
 """How a recipe names a pretrained model, in pure Python: the settings for the weights' dtype
-and the attention implementation (``ModelDtype``, ``AttnImplementation``), and model files shipped
+and the attention implementation (``ModelDtype``, ``AttnImplementation``) and a tokenizer override (``TokenizerSource``), and model files shipped
 inside an installed Python distribution (``pip:<distribution>``: ``ModelSource``,
 ``resolve_installed``), found through ``importlib.metadata`` without importing the package."""
 
@@ -24,6 +24,12 @@ AttnImplementation = Annotated[
     Field(description="attention implementation (unset: transformers' choice)"),
 ]
 """A setting for the attention implementation ``from_pretrained`` takes by name."""
+
+TokenizerSource = Annotated[
+    str | None,
+    Field(description="hub id or local directory of the tokenizer (unset: the model's)"),
+]
+"""A setting naming the tokenizer to load instead of the one saved with the model."""
 
 INSTALLED_PREFIX = "pip:"
 MODEL_SUFFIXES = (".gguf", "config.json")

@@ -73,6 +73,13 @@ class StageContext:
             path = self.recipe_dir / path
         return path.resolve() if path.exists() else None
 
+    def local_or_hub(self, value: str | None) -> str | None:
+        """A setting that names a local path or a hub id: the local path (see ``local_path``)
+        when one is there, else ``value`` unchanged; None stays None."""
+        if not value:
+            return value
+        return str(self.local_path(value) or value)
+
     @property
     def metrics_path(self) -> Path:
         return self.output_dir / METRICS_FILE
