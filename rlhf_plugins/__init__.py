@@ -8,6 +8,9 @@ pure-Python part (it imports neither torch nor transformers); the torch-importin
 - component contracts: ``Dataset`` (and the ``Views`` a dataset slot accepts), ``Policy``,
   ``RewardFunction``, ``StageFn`` and the running stage ``StageContext``; ``require_columns``,
   ``TEXT_COLUMNS``; reward scores: ``as_score``, ``checked_scores``, ``reward_scores``;
+- chat-formatted data: ``Prompt``, ``COMPLETION_COLUMNS``, ``Message``, ``is_conversation``, ``message_text``,
+  ``render_prompt``, ``render_prompts``, ``render_completion``, ``require_chat_template``,
+  ``check_chat_data``, ``saved_chat_template``, ``display_text``;
 - errors: ``UserError``, ``StageFailed``, ``RewardUnavailable``;
 - pretrained models: ``ModelSource`` (hub id, directory or ``pip:<distribution>``),
   ``resolve_installed``, ``ModelDtype``, ``AttnImplementation``,
@@ -24,6 +27,20 @@ pure-Python part (it imports neither torch nor transformers); the torch-importin
   ``ErrorResponse``.
 """
 
+from rlhf_plugins._engine.chat import (
+    COMPLETION_COLUMNS,
+    Message,
+    Prompt,
+    check_chat_data,
+    display_text,
+    is_conversation,
+    message_text,
+    render_completion,
+    render_prompt,
+    render_prompts,
+    require_chat_template,
+    saved_chat_template,
+)
 from rlhf_plugins._engine.components import (
     TEXT_COLUMNS,
     Dataset,
@@ -71,6 +88,7 @@ from rlhf_plugins._engine.training import EpochTrainingSettings, LearningRateFlo
 __version__ = "0.1.0"
 
 __all__ = [
+    "COMPLETION_COLUMNS",
     "EXCLUDED",
     "REFERENCE_BOUNDS",
     "SCORE_PATH",
@@ -85,11 +103,13 @@ __all__ = [
     "Length",
     "LocalPath",
     "LoraSettings",
+    "Message",
     "ModelDtype",
     "ModelSource",
     "Policy",
     "PreferenceSettings",
     "Problem",
+    "Prompt",
     "RewardFunction",
     "RewardUnavailable",
     "ScoreRequest",
@@ -104,18 +124,27 @@ __all__ = [
     "Views",
     "__version__",
     "as_score",
+    "check_chat_data",
     "checked_scores",
     "did_you_mean",
+    "display_text",
     "fit_max_length",
     "generation_settings",
     "hookimpl",
+    "is_conversation",
     "is_main_process",
     "max_length_setting",
+    "message_text",
     "model_context",
     "prompt_budget",
+    "render_completion",
+    "render_prompt",
+    "render_prompts",
+    "require_chat_template",
     "require_columns",
     "resolve_installed",
     "reward_scores",
+    "saved_chat_template",
     "saved_model_context",
     "view_problems",
     "wait_for_everyone",

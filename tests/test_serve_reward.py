@@ -218,7 +218,10 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_scores(server, lo
         (b'{"prompts": ["a"]}', "completions: Field required"),
         (b'["a"]', "the body must be a JSON object"),
         (b'{"prompts": ["a", "b"], "completions": ["x"]}', "1 completions for 2 prompts"),
-        (b'{"prompts": [1], "completions": ["x"]}', "prompts.0: Input should be a valid string"),
+        (
+            b'{"prompts": [1], "completions": ["x"]}',
+            "prompts: prompt 0 is int: expected text or a list of {role, content} messages",
+        ),
         (
             b'{"prompts": ["a"], "completions": ["x"], "columns": {"reference": []}}',
             "column 'reference' has 0 values for 1 prompts",

@@ -18,13 +18,17 @@ from rlhf_builtins.grpo import GroupSettings
 from rlhf_plugins import (
     LoraSettings,
     Policy,
+    Prompt,
     RewardFunction,
     StageContext,
     StageFailed,
     TrainingSettings,
     UserError,
+    check_chat_data,
+    message_text,
     model_context,
     prompt_budget,
+    render_prompts,
     require_columns,
     reward_scores,
     wait_for_everyone,
@@ -48,14 +52,16 @@ FINAL = ("reward/mean", "reward/std", "kl", "eval/reward/mean")
 class NamedReward:
     """A reward function as TRL calls it: everything TRL passes goes on to ``function``,
     whose scores are checked (one real number per completion, NaN allowed: TRL leaves such a
-    completion out); ``__name__`` names its metrics in TRL's logs."""
+    completion out); ``__name__`` names its metrics in TRL's logs. With conversational prompts
+    TRL gives each completion as assistant messages: ``function`` gets their text."""
 
     def __init__(self, function: RewardFunction, name: str):
         self.function = function
         self.__name__ = name
 
-    def __call__(self, prompts: list[str], completions: list[str], **kwargs: Any) -> list[float]:
-        scores, problem = reward_scores(self.function, prompts, completions, kwargs, finite=False)
+    def __call__(self, prompts: list[Prompt], completions: list, **kwargs: Any) -> list[float]:
+        texts = [message_text(c) for c in completions]
+        scores, problem = reward_scores(self.function, prompts, texts, kwargs, finite=False)
         if scores is None:
             raise StageFailed(f"reward function {self.__name__} ({self.function!r}) {problem}")
         return scores
@@ -94,16 +100,6 @@ def metric_names(functions: int) -> Callable[[dict[str, Any]], dict[str, Any]]:
     return rename
 
 
-def check_text_prompts(data: Any, *, component: str, slot: str) -> None:
-    """``UserError`` unless ``data`` has a text ``prompt`` column and a row."""
-    require_columns(data, ("prompt",), component=component, slot=slot, view="prompts")
-    if data is not None and not isinstance(data[0]["prompt"], str):
-        raise UserError(
-            f"{component}: {slot}'s prompts must be text, got {type(data[0]['prompt']).__name__} "
-            "(conversational prompts are not supported)"
-        )
-
-
 def check_prompt_lengths(
     data: Any, tokenizer: Any, budget: int | None, *, component: str, slot: str
 ) -> None:
@@ -111,7 +107,8 @@ def check_prompt_lengths(
     tokens (TRL does not cut prompts; None: the context is unknown, nothing to check)."""
     if data is None or budget is None:
         return
-    lengths = [len(ids) for ids in tokenizer(list(data["prompt"]))["input_ids"]]
+    prompts = render_prompts(tokenizer, list(data["prompt"]), component)
+    lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
     longest = max(range(len(lengths)), key=lengths.__getitem__)
     if lengths[longest] > budget:
         raise UserError(
@@ -153,9 +150,10 @@ class GroupStage:
 
     def __call__(self, stage: StageContext) -> dict[str, float]:
         datasets = {"dataset": self.dataset, "eval_dataset": self.eval_dataset}
-        for slot, data in datasets.items():
-            check_text_prompts(data, component=self.component, slot=slot)
         tokenizer = self.policy.load_tokenizer()
+        for slot, data in datasets.items():
+            require_columns(data, ("prompt",), component=self.component, slot=slot, view="prompts")
+            check_chat_data(data, tokenizer, f"{self.component}: {slot}")
         model = self.policy.load_model()
         settings = self.settings.model_dump()
         lora = {name: settings.pop(name) for name in LORA_ONLY}

@@ -21,6 +21,7 @@ from rlhf_plugins import (
     UserError,
     hookimpl,
     resolve_installed,
+    saved_chat_template,
     saved_model_context,
 )
 
@@ -32,12 +33,14 @@ def register_policies(register):
         hf_causal_lm,
         description="A causal LM loaded with from_pretrained (hub id, local dir, GGUF, from_stage).",
         context_length=pretrained_context,
+        chat_template=pretrained_chat_template,
     )
     register(
         "tiny-causal-lm",
         tiny_causal_lm,
         description="A tiny causal LM built from a config, tokenizer trained on the stage data.",
         context_length=tiny_context,
+        chat_template=tiny_chat_template,
     )
 
 
@@ -105,6 +108,26 @@ def pretrained_context(settings: dict[str, Any], base_dir: Path) -> Length | Non
     return saved_model_context(settings["model"], base_dir)
 
 
+def pretrained_chat_template(settings: dict[str, Any], base_dir: Path) -> bool | None:
+    """Whether ``hf-causal-lm``'s tokenizer (``tokenizer``, else ``model``'s, its GGUF file's
+    with ``gguf_file``) has a chat template, when it is local; None for a hub id or
+    ``from_stage``."""
+    if settings["tokenizer"] is not None:
+        return saved_chat_template(settings["tokenizer"], base_dir)
+    if settings["model"] is None:
+        return None
+    try:
+        model, gguf_file = resolve_installed(settings["model"], settings["gguf_file"])
+    except UserError:  # reported by the model setting's own check
+        return None
+    return saved_chat_template(model, base_dir, gguf_file=gguf_file)
+
+
+def tiny_chat_template(settings: dict[str, Any], base_dir: Path) -> bool:
+    """``tiny-causal-lm``'s tokenizer has a chat template when its settings give one."""
+    return settings["chat_template"] is not None
+
+
 class TinyModelSettings(Settings):
     """The shape of a ``tiny-causal-lm`` model and its tokenizer."""
 
@@ -118,6 +141,9 @@ class TinyModelSettings(Settings):
     max_positions: int = Field(512, ge=1, description="context length in tokens")
     tokenizer_samples: int = Field(
         5000, ge=1, description="rows of the stage's datasets the tokenizer is trained on"
+    )
+    chat_template: str | None = Field(
+        None, description="a Jinja chat template given to the trained tokenizer (unset: none)"
     )
 
     @model_validator(mode="after")

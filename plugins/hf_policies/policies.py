@@ -17,7 +17,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from rlhf_plugins import StageContext, UserError
+from rlhf_plugins import StageContext, UserError, display_text, is_conversation
 from rlhf_plugins.torch_helpers import load_pretrained, load_pretrained_tokenizer
 
 EOS, PAD = "<|endoftext|>", "<|pad|>"
@@ -126,18 +126,18 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFas
 
 
 def dataset_texts(stage: StageContext, limit: int) -> list[str]:
-    """Every string cell of the stage's datasets, up to ``limit`` rows per dataset."""
+    """Every text cell of the stage's datasets, up to ``limit`` rows per dataset (a
+    conversation as ``display_text`` writes it)."""
     texts = []
     for component in stage.components.values():
         if not hasattr(component, "column_names"):
             continue
-        columns = [
-            c
-            for c, f in component.features.items()
-            if getattr(f, "dtype", "") in ("string", "large_string")
-        ]
         for row in islice(iter(component), limit):
-            texts.extend(row[c] for c in columns if row[c])
+            texts.extend(
+                display_text(cell)
+                for cell in row.values()
+                if cell and (isinstance(cell, str) or is_conversation(cell))
+            )
     return texts
 
 
@@ -155,6 +155,7 @@ class TinyPolicy:
         vocab_size: int,
         max_positions: int,
         tokenizer_samples: int,
+        chat_template: str | None = None,
     ):
         self.stage = stage
         self.name = f"tiny-{architecture}-{n_layer}x{n_embd}"
@@ -162,6 +163,7 @@ class TinyPolicy:
         self.shape = dict(n_layer=n_layer, n_embd=n_embd, n_head=n_head, positions=max_positions)
         self.vocab_size = vocab_size
         self.tokenizer_samples = tokenizer_samples
+        self.chat_template = chat_template
         self._tokenizer: PreTrainedTokenizerFast | None = None
 
     @property
@@ -183,6 +185,7 @@ class TinyPolicy:
                 "in the same stage to train its tokenizer on"
             )
         self._tokenizer = train_tokenizer(texts, self.vocab_size)
+        self._tokenizer.chat_template = self.chat_template
         if self.stage.is_main_process:
             self._tokenizer.save_pretrained(self.tokenizer_dir)
         return self._tokenizer

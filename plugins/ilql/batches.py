@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from rlhf_plugins import UserError, require_columns
+from rlhf_plugins import UserError, render_completion, render_prompts, require_columns
 
 OFFLINE_COLUMNS = ("prompt", "completion", "reward")
 
@@ -65,8 +65,9 @@ def episodes(
     label: str = "dataset",
 ) -> list[Episode]:
     """Tokenise every row of an offline dataset. Prompts and completions are tokenised
-    separately (no special tokens) so the action boundary is exact; EOS ends each completion;
-    an empty prompt becomes the BOS (or EOS) token."""
+    separately (no special tokens) so the action boundary is exact; EOS ends each completion
+    (once: a chat template's end of turn that is EOS already ends it); an empty prompt becomes
+    the BOS (or EOS) token. Conversations are rendered with ``tokenizer``'s chat template."""
     require_columns(dataset, OFFLINE_COLUMNS, component="ilql", slot=label, view="offline")
     columns = dataset.select_columns(list(OFFLINE_COLUMNS)).to_dict()
     rewards = [float(r) for r in columns["reward"]]
@@ -74,14 +75,22 @@ def episodes(
         raise UserError(f"ilql: the {label} has NaN or infinite rewards")
     if normalize_rewards:
         rewards = normalize(rewards)
+
+    def tokenize(texts: list[str]) -> list[list[int]]:
+        return tokenizer(texts, add_special_tokens=False)["input_ids"]
+
     start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-    prompts = tokenizer(columns["prompt"], add_special_tokens=False)["input_ids"]
-    completions = tokenizer(columns["completion"], add_special_tokens=False)["input_ids"]
+    texts = [
+        render_completion(tokenizer, prompt, completion, "ilql")
+        for prompt, completion in zip(columns["prompt"], columns["completion"], strict=True)
+    ]
+    prompts = tokenize(render_prompts(tokenizer, columns["prompt"], "ilql"))
+    completions = tokenize(texts)
     result = []
     for prompt, completion, reward in zip(prompts, completions, rewards, strict=True):
-        prompt, completion = truncate(
-            prompt or [start], [*completion, tokenizer.eos_token_id], max_length
-        )
+        if completion[-1:] != [tokenizer.eos_token_id]:
+            completion = [*completion, tokenizer.eos_token_id]
+        prompt, completion = truncate(prompt or [start], completion, max_length)
         result.append(Episode(tokens=prompt + completion, prompt_length=len(prompt), reward=reward))
     return result
 

@@ -2,8 +2,9 @@
 
 Every problem with the data is a ``UserError`` naming the file and, where there is one, the
 line (JSON Lines) or row and the column: an empty file, a line that is not a JSON object, and
-a view column holding the wrong kind of value (``TEXT_COLUMNS`` need strings, ``reward``
-needs numbers; every row is checked before shuffling and ``limit``).
+a view column holding the wrong kind of value (``TEXT_COLUMNS`` need strings, or for
+``prompt`` and the completions chat messages in TRL's conversational format, ``reward`` needs
+numbers; every row is checked before shuffling and ``limit``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 import datasets
 
-from rlhf_plugins import TEXT_COLUMNS, UserError, as_score
+from rlhf_plugins import COMPLETION_COLUMNS, TEXT_COLUMNS, UserError, as_score, is_conversation
 
 BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 
@@ -48,7 +49,16 @@ NUMBER = Kind(
     lambda value: as_score(value) is not None,
     tuple(f"{t}{b}" for t in ("int", "uint", "float") for b in (8, 16, 32, 64)),
 )
-COLUMN_KINDS = {**dict.fromkeys(TEXT_COLUMNS, TEXT), "reward": NUMBER}
+CHAT = Kind(
+    "text or chat messages",
+    lambda value: isinstance(value, str) or is_conversation(value),
+    ("string", "large_string"),
+)
+COLUMN_KINDS = {
+    **dict.fromkeys(TEXT_COLUMNS, TEXT),
+    **dict.fromkeys(("prompt", *COMPLETION_COLUMNS), CHAT),
+    "reward": NUMBER,
+}
 
 
 def value_problem(column: str, value: Any, columns: dict[str, str]) -> str | None:

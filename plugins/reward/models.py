@@ -29,7 +29,7 @@ from torch.nn.utils.rnn import pad_sequence
 from transformers import AutoConfig, AutoModelForSequenceClassification
 from transformers.utils import logging as transformers_logging
 
-from rlhf_plugins import Policy, UserError
+from rlhf_plugins import Policy, Prompt, UserError, render_completion, render_prompts
 from rlhf_plugins.torch_helpers import decoder_blocks, disable_dropout, freeze_bottom
 
 HEAD_NAME = "score"
@@ -204,8 +204,8 @@ def tokenize_texts(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
 
 def encode_groups(
     tokenizer: Any,
-    prompts: Sequence[str],
-    groups: Sequence[Sequence[str]],
+    prompts: Sequence[Prompt],
+    groups: Sequence[Sequence[Prompt]],
     max_length: int,
 ) -> list[list[list[int]]]:
     """The token rows a reward model reads, for training and scoring alike: for each prompt,
@@ -215,11 +215,20 @@ def encode_groups(
     with ``join_tokens``, so every row of a group starts with the same prompt ids. The ids
     equal those of the joined text exactly when the tokenizer does not merge across the
     boundary, e.g. for byte-level BPE when the completion starts with a space (the TL;DR
-    views' layout)."""
+    views' layout). Conversations are rendered with ``tokenizer``'s chat template first
+    (``rlhf_plugins.render_prompt``, ``render_completion``): the reward model reads a reply as
+    its own chat template lays it out, in training and in scoring alike."""
     if len(prompts) != len(groups):
         raise ValueError(f"{len(prompts)} prompts but {len(groups)} groups of completions")
-    prompt_ids = tokenize_texts(tokenizer, prompts)
-    flat = tokenize_texts(tokenizer, [c for group in groups for c in group])
+    prompt_ids = tokenize_texts(tokenizer, render_prompts(tokenizer, prompts, "reward model"))
+    flat = tokenize_texts(
+        tokenizer,
+        [
+            render_completion(tokenizer, prompt, c, "reward model")
+            for prompt, group in zip(prompts, groups, strict=True)
+            for c in group
+        ],
+    )
     rows, start = [], 0
     for prompt, group in zip(prompt_ids, groups, strict=True):
         rows.append(join_tokens(prompt, flat[start : start + len(group)], max_length))

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rlhf_plugins import display_text
+
 HEADERS = {
     "rouge1": "ROUGE-1",
     "rouge2": "ROUGE-2",
@@ -100,7 +102,7 @@ def _samples_section(
             f"### Sample {position + 1}",
             "",
             "```text",
-            sample["prompt"].strip(),
+            display_text(sample["prompt"]).strip(),
             "```",
             "",
             f"- **reference**: {_inline(sample['reference'])}",

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from rlhf_plugins._engine.chat import CHAT_KEY, as_conversations
 from rlhf_plugins._engine.errors import StageFailed, UserError
 from rlhf_plugins._engine.factories import RESERVED_COMPONENT_KEYS, FactorySpec, describe
 from rlhf_plugins._engine.recipe import Recipe, StageSpec
@@ -75,9 +76,10 @@ class Builder:
             given["from_stage"] = str(self.stage_dir(table["from_stage"]))
         given.update({name: stage for name, param in spec.params.items() if param.injected})
         try:
-            return component.factory(
+            built = component.factory(
                 **factory_arguments(component.factory, given, values, self.recipe.base_dir)
             )
+            return as_conversations(built) if table.get(CHAT_KEY) else built
         except UserError:
             raise
         except Exception as exc:

@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from rlhf_plugins._engine import components
+from rlhf_plugins._engine.chat import CHAT_KEY
 from rlhf_plugins._engine.components import SLOT_TYPES, Views
 from rlhf_plugins._engine.settings import (
     FromDataclass,
@@ -36,7 +37,8 @@ from rlhf_plugins._engine.settings import (
 )
 from rlhf_plugins._engine.typecheck import problems_of, type_name
 
-RESERVED_COMPONENT_KEYS = ("use", "from_stage")
+RESERVED_COMPONENT_KEYS = ("use", "from_stage", CHAT_KEY)
+"""Keys of a component table that are not the factory's settings."""
 
 
 @dataclass(frozen=True)

@@ -8,12 +8,13 @@ vocabulary logits are computed for the prompt (tests/test_logprobs.py).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from rlhf_plugins._engine.chat import Prompt, render_prompts
 from rlhf_plugins._engine.lengths import model_context, prompt_budget
 
 
@@ -51,14 +52,15 @@ def ensure_pad_token(tokenizer: Any) -> Any:
 
 
 def encode_prompts(
-    tokenizer: Any, prompts: list[str], max_length: int | None = None, device: Any = None
+    tokenizer: Any, prompts: Sequence[Prompt], max_length: int | None = None, device: Any = None
 ) -> dict[str, torch.Tensor]:
-    """Left-padded (and, with ``max_length``, left-truncated) prompt batch."""
+    """Left-padded (and, with ``max_length``, left-truncated) prompt batch; conversations are
+    rendered with ``tokenizer``'s chat template first (``rlhf_plugins.render_prompt``)."""
     side, trunc = tokenizer.padding_side, tokenizer.truncation_side
     tokenizer.padding_side = tokenizer.truncation_side = "left"
     try:
         batch = tokenizer(
-            prompts,
+            render_prompts(tokenizer, prompts, "generation"),
             return_tensors="pt",
             padding=True,
             truncation=max_length is not None,
@@ -79,7 +81,7 @@ def completion_texts(tokenizer: Any, sequences: torch.Tensor, prompt_length: int
 def generate_texts(
     model: Any,
     tokenizer: Any,
-    prompts: list[str],
+    prompts: Sequence[Prompt],
     sampling: SamplingSettings,
     *,
     batch_size: int = 16,
@@ -87,7 +89,8 @@ def generate_texts(
     progress: Any = None,
     policy: str = "model",
 ) -> list[str]:
-    """Completions for ``prompts``, in order, generated ``batch_size`` at a time. Prompts are
+    """Completions for ``prompts`` (text, or conversations rendered with ``tokenizer``'s chat
+    template, the assistant's turn opened), in order, generated ``batch_size`` at a time. Prompts are
     left-truncated to ``max_prompt_length`` tokens, by default to the model's context minus
     ``max_new_tokens`` (``rlhf_plugins.prompt_budget``; a ``UserError`` naming ``policy`` when the
     two cannot fit it)."""
@@ -114,7 +117,7 @@ def generate_texts(
     return outputs
 
 
-def batched(items: list, size: int) -> Iterator[list]:
+def batched(items: Sequence, size: int) -> Iterator[list]:
     """Consecutive slices of ``items`` of at most ``size``."""
     for start in range(0, len(items), size):
-        yield items[start : start + size]
+        yield list(items[start : start + size])

@@ -3,7 +3,7 @@ the one check between them (at ``rlhf validate`` and again when the model is loa
 
 A component declares them at registration, as capabilities (the contracts are on
 ``rlhf_plugins._engine.registry.Component``): a policy's ``context_length``, a trainer's or
-evaluator's ``sequence_length``. ``stage_needs`` and ``policy_context`` call them with the
+evaluator's ``sequence_length``. ``stage_needs`` and ``policy_reports`` call them with the
 recipe's settings, defaults filled in, without calling the factory.
 
 ``rlhf validate`` reports every policy of a stage whose context is below what the stage's
@@ -178,10 +178,12 @@ def stage_needs(
     return report(with_defaults(component.factory, settings, base_dir))
 
 
-def policy_context(component: Component, table: Mapping[str, Any], base_dir: Path) -> Length | None:
-    """What a policy's declared ``context_length`` reports for its recipe table, or None (none
-    declared, or the table does not tell)."""
-    report = component.context_length
+def policy_reports(
+    component: Component, capability: str, table: Mapping[str, Any], base_dir: Path
+) -> Any:
+    """What a policy's declared ``capability`` (``context_length``, ``chat_template``) reports
+    for its recipe table, or None (none declared, or the table does not tell)."""
+    report = getattr(component, capability)
     if report is None:
         return None
     return report(with_defaults(component.factory, table, base_dir), base_dir)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rlhf_plugins._engine.chat import CHAT_KEY
 from rlhf_plugins._engine.errors import UserError
 from rlhf_plugins._engine.factories import (
     RESERVED_COMPONENT_KEYS,
@@ -18,7 +19,7 @@ from rlhf_plugins._engine.factories import (
     describe,
     validate_settings,
 )
-from rlhf_plugins._engine.lengths import policy_context, stage_needs, too_long
+from rlhf_plugins._engine.lengths import policy_reports, stage_needs, too_long
 from rlhf_plugins._engine.recipe_tables import STAGE_NAME, LaunchConfig, LoggingConfig, RecipeHead
 from rlhf_plugins._engine.registry import Component, Registry
 from rlhf_plugins._engine.rules import stage_problems
@@ -266,6 +267,7 @@ class _Checker:
                 self.check_context(
                     component, spec, slots, settings, prefix, f"{prefix}.{settings_key}"
                 )
+                self.check_chat_templates(spec, slots, prefix)
                 stage_slots = {key: resolved[key] for key in slots}
                 ruled = stage_problems(component, spec, stage_slots, resolved[settings_key])
                 for key, message in ruled:
@@ -302,10 +304,34 @@ class _Checker:
                 continue
             for where, table in slot_tables(name, param, slots[name]):
                 policy = self.registry.get("policy", table["use"])
-                context = policy_context(policy, table, self.path.parent)
+                context = policy_reports(policy, "context_length", table, self.path.parent)
                 label = f"policy '{table['use']}' ({prefix}.{where})"
                 if context is not None and (message := too_long(needed, context, label)):
                     self.problem(key, message)
+
+    def check_chat_templates(self, spec: FactorySpec, slots: dict, prefix: str) -> None:
+        """A problem for every policy of a valid stage that reads a ``chat = true`` dataset and,
+        by its declared ``chat_template``, has no chat template to render it with."""
+        chats = [
+            f"{prefix}.{where}"
+            for name, param in spec.slots.items()
+            if param.slot == "dataset" and name in slots
+            for where, table in slot_tables(name, param, slots[name])
+            if table.get(CHAT_KEY) is True
+        ]
+        if not chats:
+            return
+        for name, param in spec.slots.items():
+            if param.slot != "policy" or name not in slots:
+                continue
+            for where, table in slot_tables(name, param, slots[name]):
+                policy = self.registry.get("policy", table["use"])
+                if policy_reports(policy, "chat_template", table, self.path.parent) is False:
+                    self.problem(
+                        f"{prefix}.{where}",
+                        f"policy '{table['use']}' has no chat template, but {chats[0]} has "
+                        "chat = true; use a model (or `tokenizer`) with one, or drop chat = true",
+                    )
 
     def lookup(self, kind: str, name: Any, key: str):
         if not isinstance(name, str):
@@ -389,6 +415,8 @@ class _Checker:
         if "from_stage" in table:
             self.check_from_stage(spec, table["from_stage"], f"{key}.from_stage", needs, stage)
             resolved["from_stage"] = table["from_stage"]
+        if CHAT_KEY in table:
+            self.check_chat_key(kind, table[CHAT_KEY], f"{key}.{CHAT_KEY}", resolved)
         slots = spec.slots
         for sub, value in settings.items():
             if sub in slots:
@@ -400,6 +428,14 @@ class _Checker:
             if param.required and name not in settings:
                 self.problem(f"{key}.{name}", f"missing required {param.slot.replace('_', ' ')}")
         return resolved
+
+    def check_chat_key(self, kind: str, value: Any, key: str, resolved: dict[str, Any]) -> None:
+        if kind != "dataset":
+            self.problem(key, "only a dataset table takes 'chat' (its prompts read as chat)")
+        elif not isinstance(value, bool):
+            self.problem(key, f"expected true or false, got {value!r}")
+        else:
+            resolved[CHAT_KEY] = value
 
     def check_from_stage(
         self, spec: FactorySpec, value: Any, key: str, needs: list[str], stage: str

@@ -70,8 +70,12 @@ StageRules = Callable[[Mapping[str, Any], Mapping[str, Any]], Iterable["Problem"
 """``stage_rules(slots, settings) -> list[(key, message)]`` (a trainer's or evaluator's
 capability)."""
 
+ChatTemplate = Callable[[Mapping[str, Any], Path], "bool | None"]
+"""``chat_template(settings, base_dir) -> bool | None`` (a policy's capability)."""
+
 CAPABILITIES: dict[str, tuple[str, ...]] = {
     "context_length": ("policy",),
+    "chat_template": ("policy",),
     "sequence_length": ("trainer", "evaluator"),
     "stage_rules": ("trainer", "evaluator"),
 }
@@ -106,6 +110,12 @@ class Component:
     a stage whose tables are otherwise valid, before anything is built: nothing may be loaded
     or downloaded, so it returns None when the settings do not tell (a hub id, ``from_stage``).
     The stage checks again with the loaded model (``fit_max_length``, ``prompt_budget``)."""
+    chat_template: ChatTemplate | None = None
+    """A policy's ``chat_template(settings, base_dir) -> bool | None``: whether its tokenizer
+    has a chat template, from its recipe settings alone (as ``context_length``: nothing loaded,
+    None when the settings do not tell). ``rlhf validate`` reports a policy that answers False
+    in a stage whose dataset has ``chat = true``; ``rlhf_plugins.saved_chat_template`` reads
+    a local directory's or GGUF file's."""
     sequence_length: SequenceLength | None = None
     """A trainer's or evaluator's ``sequence_length(settings) -> Length | None``: the longest
     sequence the stage's settings make (``settings`` resolved with their defaults), None when
@@ -325,6 +335,7 @@ def _register_function(
         *,
         description: str = "",
         context_length: ContextLength | None = None,
+        chat_template: ChatTemplate | None = None,
         sequence_length: SequenceLength | None = None,
         stage_rules: StageRules | None = None,
         **unknown: Any,
@@ -349,6 +360,7 @@ def _register_function(
                 kind,
                 name,
                 context_length=context_length,
+                chat_template=chat_template,
                 sequence_length=sequence_length,
                 stage_rules=stage_rules,
             )

@@ -13,13 +13,28 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, StrictStr, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    StrictStr,
+    field_validator,
+    model_validator,
+)
 
 API_VERSION = 1
 SCORE_PATH = f"/v{API_VERSION}/score"
 HEALTH_PATH = f"/v{API_VERSION}/health"
 RESERVED_COLUMNS = ("prompts", "completions")
 """Names a column cannot take: the reward function's own positional parameters."""
+
+
+class ChatMessage(BaseModel):
+    """One message of a conversational prompt."""
+
+    role: StrictStr
+    content: StrictStr
 
 
 class ScoreRequest(BaseModel):
@@ -29,11 +44,24 @@ class ScoreRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    prompts: list[StrictStr] = Field(description="one prompt per row")
+    prompts: list[StrictStr | list[ChatMessage]] = Field(
+        description="one prompt per row: text, or a conversation (role/content messages)"
+    )
     completions: list[StrictStr] = Field(description="one completion per row")
     columns: dict[str, list[JsonValue]] = Field(
         default_factory=dict, description="extra columns by name, one JSON value per row"
     )
+
+    @field_validator("prompts", mode="before")
+    @classmethod
+    def _text_or_messages(cls, value: Any) -> Any:
+        for i, prompt in enumerate(value if isinstance(value, list) else []):
+            if not isinstance(prompt, (str, list)):
+                raise ValueError(
+                    f"prompt {i} is {type(prompt).__name__}: expected text or a list of "
+                    "{role, content} messages"
+                )
+        return value
 
     @model_validator(mode="after")
     def _one_entry_per_row(self) -> ScoreRequest:
@@ -52,6 +80,10 @@ class ScoreRequest(BaseModel):
 
     def __len__(self) -> int:
         return len(self.prompts)
+
+    def prompt_values(self) -> list[str | list[dict[str, str]]]:
+        """The prompts as the reward function takes them: text, or lists of message dicts."""
+        return [p if isinstance(p, str) else [m.model_dump() for m in p] for p in self.prompts]
 
 
 class ScoreResponse(BaseModel):

@@ -323,7 +323,7 @@ class Batcher:
         if not batch:
             return
         requests = [pending.request for pending in batch]
-        prompts = [p for r in requests for p in r.prompts]
+        prompts = [p for r in requests for p in r.prompt_values()]
         completions = [c for r in requests for c in r.completions]
         columns = {
             name: [v for r in requests for v in r.columns[name]] for name in requests[0].columns

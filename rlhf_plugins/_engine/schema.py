@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from rlhf_plugins._engine.chat import CHAT_HELP, CHAT_KEY
 from rlhf_plugins._engine.components import KINDS
 from rlhf_plugins._engine.factories import FactorySpec, describe
 from rlhf_plugins._engine.recipe_tables import LaunchConfig, LoggingConfig, RecipeHead
@@ -44,11 +45,13 @@ def _slot(param: Any) -> dict[str, Any]:
     return ref
 
 
-def _component(name: str, spec: FactorySpec, defs: dict[str, Any]) -> dict[str, Any]:
+def _component(kind: str, name: str, spec: FactorySpec, defs: dict[str, Any]) -> dict[str, Any]:
     settings = _settings(spec, defs)
     properties = {"use": {"const": name}, **settings.get("properties", {})}
     if spec.accepts_from_stage:
         properties["from_stage"] = {"type": "string", "description": "an earlier stage"}
+    if kind == "dataset":
+        properties[CHAT_KEY] = {"type": "boolean", "description": CHAT_HELP}
     properties.update({key: _slot(param) for key, param in spec.slots.items()})
     required = ["use", *settings.get("required", [])]
     required += [key for key, param in spec.slots.items() if param.required]
@@ -86,7 +89,7 @@ def recipe_schema(registry: Registry) -> dict[str, Any]:
         if kind in STAGE_KINDS:
             continue
         shapes = [
-            _component(name, describe(registry.get(kind, name).factory), defs)
+            _component(kind, name, describe(registry.get(kind, name).factory), defs)
             for name in registry.names(kind)
         ]
         defs[kind] = {"anyOf": shapes} if shapes else {"not": {}}

@@ -13,6 +13,7 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
+from rlhf_plugins._engine.chat import check_chat_data
 from rlhf_plugins._engine.components import Policy, require_columns
 from rlhf_plugins._engine.errors import UserError
 from rlhf_plugins._engine.hf import (
@@ -69,6 +70,8 @@ class TrainerStage:
         train = self.prepare(self.dataset, "dataset", stage)
         evaluation = self.prepare(self.eval_dataset, "eval_dataset", stage)
         tokenizer = self.policy.load_tokenizer()
+        check_chat_data(train, tokenizer, f"{self.component}: dataset")
+        check_chat_data(evaluation, tokenizer, f"{self.component}: eval_dataset")
         model = self.policy.load_model()
         options: dict[str, Any] = dict(
             model=model,

@@ -1,0 +1,271 @@
+"""Chat-formatted data: ``chat = true`` on a dataset table, conversational rows, and every
+reader rendering them once with its own model's chat template (``rlhf_plugins.render_prompt``,
+``render_completion``): unit checks of the rendering, ``rlhf validate``'s checks, the one-line
+error before the first step, and every trainer, reward function and the rouge evaluator
+reading chat data through the CLI on a tiny model with a template."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+from rlhf_plugins import (
+    ScoreRequest,
+    is_conversation,
+    render_completion,
+    render_prompt,
+    render_prompts,
+)
+
+TEMPLATE = (
+    "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}[assistant] {% endif %}"
+)
+"""A chat template of plain-text markers a tiny tokenizer can spell."""
+TINY = 'use = "tiny-causal-lm", n_layer = 2, n_embd = 32, n_head = 2, vocab_size = 400'
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from rlhf_builtins.hf_policies.policies import train_tokenizer
+
+    tok = train_tokenizer(["[user] [assistant] a tiny corpus for a tiny tokenizer"] * 20, 300)
+    tok.chat_template = TEMPLATE
+    return tok
+
+
+CHAT = [{"role": "user", "content": "Summarize: the cat sat."}]
+
+
+def test_a_conversation_is_rendered_once_and_text_passes_unchanged(tokenizer):
+    rendered = render_prompt(tokenizer, CHAT)
+    assert rendered == "[user] Summarize: the cat sat.\n[assistant] "
+    assert render_prompt(tokenizer, rendered) == rendered
+    assert render_prompts(tokenizer, ["plain", CHAT]) == ["plain", rendered]
+    reply = [{"role": "assistant", "content": "A cat sat."}]
+    assert render_completion(tokenizer, CHAT, reply) == "A cat sat."
+    assert render_completion(tokenizer, CHAT, "A cat sat.") == "A cat sat."
+    assert render_completion(tokenizer, "plain", reply) == "A cat sat."
+
+
+def test_a_conversation_without_a_template_is_one_clear_error(tokenizer):
+    from rlhf_plugins import UserError
+
+    bare = copy.deepcopy(tokenizer)
+    bare.chat_template = None
+    with pytest.raises(UserError, match=r"ppo: the data is chat-formatted .* no chat template"):
+        render_prompt(bare, CHAT, "ppo")
+    assert render_prompt(bare, "text is fine") == "text is fine"
+
+
+def test_generation_and_the_reward_model_tokenize_the_rendered_text(tokenizer):
+    from rlhf_builtins.reward.models import encode_groups
+    from rlhf_plugins.torch_helpers import encode_prompts
+
+    batch = encode_prompts(tokenizer, [CHAT])
+    assert tokenizer.decode(batch["input_ids"][0]) == render_prompt(tokenizer, CHAT)
+    (row,) = encode_groups(tokenizer, [CHAT], [["A cat sat."]], max_length=64)[0]
+    assert tokenizer.decode(row).count("[user]") == 1
+    assert tokenizer.decode(row) == render_prompt(tokenizer, CHAT) + "A cat sat."
+
+
+def test_ilql_episodes_end_with_one_eos(tokenizer):
+    import datasets
+
+    from rlhf_builtins.ilql.batches import episodes
+
+    data = datasets.Dataset.from_list(
+        [
+            {
+                "prompt": CHAT,
+                "completion": [{"role": "assistant", "content": "A cat."}],
+                "reward": 1.0,
+            }
+        ]
+    )
+    (episode,) = episodes(data, tokenizer, max_length=64, normalize_rewards=False)
+    text = tokenizer.decode(episode.tokens)
+    assert text.count("[user]") == 1
+    assert episode.tokens[-1] == tokenizer.eos_token_id
+    assert episode.tokens[-2] != tokenizer.eos_token_id
+
+
+def test_the_reward_api_takes_conversations():
+    request = ScoreRequest(prompts=["text", CHAT], completions=["a", "b"])
+    assert request.prompt_values() == ["text", CHAT]
+    assert is_conversation(request.prompt_values()[1])
+
+
+def test_jsonl_takes_conversations_in_the_prompt_and_completion_columns(tmp_path):
+    from rlhf_builtins.jsonl.loader import read
+    from rlhf_plugins import UserError
+
+    reply = [{"role": "assistant", "content": "A cat."}]
+    path = tmp_path / "chat.jsonl"
+    path.write_text(json.dumps({"prompt": CHAT, "completion": reply}) + "\n")
+    assert read("json", [path], {})[0]["prompt"] == CHAT
+    path.write_text(json.dumps({"prompt": CHAT, "reference": reply}) + "\n")
+    with pytest.raises(UserError, match=r"column 'reference' is list .*, not text"):
+        read("json", [path], {})
+
+
+def test_validate_reports_every_chat_problem_at_once(write_recipe, run_cli):
+    recipe = write_recipe(
+        f"""
+[recipe]
+name = "chat_bad"
+[stages.sft]
+trainer = "sft"
+policy = {{ {TINY}, chat = true }}
+dataset = {{ use = "tldr-synthetic", view = "sft", num_examples = 8, chat = "yes" }}
+[stages.dpo]
+trainer = "dpo"
+policy = {{ {TINY} }}
+dataset = {{ use = "tldr-synthetic", view = "comparisons", num_examples = 8, chat = true }}
+"""
+    )
+    result = run_cli("validate", recipe)
+    assert result.exit_code == 2, result.output
+    assert "stages.sft.policy.chat: only a dataset table takes 'chat'" in result.output
+    assert "stages.sft.dataset.chat: expected true or false, got 'yes'" in result.output
+    assert (
+        "stages.dpo.policy: policy 'tiny-causal-lm' has no chat template, but "
+        "stages.dpo.dataset has chat = true" in result.output
+    )
+
+
+def test_a_model_without_a_template_fails_before_the_first_step(write_recipe, run_rlhf, tmp_path):
+    import subprocess
+    import sys
+
+    recipe = write_recipe(
+        f"""
+[recipe]
+name = "chat_late"
+[stages.sft]
+trainer = "sft"
+policy = {{ {TINY} }}
+dataset = {{ use = "tldr-synthetic", view = "sft", num_examples = 16 }}
+[stages.sft.trainer_settings]
+max_steps = 1
+per_device_train_batch_size = 4
+[stages.dpo]
+trainer = "dpo"
+policy = {{ use = "hf-causal-lm", from_stage = "sft" }}
+dataset = {{ use = "tldr-synthetic", view = "comparisons", num_examples = 8, chat = true }}
+[stages.dpo.trainer_settings]
+max_steps = 1
+"""
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "rlhf_plugins.cli", "run", str(recipe)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
+    assert (
+        out.stderr.strip()
+        .splitlines()[-1]
+        .startswith("error: dpo: dataset: the data is chat-formatted but the tokenizer of")
+    )
+    state = json.loads((tmp_path / "runs/chat_late/dpo/stage_state.json").read_text())
+    assert state.get("step", 0) == 0
+
+
+@pytest.mark.slow
+def test_every_trainer_and_the_evaluator_read_chat_data(write_recipe, run_rlhf, tmp_path):
+    """sft, reward-model, ppo (delta-reward over the reward model), ilql, grpo, rloo, dpo,
+    kto and rouge (reward + KL to SFT), each on ``chat = true`` data, one step each."""
+    policy = f"{{ {TINY}, chat_template = {json.dumps(TEMPLATE)} }}"
+    data = 'use = "tldr-synthetic", num_examples = 16, chat = true'
+    one_step = "max_steps = 1\nsave_steps = 0\n"
+    recipe = write_recipe(
+        f"""
+[recipe]
+name = "chat_all"
+[stages.sft]
+trainer = "sft"
+policy = {policy}
+dataset = {{ {data}, view = "sft" }}
+[stages.sft.trainer_settings]
+{one_step}per_device_train_batch_size = 4
+[stages.rm]
+trainer = "reward-model"
+policy = {{ use = "hf-causal-lm", from_stage = "sft" }}
+dataset = {{ {data}, view = "comparisons" }}
+[stages.rm.trainer_settings]
+{one_step}per_device_train_batch_size = 4
+[stages.ppo]
+trainer = "ppo"
+policy = {{ use = "hf-causal-lm", from_stage = "sft" }}
+reward = {{ use = "delta-reward", base = {{ use = "gptj-reward-head", from_stage = "rm" }} }}
+dataset = {{ {data}, view = "prompts" }}
+[stages.ppo.trainer_settings]
+{one_step}num_rollouts = 4
+chunk_size = 4
+per_device_train_batch_size = 4
+max_new_tokens = 6
+[stages.ilql]
+trainer = "ilql"
+policy = {{ use = "hf-causal-lm", from_stage = "sft" }}
+dataset = {{ {data}, view = "offline" }}
+[stages.ilql.trainer_settings]
+{one_step}per_device_train_batch_size = 4
+[stages.grpo]
+trainer = "grpo"
+policy = {{ use = "hf-causal-lm", from_stage = "sft" }}
+reward = {{ use = "gptj-reward-head", from_stage = "rm" }}
+dataset = {{ {data}, view = "prompts" }}
+[stages.grpo.trainer_settings]
+{one_step}per_device_train_batch_size = 4
+num_generations = 2
+max_completion_length = 6
+[stages.rloo]
+trainer = "rloo"
+policy = {{ use = "hf-causal-lm", from_stage = "sft" }}
+reward = {{ use = "gptj-reward-head", from_stage = "rm" }}
+dataset = {{ {data}, view = "prompts" }}
+[stages.rloo.trainer_settings]
+{one_step}per_device_train_batch_size = 4
+num_generations = 2
+max_completion_length = 6
+[stages.dpo]
+trainer = "dpo"
+policy = {{ use = "hf-causal-lm", from_stage = "sft" }}
+dataset = {{ {data}, view = "comparisons" }}
+[stages.dpo.trainer_settings]
+{one_step}per_device_train_batch_size = 4
+[stages.kto]
+trainer = "kto"
+policy = {{ use = "hf-causal-lm", from_stage = "sft" }}
+dataset = {{ {data}, view = "comparisons" }}
+[stages.kto.trainer_settings]
+{one_step}per_device_train_batch_size = 4
+[stages.eval]
+evaluator = "rouge"
+needs = ["ppo", "ilql", "grpo", "rloo", "dpo", "kto"]
+policies = {{ sft = {{ use = "hf-causal-lm", from_stage = "sft" }}, ppo = {{ use = "hf-causal-lm", from_stage = "ppo" }} }}
+dataset = {{ use = "tldr-synthetic", view = "prompts", split = "test", num_examples = 4, chat = true }}
+reward = {{ use = "gptj-reward-head", from_stage = "rm" }}
+reference = {{ use = "hf-causal-lm", from_stage = "sft" }}
+[stages.eval.evaluator_settings]
+max_new_tokens = 6
+"""
+    )
+    run_rlhf("validate", recipe)
+    run_rlhf("run", recipe, timeout=900)
+    run = tmp_path / "runs/chat_all"
+    for stage in ("sft", "rm", "ppo", "ilql", "grpo", "rloo", "dpo", "kto", "eval"):
+        state = json.loads((run / stage / "stage_state.json").read_text())
+        assert state["status"] == "finished", (stage, state)
+    from transformers import AutoTokenizer
+
+    for stage in ("sft", "ppo", "dpo"):
+        assert AutoTokenizer.from_pretrained(run / stage).chat_template == TEMPLATE, stage
+    table = (run / "eval/eval.md").read_text()
+    assert "| sft |" in table and "| ppo |" in table
+    assert "[user] SUBREDDIT" not in table and "user: SUBREDDIT" in table
