@@ -20,6 +20,10 @@ division by the accumulation steps left aside):
   (TRL's ``epsilon_high`` is the ratio's bound itself), ``aggregation="token-mean"``;
 - ``grpo`` with ``importance_sampling_level="sequence"`` (GSPO): :func:`gspo` when each row's
   advantage is the same on all its tokens.
+
+TRL's ``grpo`` and ``dr_grpo`` count a row without a real token in their means (as 0); verl
+and :func:`aggregate` leave it out. TRL never clamps the log ratio; verl and these losses clamp
+it to ``[-20, 20]`` (10 above for GSPO's), beyond any ratio that trains.
 """
 
 from __future__ import annotations
