@@ -32,14 +32,18 @@ def masked_whiten(
     shift_mean: bool = True,
     reduce: Reduce = _local,
     eps: float = 1e-8,
+    unbiased: bool = False,
 ) -> torch.Tensor:
-    """``(x - mean) / std`` over the masked entries (population variance); with
+    """``(x - mean) / std`` over the masked entries (population variance; the sample variance,
+    ``n / (n - 1)`` times it, with ``unbiased=True`` as verl's ``masked_whiten``); with
     ``shift_mean=False`` the mean is added back. Padding positions become 0."""
     x64, m64 = x.to(torch.float64), mask.to(torch.float64)
     totals = reduce(torch.stack([(x64 * m64).sum(), (x64 * x64 * m64).sum(), m64.sum()]))
     count = totals[2].clamp(min=1)
     mean = totals[0] / count
     var = (totals[1] / count - mean * mean).clamp(min=0)
+    if unbiased:
+        var = var * count / (count - 1).clamp(min=1)
     whitened = (x64 - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         whitened = whitened + mean
@@ -49,12 +53,22 @@ def masked_whiten(
 def kl_penalty(
     logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str = "k1"
 ) -> torch.Tensor:
-    """Per-token estimate of KL(policy || reference) from sampled tokens (Schulman's k1:
-    ``log p - log q``; k3: ``exp(log q - log p) - 1 - (log q - log p)``, never negative)."""
+    """Per-token estimate of KL(policy || reference) from sampled tokens, Schulman's estimators:
+    ``k1``: ``log p - log q``; ``k2`` (alias ``mse``): ``0.5 * (log p - log q)^2``; ``k3``:
+    ``exp(log q - log p) - 1 - (log q - log p)``, never negative; ``low_var_kl``: k3 as verl
+    computes it (its ``k3`` and ``low_var_kl``), the log ratio clamped to ``[-20, 20]`` and the
+    result to at most 10. Another name raises ``ValueError``."""
     log_ratio = logprobs - ref_logprobs
     if estimator == "k1":
         return log_ratio
-    return torch.expm1(-log_ratio) + log_ratio
+    if estimator == "k3":
+        return torch.expm1(-log_ratio) + log_ratio
+    if estimator in ("k2", "mse"):
+        return 0.5 * log_ratio.square()
+    if estimator == "low_var_kl":
+        clamped = log_ratio.clamp(-20.0, 20.0)
+        return (torch.expm1(-clamped) + clamped).clamp(max=10.0)
+    raise ValueError(f"unknown KL estimator {estimator!r}: use k1, k2 (mse), k3 or low_var_kl")
 
 
 def scale_scores(scores: torch.Tensor, divisor: float | None, clip: float | None) -> torch.Tensor:
