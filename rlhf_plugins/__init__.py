@@ -5,7 +5,8 @@ pure-Python part (it imports neither torch nor transformers); the torch-importin
 
 - hooks: ``hookimpl`` marks the ``register_*`` and lifecycle hook implementations of a module
   named by an entry point in the ``rlhf_plugins`` group;
-- component contracts: ``Dataset`` (and the ``Views`` a dataset slot accepts), ``Policy``,
+- component contracts: ``AdvantageEstimator`` (with ``AdvantageInputs``), ``PolicyLoss``,
+  ``Dataset`` (and the ``Views`` a dataset slot accepts), ``Policy``,
   ``RewardFunction``, ``StageFn`` and the running stage ``StageContext``; ``require_columns``,
   ``TEXT_COLUMNS``; reward scores: ``as_score``, ``checked_scores``, ``reward_scores``;
 - chat-formatted data: ``Prompt``, ``COMPLETION_COLUMNS``, ``Message``, ``is_conversation``, ``message_text``,
@@ -43,8 +44,11 @@ from rlhf_plugins._engine.chat import (
 )
 from rlhf_plugins._engine.components import (
     TEXT_COLUMNS,
+    AdvantageEstimator,
+    AdvantageInputs,
     Dataset,
     Policy,
+    PolicyLoss,
     RewardFunction,
     StageFn,
     Views,
@@ -94,6 +98,8 @@ __all__ = [
     "SCORE_PATH",
     "TEXT_COLUMNS",
     "TRAINING_ARGUMENTS",
+    "AdvantageEstimator",
+    "AdvantageInputs",
     "AttnImplementation",
     "Dataset",
     "EpochTrainingSettings",
@@ -107,6 +113,7 @@ __all__ = [
     "ModelDtype",
     "ModelSource",
     "Policy",
+    "PolicyLoss",
     "PreferenceSettings",
     "Problem",
     "Prompt",

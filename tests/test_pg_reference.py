@@ -187,14 +187,13 @@ def test_ppo_clip_equals_verl_compute_policy_loss_vanilla(case):
     s = case["settings"]
 
     def fn(*args):
-        return losses.ppo_clip(
-            *args,
+        return losses.PPOClip(
             clip_low=s["clip_low"],
             clip_high=s["clip_high"],
             dual_clip=s["dual_clip"],
             aggregation=s["aggregation"],
             norm_length=s["norm_length"],
-        )
+        )(*args)
 
     check_verl_loss(
         case,
@@ -213,7 +212,7 @@ def test_gspo_equals_verl_compute_policy_loss_gspo(case):
     s = case["settings"]
 
     def fn(*args):
-        return losses.gspo(*args, clip_low=s["clip_low"], clip_high=s["clip_high"])
+        return losses.GSPO(clip_low=s["clip_low"], clip_high=s["clip_high"])(*args)
 
     check_verl_loss(case, fn, {"pg_clipfrac": "policy/clipfrac", "ppo_kl": "policy/ppo_kl"})
 
@@ -223,9 +222,9 @@ def test_cispo_equals_verl_compute_policy_loss_cispo(case):
     s = case["settings"]
 
     def fn(*args):
-        return losses.cispo(
-            *args, clip_low=s["clip_low"], clip_high=s["clip_high"], aggregation=s["aggregation"]
-        )
+        return losses.CISPO(
+            clip_low=s["clip_low"], clip_high=s["clip_high"], aggregation=s["aggregation"]
+        )(*args)
 
     check_verl_loss(case, fn, {"pg_clipfrac": "policy/clipfrac", "ppo_kl": "policy/ppo_kl"})
 
@@ -279,28 +278,15 @@ def trl_equivalent(case: dict, x: dict[str, torch.Tensor]):
     def fn(lp):
         old, mask = x["old_logprobs"], x["mask"]
         if sequence:
-            loss, stats = losses.gspo(lp, old, advantages, mask, clip_low=low, clip_high=high)
+            loss, stats = losses.GSPO(clip_low=low, clip_high=high)(lp, old, advantages, mask)
         elif loss_type == "cispo":
-            loss, stats = losses.cispo(
-                lp,
-                old,
-                advantages,
-                mask,
-                clip_low=1.0,
-                clip_high=high - 1.0,
-                aggregation=aggregation,
+            loss, stats = losses.CISPO(clip_low=1.0, clip_high=high - 1.0, aggregation=aggregation)(
+                lp, old, advantages, mask
             )
         else:
-            loss, stats = losses.ppo_clip(
-                lp,
-                old,
-                advantages,
-                mask,
-                clip_low=low,
-                clip_high=high,
-                aggregation=aggregation,
-                norm_length=norm_length,
-            )
+            loss, stats = losses.PPOClip(
+                clip_low=low, clip_high=high, aggregation=aggregation, norm_length=norm_length
+            )(lp, old, advantages, mask)
         kl = None
         if s.get("beta", 0.0):
             weights = torch.exp(lp - old) if s.get("use_bias_correction_kl", True) else None
@@ -343,7 +329,7 @@ def test_an_unknown_aggregation_names_the_valid_ones():
         losses.aggregate(torch.zeros(2, 3), mask, "sequence-mean")
     assert all(mode in str(error.value) for mode in losses.AGGREGATIONS)
     with pytest.raises(ValueError, match="token-mean"):
-        losses.ppo_clip(*torch.zeros(3, 2, 3), mask, aggregation="mean")
+        losses.PPOClip(aggregation="mean")
 
 
 def test_unknown_names_and_a_dual_clip_of_one_are_refused():
@@ -356,7 +342,7 @@ def test_unknown_names_and_a_dual_clip_of_one_are_refused():
     with pytest.raises(ValueError, match="group_of_one"):
         adv.rloo(*one_group, group_of_one="baseline")
     with pytest.raises(ValueError, match="greater than 1"):
-        losses.ppo_clip(zeros, zeros, zeros, zeros + 1, dual_clip=1.0)
+        losses.PPOClip(dual_clip=1.0)
 
 
 def test_padding_never_matters_even_nan():
@@ -364,7 +350,7 @@ def test_padding_never_matters_even_nan():
     mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
     logprobs = torch.tensor([[-1.0, -2.0, float("nan")], [-0.5, float("nan"), float("nan")]])
     for mode in losses.AGGREGATIONS:
-        loss, _ = losses.ppo_clip(
-            logprobs, logprobs.detach(), torch.ones(2, 3), mask, aggregation=mode
+        loss, _ = losses.PPOClip(aggregation=mode)(
+            logprobs, logprobs.detach(), torch.ones(2, 3), mask
         )
         assert torch.isfinite(loss), mode

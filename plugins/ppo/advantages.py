@@ -14,11 +14,14 @@ its std 1, so its advantage is its raw score (divided by ``1 + eps`` in :func:`g
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 
-from .maths import gae, masked_whiten
+from rlhf_plugins import AdvantageInputs
+
+from .maths import Reduce, gae, masked_whiten
 
 GroupOfOne = Literal["score", "zero"]
 
@@ -160,3 +163,85 @@ def remax(
     m = mask.to(token_rewards.dtype)
     returns = (token_rewards * m).flip(-1).cumsum(-1).flip(-1) * m
     return returns - baseline_scores.unsqueeze(-1) * m, returns
+
+
+def _reduce(inputs: AdvantageInputs) -> Reduce:
+    return inputs.reduce or (lambda t: t)
+
+
+@dataclass(frozen=True)
+class GAE:
+    """The ``gae`` estimator: :func:`maths.gae` (trlX's) on the per-token rewards and the
+    critic's values, advantages whitened over every real token of every process (population
+    variance, as the ``ppo`` trainer) unless ``whiten`` is off; returns are ``A + V``."""
+
+    gamma: float = 1.0
+    lam: float = 0.95
+    whiten: bool = True
+
+    def __call__(self, inputs: AdvantageInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        advantages, returns = gae(
+            inputs.token_rewards, inputs.values, inputs.mask, self.gamma, self.lam
+        )
+        if self.whiten:
+            advantages = masked_whiten(advantages, inputs.mask, reduce=_reduce(inputs))
+        return advantages, returns
+
+
+@dataclass(frozen=True)
+class GroupRelative:
+    """The ``grpo`` estimator: :func:`group_relative` on the sequence scores (Dr.GRPO with
+    ``scale_by_std`` off). Group statistics are each process's own (a chunk holds whole
+    groups)."""
+
+    scale_by_std: bool = True
+    std_scope: Literal["group", "batch"] = "group"
+    eps: float = 1e-6
+    group_of_one: GroupOfOne = "score"
+
+    def __call__(self, inputs: AdvantageInputs) -> tuple[torch.Tensor, None]:
+        advantages, _ = group_relative(
+            inputs.scores,
+            inputs.group_ids,
+            inputs.mask,
+            scale_by_std=self.scale_by_std,
+            std_scope=self.std_scope,
+            eps=self.eps,
+            group_of_one=self.group_of_one,
+        )
+        return advantages, None
+
+
+@dataclass(frozen=True)
+class LeaveOneOut:
+    """The ``rloo`` estimator: :func:`rloo` on the sequence scores."""
+
+    group_of_one: GroupOfOne = "score"
+
+    def __call__(self, inputs: AdvantageInputs) -> tuple[torch.Tensor, None]:
+        advantages, _ = rloo(
+            inputs.scores, inputs.group_ids, inputs.mask, group_of_one=self.group_of_one
+        )
+        return advantages, None
+
+
+@dataclass(frozen=True)
+class ReinforcePlusPlus:
+    """The ``reinforce++`` estimator: :func:`reinforce_plus_plus` on the per-token rewards
+    (this process's whitening)."""
+
+    gamma: float = 1.0
+
+    def __call__(self, inputs: AdvantageInputs) -> tuple[torch.Tensor, None]:
+        advantages, _ = reinforce_plus_plus(inputs.token_rewards, inputs.mask, gamma=self.gamma)
+        return advantages, None
+
+
+@dataclass(frozen=True)
+class ReinforcePlusPlusBaseline:
+    """The ``reinforce++-baseline`` estimator: :func:`reinforce_plus_plus_baseline` on the
+    sequence scores (this process's whitening)."""
+
+    def __call__(self, inputs: AdvantageInputs) -> tuple[torch.Tensor, None]:
+        advantages, _ = reinforce_plus_plus_baseline(inputs.scores, inputs.group_ids, inputs.mask)
+        return advantages, None

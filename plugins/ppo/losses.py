@@ -8,7 +8,7 @@ Each loss returns ``(loss, stats)``: a scalar to minimise and detached scalar st
 TRL's ``loss_type`` in these terms (one process, no gradient accumulation, or TRL's own
 division by the accumulation steps left aside):
 
-- ``grpo``: :func:`ppo_clip` with ``clip_low=epsilon_low``, ``clip_high=epsilon_high``,
+- ``grpo``: :class:`PPOClip` with ``clip_low=epsilon_low``, ``clip_high=epsilon_high``,
   ``dual_clip=None``, ``aggregation="seq-mean-token-mean"``;
 - ``bnpo``: the same with ``"token-mean"``; ``dapo``: ``"token-mean"`` too (TRL divides by the
   token count of the whole generation batch, the local one on one process and one step);
@@ -16,9 +16,9 @@ division by the accumulation steps left aside):
 - ``beta``: plus ``beta * kl_loss(logprobs, ref_logprobs, mask, estimator="k3", aggregation=
   the same, weights=exp(logprobs - old_logprobs))`` (no ``weights`` when
   ``use_bias_correction_kl=False``; TRL's default is True);
-- ``cispo``: :func:`cispo` with ``clip_low=1`` (no lower bound), ``clip_high=epsilon_high - 1``
+- ``cispo``: :class:`CISPO` with ``clip_low=1`` (no lower bound), ``clip_high=epsilon_high - 1``
   (TRL's ``epsilon_high`` is the ratio's bound itself), ``aggregation="token-mean"``;
-- ``grpo`` with ``importance_sampling_level="sequence"`` (GSPO): :func:`gspo` when each row's
+- ``grpo`` with ``importance_sampling_level="sequence"`` (GSPO): :class:`GSPO` when each row's
   advantage is the same on all its tokens.
 
 TRL's ``grpo`` and ``dr_grpo`` count a row without a real token in their means (as 0); verl
@@ -28,9 +28,11 @@ it to ``[-20, 20]`` (10 above for GSPO's), beyond any ratio that trains.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from .maths import kl_penalty, masked_mean
+from .maths import kl_penalty, masked_mean, policy_loss
 
 AGGREGATIONS = (
     "token-mean",
@@ -93,18 +95,40 @@ def _stat(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return masked_mean(x, mask).detach()
 
 
-def ppo_clip(
-    logprobs: torch.Tensor,
-    old_logprobs: torch.Tensor,
-    advantages: torch.Tensor,
-    mask: torch.Tensor,
-    *,
-    clip_low: float = 0.2,
-    clip_high: float = 0.2,
-    dual_clip: float | None = None,
-    aggregation: str = "token-mean",
-    norm_length: float | None = None,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+Tensor = torch.Tensor
+
+
+@dataclass(frozen=True)
+class ClippedLoss:
+    """A policy loss with a clip range on the importance ratio ``r = p / p_old``: per-token
+    losses (``token_losses``) aggregated by :func:`aggregate` (``aggregation``,
+    ``norm_length``). Called as ``loss(logprobs, old_logprobs, advantages, mask) -> (loss,
+    stats)``, the ``PolicyLoss`` contract."""
+
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    aggregation: str = "token-mean"
+    norm_length: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.aggregation not in AGGREGATIONS:
+            aggregate(torch.zeros(1, 1), torch.ones(1, 1), self.aggregation)
+
+    def __call__(
+        self, logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        losses, stats = self.token_losses(logprobs, old_logprobs, advantages, mask)
+        return aggregate(losses, mask, self.aggregation, norm_length=self.norm_length), stats
+
+    def token_losses(
+        self, logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """``([B, T] losses, stats)`` before aggregation."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class PPOClip(ClippedLoss):
     """PPO's clipped surrogate ``max(-A * r, -A * clip(r, 1 - clip_low, 1 + clip_high))`` with
     ``r = exp(logprobs - old_logprobs)`` (clip-higher as DAPO when ``clip_high > clip_low``); with
     ``dual_clip = c`` (> 1) the loss of a token with ``A < 0`` is at most ``-A * c``.
@@ -122,43 +146,42 @@ def ppo_clip(
     ``actor/pg_clipfrac_lower``); ``policy/ppo_kl`` the mean of ``log p_old - log p`` (verl's
     ``actor/ppo_kl``).
     """
-    if dual_clip is not None and dual_clip <= 1.0:
-        raise ValueError(f"dual_clip must be greater than 1, got {dual_clip}")
-    log_ratio = _log_ratio(logprobs, old_logprobs)
-    ratio = torch.exp(log_ratio)
-    unclipped = -advantages * ratio
-    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
-    losses = torch.maximum(unclipped, clipped)
-    dual_won = torch.zeros_like(mask, dtype=torch.bool)
-    if dual_clip is not None:
-        bound = -advantages * dual_clip
-        negative = advantages < 0
-        dual_won = (losses > bound) & negative
-        losses = torch.where(negative, torch.minimum(losses, bound), losses)
-    loss = aggregate(losses, mask, aggregation, norm_length=norm_length)
-    m = mask.to(logprobs.dtype)
-    stats = {
-        "policy/clipfrac": _stat(clipped > unclipped, m),
-        "policy/clipfrac_low": _stat((ratio < 1.0 - clip_low) & (advantages < 0), m),
-        "policy/clipfrac_high": _stat((ratio > 1.0 + clip_high) & (advantages > 0), m),
-        "policy/clipfrac_dual": _stat(dual_won, m),
-        "policy/ppo_kl": _stat(-log_ratio, m),
-    }
-    return loss, stats
+
+    dual_clip: float | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.dual_clip is not None and self.dual_clip <= 1.0:
+            raise ValueError(f"dual_clip must be greater than 1, got {self.dual_clip}")
+
+    def token_losses(
+        self, logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        log_ratio = _log_ratio(logprobs, old_logprobs)
+        ratio = torch.exp(log_ratio)
+        unclipped = -advantages * ratio
+        clipped = -advantages * torch.clamp(ratio, 1.0 - self.clip_low, 1.0 + self.clip_high)
+        losses = torch.maximum(unclipped, clipped)
+        dual_won = torch.zeros_like(mask, dtype=torch.bool)
+        if self.dual_clip is not None:
+            bound = -advantages * self.dual_clip
+            negative = advantages < 0
+            dual_won = (losses > bound) & negative
+            losses = torch.where(negative, torch.minimum(losses, bound), losses)
+        m = mask.to(logprobs.dtype)
+        stats = {
+            "policy/clipfrac": _stat(clipped > unclipped, m),
+            "policy/clipfrac_low": _stat((ratio < 1.0 - self.clip_low) & (advantages < 0), m),
+            "policy/clipfrac_high": _stat((ratio > 1.0 + self.clip_high) & (advantages > 0), m),
+            "policy/clipfrac_dual": _stat(dual_won, m),
+            "policy/ppo_kl": _stat(-log_ratio, m),
+        }
+        return losses, stats
 
 
-def gspo(
-    logprobs: torch.Tensor,
-    old_logprobs: torch.Tensor,
-    advantages: torch.Tensor,
-    mask: torch.Tensor,
-    *,
-    clip_low: float = 3e-4,
-    clip_high: float = 4e-4,
-    aggregation: str = "seq-mean-token-mean",
-    norm_length: float | None = None,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """GSPO: the clipped surrogate of :func:`ppo_clip` (no dual clip) on the sequence-level
+@dataclass(frozen=True)
+class GSPO(ClippedLoss):
+    """GSPO: the clipped surrogate of :class:`PPOClip` (no dual clip) on the sequence-level
     ratio ``s = exp(mean over the sequence's real tokens of log p - log p_old)``, each token
     carrying ``s`` with its own log-probability's gradient (``log s_t = sg(log s) + log p_t -
     sg(log p_t)``, clamped at 10).
@@ -167,53 +190,67 @@ def gspo(
     ``seq-mean-token-mean`` whatever ``loss_agg_mode`` says, the default here. With a constant
     advantage per row it also equals TRL's ``loss_type="grpo"`` with
     ``importance_sampling_level="sequence"``, gradients included. Stats: ``policy/clipfrac``
-    and ``policy/ppo_kl`` as :func:`ppo_clip`.
+    and ``policy/ppo_kl`` as :class:`PPOClip`.
     """
-    real = mask.to(torch.bool)
-    m = mask.to(logprobs.dtype)
-    token_log_ratio = torch.where(real, logprobs - old_logprobs, torch.zeros_like(logprobs))
-    sequence_log_ratio = token_log_ratio.sum(-1) / m.sum(-1).clamp(min=1)
-    log_ratio = logprobs - logprobs.detach() + sequence_log_ratio.detach().unsqueeze(-1)
-    ratio = torch.exp(log_ratio.clamp(max=10.0))
-    unclipped = -advantages * ratio
-    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
-    loss = aggregate(torch.maximum(unclipped, clipped), mask, aggregation, norm_length=norm_length)
-    stats = {
-        "policy/clipfrac": _stat(clipped > unclipped, m),
-        "policy/ppo_kl": _stat(-token_log_ratio, m),
-    }
-    return loss, stats
+
+    clip_low: float = 3e-4
+    clip_high: float = 4e-4
+    aggregation: str = "seq-mean-token-mean"
+
+    def token_losses(
+        self, logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        real = mask.to(torch.bool)
+        m = mask.to(logprobs.dtype)
+        token_log_ratio = torch.where(real, logprobs - old_logprobs, torch.zeros_like(logprobs))
+        sequence_log_ratio = token_log_ratio.sum(-1) / m.sum(-1).clamp(min=1)
+        log_ratio = logprobs - logprobs.detach() + sequence_log_ratio.detach().unsqueeze(-1)
+        ratio = torch.exp(log_ratio.clamp(max=10.0))
+        unclipped = -advantages * ratio
+        clipped = -advantages * torch.clamp(ratio, 1.0 - self.clip_low, 1.0 + self.clip_high)
+        stats = {
+            "policy/clipfrac": _stat(clipped > unclipped, m),
+            "policy/ppo_kl": _stat(-token_log_ratio, m),
+        }
+        return torch.maximum(unclipped, clipped), stats
 
 
-def cispo(
-    logprobs: torch.Tensor,
-    old_logprobs: torch.Tensor,
-    advantages: torch.Tensor,
-    mask: torch.Tensor,
-    *,
-    clip_low: float = 0.2,
-    clip_high: float = 0.2,
-    aggregation: str = "token-mean",
-    norm_length: float | None = None,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+@dataclass(frozen=True)
+class CISPO(ClippedLoss):
     """CISPO: ``-sg(clip(r, 1 - clip_low, 1 + clip_high)) * A * log p`` (REINFORCE weighted by
     the clipped, gradient-free importance ratio; every token keeps its gradient).
 
     = verl ``compute_policy_loss_cispo``; TRL's ``loss_type="cispo"`` with ``clip_low=1`` and
     ``clip_high=epsilon_high - 1`` (see the module's docstring). Stats: ``policy/clipfrac`` the
     fraction of real tokens whose ratio was clipped (verl's), ``policy/ppo_kl`` as
-    :func:`ppo_clip`.
+    :class:`PPOClip`.
     """
-    log_ratio = _log_ratio(logprobs, old_logprobs)
-    ratio = torch.exp(log_ratio)
-    weight = torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high).detach()
-    loss = aggregate(-weight * advantages * logprobs, mask, aggregation, norm_length=norm_length)
-    m = mask.to(logprobs.dtype)
-    stats = {
-        "policy/clipfrac": _stat(ratio != weight, m),
-        "policy/ppo_kl": _stat(-log_ratio, m),
-    }
-    return loss, stats
+
+    def token_losses(
+        self, logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        log_ratio = _log_ratio(logprobs, old_logprobs)
+        ratio = torch.exp(log_ratio)
+        weight = torch.clamp(ratio, 1.0 - self.clip_low, 1.0 + self.clip_high).detach()
+        m = mask.to(logprobs.dtype)
+        stats = {
+            "policy/clipfrac": _stat(ratio != weight, m),
+            "policy/ppo_kl": _stat(-log_ratio, m),
+        }
+        return -weight * advantages * logprobs, stats
+
+
+@dataclass(frozen=True)
+class TrlxClip:
+    """The ``ppo`` trainer's loss: :func:`maths.policy_loss` (trlX's clipped surrogate, its
+    token mean and its statistics ``policy/clipfrac``, ``approx_kl``, ``ratio``)."""
+
+    cliprange: float = 0.2
+
+    def __call__(
+        self, logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        return policy_loss(logprobs, old_logprobs, advantages, mask, self.cliprange)
 
 
 def kl_loss(

@@ -163,3 +163,24 @@ def response_mask(responses: torch.Tensor, eos_token_id: int | None) -> torch.Te
     is_eos = (responses == eos_token_id).long()
     eos_before = torch.cumsum(is_eos, dim=1) - is_eos
     return (eos_before == 0).long()
+
+
+def overlong_penalty(
+    lengths: torch.Tensor, max_new_tokens: int, buffer: int, penalty: float
+) -> torch.Tensor:
+    """DAPO's soft overlong punishment of each response length: 0 up to ``max_new_tokens -
+    buffer`` tokens, then falling linearly to ``-penalty`` at ``max_new_tokens``."""
+    over = (lengths.to(torch.float32) - (max_new_tokens - buffer)).clamp(min=0)
+    return -penalty * (over / buffer).clamp(max=1.0)
+
+
+def varied_groups(scores: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
+    """A boolean row mask: True for the rows of groups whose scores are not all equal (DAPO's
+    dynamic sampling keeps only groups that carry a learning signal)."""
+    _, inverse = torch.unique(group_ids, return_inverse=True)
+    groups = int(inverse.max()) + 1 if len(inverse) else 0
+    low = torch.full((groups,), float("inf"), dtype=scores.dtype, device=scores.device)
+    high = torch.full((groups,), float("-inf"), dtype=scores.dtype, device=scores.device)
+    low = low.scatter_reduce(0, inverse, scores, reduce="amin")
+    high = high.scatter_reduce(0, inverse, scores, reduce="amax")
+    return (high > low)[inverse]

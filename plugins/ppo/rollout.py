@@ -102,6 +102,30 @@ class Chunk:
     values: torch.Tensor
     scores: torch.Tensor | None = None
     scaled_scores: torch.Tensor | None = None
+    group_ids: torch.Tensor | None = None
+
+    ROW_FIELDS = (
+        "responses",
+        "mask",
+        "logprobs",
+        "ref_logprobs",
+        "values",
+        "scores",
+        "scaled_scores",
+        "group_ids",
+    )
+
+    def __len__(self) -> int:
+        return len(self.queries)
+
+    def select(self, keep: torch.Tensor) -> Chunk:
+        """The rows ``keep`` (indices or a boolean mask) of this chunk."""
+        index = torch.arange(len(self), device=self.mask.device)[keep].tolist()
+        rows = {
+            name: getattr(self, name)[index] if getattr(self, name) is not None else None
+            for name in self.ROW_FIELDS
+        }
+        return Chunk(queries=[self.queries[i] for i in index], **rows)
 
 
 @dataclass
@@ -127,11 +151,9 @@ class Rollout(Chunk):
             queries=[q for c in chunks for q in c.queries],
             scores=torch.cat([c.scores for c in chunks]),
             scaled_scores=torch.cat([c.scaled_scores for c in chunks]),
+            group_ids=torch.cat([c.group_ids for c in chunks]),
             **padded,
         )
-
-    def __len__(self) -> int:
-        return len(self.queries)
 
     def minibatch(self, indices: Sequence[int], pad_id: int) -> dict[str, Any]:
         """Rows ``indices``: model inputs, ``response_start`` and the response-aligned
@@ -140,9 +162,11 @@ class Rollout(Chunk):
         mask = self.mask[index]
         width = int(mask.sum(dim=1).max())
         queries, query_mask = left_pad([self.queries[i] for i in indices], pad_id)
+        names = ("logprobs", "ref_logprobs", "values", "advantages", "returns", "responses", "mask")
         batch = {
             name: getattr(self, name)[index][:, :width]
-            for name in ("logprobs", "values", "advantages", "returns", "responses", "mask")
+            for name in names
+            if getattr(self, name) is not None
         }
         batch["inputs"] = model_inputs(queries, query_mask, batch["responses"], batch["mask"])
         batch["response_start"] = queries.shape[1]

@@ -29,8 +29,9 @@ PPOTrainingSettings = LearningRateFloor.with_defaults(
 AdamW at 1e-5 with weight decay 1e-6, every update logged, no intermediate checkpoints."""
 
 
-class PPOSettings(PPOTrainingSettings):
-    """PPO (trlX's ``PPOConfig``) on the shared training settings."""
+class RolloutSettings(PPOTrainingSettings):
+    """What every trainer of the rollout engine (``ppo``, ``policy-gradient``) takes: batches,
+    the KL to the reference, the critic (when one learns), reward scaling, sampling, LoRA."""
 
     max_steps: int = Field(
         1000, ge=1, description="optimizer steps to train (the last update may stop early)"
@@ -71,9 +72,6 @@ class PPOSettings(PPOTrainingSettings):
     kl_estimator: Literal["k1", "k3"] = Field(
         "k1", description="per-token KL estimate: k1 (log p - log q) or k3 (non-negative)"
     )
-    gamma: float = Field(1.0, ge=0, le=1, description="GAE discount")
-    lam: float = Field(0.95, ge=0, le=1, description="GAE lambda")
-    cliprange: float = Field(0.2, gt=0, description="policy ratio clip (1 +- cliprange)")
     cliprange_value: float = Field(0.2, gt=0, description="value clip around the old values")
     vf_coef: float = Field(1.0, ge=0, description="value-loss weight")
     scale_reward: Literal["running", "ref", "none"] = Field(
@@ -87,7 +85,6 @@ class PPOSettings(PPOTrainingSettings):
     cliprange_reward: float = Field(
         10.0, ge=0, description="clip the (scaled) scores to +-this (0: no clipping)"
     )
-    whiten_advantages: bool = Field(True, description="whiten advantages across processes")
     max_new_tokens: int = Field(40, ge=1, description="response length limit (tokens)")
     do_sample: bool = Field(True, description="sample rollouts (false: greedy)")
     temperature: float = Field(
@@ -120,7 +117,7 @@ class PPOSettings(PPOTrainingSettings):
         return self.per_device_train_batch_size * self.gradient_accumulation_steps
 
     @model_validator(mode="after")
-    def _batches_divide(self) -> PPOSettings:
+    def _batches_divide(self) -> RolloutSettings:
         if self.num_rollouts % self.chunk_size:
             raise ValueError(
                 f"num_rollouts ({self.num_rollouts}) must be a multiple of chunk_size "
@@ -136,7 +133,7 @@ class PPOSettings(PPOTrainingSettings):
         return self
 
     @model_validator(mode="after")
-    def _reward_scaling(self) -> PPOSettings:
+    def _reward_scaling(self) -> RolloutSettings:
         if self.ref_std is not None and self.scale_reward != "ref":
             raise ValueError(
                 f"ref_std ({self.ref_std:g}) is used only with scale_reward = 'ref', "
@@ -145,7 +142,7 @@ class PPOSettings(PPOTrainingSettings):
         return self
 
     @model_validator(mode="after")
-    def _schedule(self) -> PPOSettings:
+    def _schedule(self) -> RolloutSettings:
         if self.lr_scheduler_type == "constant" and self.warmup_steps > 0:
             raise ValueError(
                 f"lr_scheduler_type 'constant' has no warmup (warmup_steps = "
@@ -154,7 +151,7 @@ class PPOSettings(PPOTrainingSettings):
         return self
 
     @model_validator(mode="after")
-    def _lora(self) -> PPOSettings:
+    def _lora(self) -> RolloutSettings:
         if not self.lora_r:
             unused = sorted(
                 {"lora_alpha", "lora_dropout", "lora_target_modules"} & self.model_fields_set
@@ -169,4 +166,68 @@ class PPOSettings(PPOTrainingSettings):
             )
         if self.separate_critic:
             raise ValueError("separate_critic is not available with a LoRA policy")
+        return self
+
+
+class PPOSettings(RolloutSettings):
+    """PPO (trlX's ``PPOConfig``) on the shared training settings: GAE and the clipped
+    surrogate."""
+
+    gamma: float = Field(1.0, ge=0, le=1, description="GAE discount")
+    lam: float = Field(0.95, ge=0, le=1, description="GAE lambda")
+    cliprange: float = Field(0.2, gt=0, description="policy ratio clip (1 +- cliprange)")
+    whiten_advantages: bool = Field(True, description="whiten advantages across processes")
+
+
+class PolicyGradientSettings(RolloutSettings):
+    """The ``policy-gradient`` engine: PPO's loop with a group of completions per prompt, the
+    KL to the reference as a reward penalty or a loss term, and DAPO's filters. The advantage
+    estimator and the policy loss are components with their own settings."""
+
+    num_generations: int = Field(
+        4, ge=1, description="completions sampled per prompt (a group); divides chunk_size"
+    )
+    kl_placement: Literal["reward", "loss"] = Field(
+        "loss",
+        description="the KL to the reference as a per-token reward penalty (PPO) or a loss "
+        "term weighted by the KL coefficient (GRPO)",
+    )
+    kl_controller: Literal["adaptive", "fixed"] = Field(
+        "fixed", description="KL coefficient: adaptive (Ziegler et al.) or fixed"
+    )
+    init_kl_coef: float = Field(
+        0.04, ge=0, description="initial (or fixed) KL coefficient (0: no KL term)"
+    )
+    kl_estimator: Literal["k1", "k2", "k3", "low_var_kl"] = Field(
+        "k3",
+        description="per-token KL estimate: k1 (log p - log q), k2 (half its square), k3 "
+        "(non-negative), low_var_kl (k3 clamped to +-10, verl's)",
+    )
+    filter_groups: bool = Field(
+        False,
+        description="drop groups whose completions all scored the same (DAPO's dynamic "
+        "sampling) and sample more until num_rollouts remain",
+    )
+    overlong_buffer: int = Field(
+        0,
+        ge=0,
+        description="DAPO's soft overlong penalty: responses within this many tokens of "
+        "max_new_tokens lose up to overlong_penalty, linearly (0: off)",
+    )
+    overlong_penalty: float = Field(
+        1.0, ge=0, description="the largest overlong penalty, at max_new_tokens"
+    )
+
+    @model_validator(mode="after")
+    def _groups(self) -> PolicyGradientSettings:
+        if self.chunk_size % self.num_generations:
+            raise ValueError(
+                f"chunk_size ({self.chunk_size}) must be a multiple of num_generations "
+                f"({self.num_generations}): a chunk holds whole groups"
+            )
+        if self.overlong_buffer >= self.max_new_tokens:
+            raise ValueError(
+                f"overlong_buffer ({self.overlong_buffer}) must be below max_new_tokens "
+                f"({self.max_new_tokens})"
+            )
         return self

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +22,14 @@ import torch
 from safetensors.torch import save_file
 
 from rlhf_builtins.ppo import maths
+from rlhf_builtins.ppo.advantages import GAE
 from rlhf_builtins.ppo.kl_control import make_kl_controller, update_steps
+from rlhf_builtins.ppo.losses import TrlxClip, kl_loss
 from rlhf_builtins.ppo.models import Responses, build_models
 from rlhf_builtins.ppo.rollout import Chunk, PromptSampler, Rollout, model_inputs
-from rlhf_builtins.ppo.settings import PPOSettings
+from rlhf_builtins.ppo.settings import PPOSettings, RolloutSettings
 from rlhf_plugins import (
+    AdvantageInputs,
     Policy,
     RewardFunction,
     StageContext,
@@ -57,19 +60,64 @@ logger = logging.getLogger("rlhf_builtins.ppo")
 VALUE_HEAD_FILE = "value_head.safetensors"
 
 
+@dataclass(frozen=True)
+class Parts:
+    """What a stage of the engine plugs into the loop: the advantage estimator and the policy
+    loss (the ``AdvantageEstimator`` and ``PolicyLoss`` contracts), whether a critic learns,
+    completions per prompt, where the KL goes, and DAPO's filters. ``ppo`` is GAE + trlX's
+    clipped surrogate with a critic and the KL as a reward penalty."""
+
+    estimator: Any
+    loss: Any
+    critic: bool
+    component: str = "ppo"
+    num_generations: int = 1
+    kl_in_loss: bool = False
+    filter_groups: bool = False
+    overlong_buffer: int = 0
+    overlong_penalty: float = 0.0
+    names: dict[str, str] = field(default_factory=dict)
+    """``{"estimator": ..., "loss": ...}``: how a failing part is named (its component and
+    plugin)."""
+
+    @classmethod
+    def ppo(cls, settings: PPOSettings) -> Parts:
+        return cls(
+            estimator=GAE(
+                gamma=settings.gamma, lam=settings.lam, whiten=settings.whiten_advantages
+            ),
+            loss=TrlxClip(settings.cliprange),
+            critic=True,
+        )
+
+    def call(self, part: str, *args: Any) -> Any:
+        """``estimator(*args)`` or ``loss(*args)``; an exception of a plugged-in part fails the
+        stage with one line naming it (``StageFailed``)."""
+        try:
+            return getattr(self, part)(*args)
+        except Exception as exc:
+            name = self.names.get(part)
+            if name is None:
+                raise
+            raise StageFailed(f"{name} raised {type(exc).__name__}: {exc}") from exc
+
+
 @dataclass
 class PPOStage:
-    """The stage function the ``ppo`` factory returns."""
+    """The stage function the ``ppo`` and ``policy-gradient`` factories return."""
 
     policy: Policy
     reward: RewardFunction
     dataset: Any
     eval_dataset: Any
-    settings: PPOSettings
+    settings: RolloutSettings
+    parts: Callable[[StageContext], Parts]
+    """The stage's parts, from the running stage (what its slots declared)."""
 
     def __call__(self, stage: StageContext) -> dict[str, float]:
+        parts = self.parts(stage)
         for slot, data in (("dataset", self.dataset), ("eval_dataset", self.eval_dataset)):
-            require_columns(data, ("prompt",), component="ppo", slot=slot, view="prompts")
+            require_columns(data, ("prompt",), component=parts.component, slot=slot, view="prompts")
         trainer = PPOTrainer(
             stage,
             self.policy,
@@ -77,6 +125,7 @@ class PPOStage:
             self.dataset,
             self.eval_dataset,
             self.settings,
+            parts,
         )
         return trainer.train()
 
@@ -91,13 +140,15 @@ class PPOTrainer:
         reward: RewardFunction,
         dataset: Any,
         eval_dataset: Any,
-        settings: PPOSettings,
+        settings: RolloutSettings,
+        parts: Parts,
     ):
-        self.stage, self.reward, self.eval_dataset, self.settings = (
+        self.stage, self.reward, self.eval_dataset, self.settings, self.parts = (
             stage,
             reward,
             eval_dataset,
             settings,
+            parts,
         )
         s = settings
         self.accelerator = stage.accelerator(
@@ -124,7 +175,7 @@ class PPOTrainer:
             s.max_new_tokens,
             model_context(base),
             policy=policy.name,
-            component="ppo",
+            component=parts.component,
         )
         model, self.reference = build_models(
             base,
@@ -132,6 +183,8 @@ class PPOTrainer:
             num_layers_unfrozen=s.num_layers_unfrozen,
             separate_critic=s.separate_critic,
         )
+        if not parts.critic:
+            model.value_head.requires_grad_(False)
         if s.gradient_checkpointing:
             for trunk in (model.policy, model.critic):
                 if trunk is not None:
@@ -259,7 +312,8 @@ class PPOTrainer:
             self.skipped_chunks += 1
             where = f"the reward function {problem}" if problem else "another process"
             logger.warning(
-                "ppo: skipped a chunk of %d samples (%s); %d skipped so far",
+                "%s: skipped a chunk of %d samples (%s); %d skipped so far",
+                self.parts.component,
                 len(completions),
                 where,
                 self.skipped_chunks,
@@ -274,6 +328,13 @@ class PPOTrainer:
                 self.ref_std = self.moments.std or 1.0
         divisor = {"running": self.moments.std, "ref": self.ref_std}.get(self.settings.scale_reward)
         scaled = maths.scale_scores(raw, divisor, self.settings.cliprange_reward)
+        if self.parts.overlong_buffer:
+            scaled = scaled + maths.overlong_penalty(
+                chunk.mask.sum(dim=1),
+                self.settings.max_new_tokens,
+                self.parts.overlong_buffer,
+                self.parts.overlong_penalty,
+            ).to(scaled.dtype)
         chunk.scores, chunk.scaled_scores = raw, scaled
         return True
 
@@ -284,35 +345,74 @@ class PPOTrainer:
         totals = self.reduce(torch.stack([count, x64.sum(), (x64 * x64).sum()]))
         self.moments.add(*totals.tolist())
 
+    def next_rows(self) -> dict[str, list]:
+        """The rows of one chunk: ``chunk_size / num_generations`` prompts, each repeated
+        ``num_generations`` times in a row (a group)."""
+        groups = self.parts.num_generations
+        rows = self.sampler.next_rows(self.settings.chunk_size // groups)
+        return {name: [v for v in values for _ in range(groups)] for name, values in rows.items()}
+
+    def needs_more(self, collected: int) -> bool:
+        """Whether any process has fewer than ``num_rollouts`` experiences (all processes
+        generate the same number of chunks, so their collective calls stay in step)."""
+        short = 1.0 if collected < self.settings.num_rollouts else 0.0
+        return float(self.reduce(torch.tensor([short], device=self.device)).item()) > 0
+
     def collect_rollout(self) -> tuple[Rollout, dict[str, float]]:
-        """``num_rollouts`` scored experiences with advantages and returns, plus statistics."""
-        s, chunks, consecutive = self.settings, [], 0
+        """``num_rollouts`` scored experiences with advantages and returns, plus statistics.
+        With ``filter_groups`` a group whose completions all scored the same is dropped and
+        more are sampled."""
+        s, parts, chunks, consecutive, dropped = self.settings, self.parts, [], 0, 0
         started = time.perf_counter()
-        while len(chunks) * s.chunk_size < s.num_rollouts:
-            rows = self.sampler.next_rows(s.chunk_size)
+        collected = 0
+        while self.needs_more(collected):
+            rows = self.next_rows()
             chunk = self.generate_chunk(rows["prompt"])
-            if self.score(rows, chunk):
-                chunks.append(chunk)
-                consecutive = 0
+            chunk.group_ids = self.group_ids(len(chunks))
+            if not self.score(rows, chunk):
+                consecutive += 1
+                if consecutive >= s.max_skipped_chunks:
+                    raise StageFailed(
+                        f"stage '{self.stage.name}' failed: {parts.component}: the reward "
+                        f"function gave unusable scores for {consecutive} chunks in a row "
+                        "(max_skipped_chunks); see the warnings above"
+                    )
                 continue
-            consecutive += 1
-            if consecutive >= s.max_skipped_chunks:
-                raise StageFailed(
-                    f"stage '{self.stage.name}' failed: ppo: the reward function gave "
-                    f"unusable scores for {consecutive} chunks in a row (max_skipped_chunks); "
-                    "see the warnings above"
+            if parts.filter_groups:
+                before = len(chunk)
+                chunk = chunk.select(maths.varied_groups(chunk.scaled_scores, chunk.group_ids))
+                dropped += before - len(chunk)
+                consecutive = consecutive + 1 if len(chunk) == 0 else 0
+                if consecutive >= s.max_skipped_chunks:
+                    raise StageFailed(
+                        f"stage '{self.stage.name}' failed: {parts.component}: every group of "
+                        f"{consecutive} chunks in a row scored the same (filter_groups drops "
+                        "them); raise the sampling temperature or num_generations, or turn "
+                        "filter_groups off"
+                    )
+                if len(chunk) == 0:
+                    continue
+            consecutive = 0
+            if collected < s.num_rollouts:
+                chunks.append(
+                    chunk.select(torch.arange(min(len(chunk), s.num_rollouts - collected)))
                 )
+                collected += len(chunks[-1])
         rollout = Rollout.from_chunks(chunks, self.tokenizer.pad_token_id)
         kl = maths.kl_penalty(rollout.logprobs, rollout.ref_logprobs, s.kl_estimator) * rollout.mask
-        rewards = maths.token_rewards(
-            rollout.scaled_scores, kl, rollout.mask, self.kl_controller.value
+        in_reward = 0.0 if parts.kl_in_loss else self.kl_controller.value
+        rewards = maths.token_rewards(rollout.scaled_scores, kl, rollout.mask, in_reward)
+        inputs = AdvantageInputs(
+            scores=rewards.sum(dim=1),
+            token_rewards=rewards,
+            mask=rollout.mask,
+            group_ids=rollout.group_ids,
+            logprobs=rollout.logprobs,
+            ref_logprobs=rollout.ref_logprobs,
+            values=rollout.values if parts.critic else None,
+            reduce=self.reduce if self.stage.num_processes > 1 else None,
         )
-        advantages, rollout.returns = maths.gae(
-            rewards, rollout.values, rollout.mask, s.gamma, s.lam
-        )
-        if s.whiten_advantages:
-            advantages = maths.masked_whiten(advantages, rollout.mask, reduce=self.reduce)
-        rollout.advantages = advantages
+        rollout.advantages, rollout.returns = parts.call("estimator", inputs)
         n = len(rollout)
         totals = self.reduce(
             torch.stack(
@@ -342,7 +442,17 @@ class PPOTrainer:
             "time/rollout": time.perf_counter() - started,
             "skipped_chunks": self.skipped_chunks,
         }
+        if parts.filter_groups:
+            stats["rollout/filtered"] = dropped
         return rollout, stats
+
+    def group_ids(self, chunk_index: int) -> torch.Tensor:
+        """The group of each row of the ``chunk_index``-th chunk of a rollout: unique within
+        the rollout, ``num_generations`` consecutive rows each."""
+        groups = self.settings.chunk_size // self.parts.num_generations
+        first = chunk_index * groups
+        ids = torch.arange(first, first + groups, device=self.device)
+        return ids.repeat_interleave(self.parts.num_generations)
 
     # -- optimisation --------------------------------------------------------------------
 
@@ -354,22 +464,23 @@ class PPOTrainer:
             temperature=self.settings.temperature,
             entropy=True,
         )
-        mask = batch["mask"]
-        pg_loss, pg_stats = maths.policy_loss(
-            logprobs, batch["logprobs"], batch["advantages"], mask, self.settings.cliprange
+        mask, s = batch["mask"], self.settings
+        pg_loss, pg_stats = self.parts.call(
+            "loss", logprobs, batch["logprobs"], batch["advantages"], mask
         )
-        vf_loss, vf_stats = maths.value_loss(
-            values, batch["values"], batch["returns"], mask, self.settings.cliprange_value
-        )
-        with torch.no_grad():
-            stats = {
-                **pg_stats,
-                **vf_stats,
-                "loss/policy": pg_loss.detach(),
-                "loss/value": vf_loss.detach(),
-                "policy/entropy": maths.masked_mean(entropy, mask),
-            }
-        return pg_loss + self.settings.vf_coef * vf_loss, stats
+        total, stats = pg_loss, {**pg_stats, "loss/policy": pg_loss.detach()}
+        if self.parts.critic:
+            vf_loss, vf_stats = maths.value_loss(
+                values, batch["values"], batch["returns"], mask, s.cliprange_value
+            )
+            total = total + s.vf_coef * vf_loss
+            stats.update(vf_stats, **{"loss/value": vf_loss.detach()})
+        if self.parts.kl_in_loss and self.kl_controller.value > 0:
+            kl = kl_loss(logprobs, batch["ref_logprobs"], mask, estimator=s.kl_estimator)
+            total = total + self.kl_controller.value * kl
+            stats["loss/kl"] = kl.detach()
+        stats["policy/entropy"] = maths.masked_mean(entropy, mask).detach()
+        return total, stats
 
     def optimise(self, rollout: Rollout, progress: Any) -> dict[str, float]:
         """``ppo_epochs`` passes over ``rollout`` in shuffled minibatches; stops early at
@@ -440,7 +551,11 @@ class PPOTrainer:
             torch.tensor([sum(kept), sum(included), 0.0 if ok else 1.0], dtype=torch.float64)
         )
         if float(totals[2]) > 0:
-            logger.warning("ppo: evaluation skipped (%s)", problem or "on another process")
+            logger.warning(
+                "%s: evaluation skipped (%s)",
+                self.parts.component,
+                problem or "on another process",
+            )
             return {}
         return {"eval/reward_mean": float(totals[0] / totals[1]), "eval/samples": int(totals[1])}
 
@@ -494,6 +609,8 @@ class PPOTrainer:
         else:
             model.policy.save_pretrained(out, state_dict=policy_state)
         self.tokenizer.save_pretrained(out)
+        if not self.parts.critic:
+            return
         head = {
             k.removeprefix("value_head."): v.contiguous()
             for k, v in state.items()
@@ -521,7 +638,7 @@ class PPOTrainer:
         resumed_from = None
         if self.load_checkpoint():
             resumed_from = self.step
-        progress = stage.progress(total=s.max_steps, desc="ppo steps")
+        progress = stage.progress(total=s.max_steps, desc=f"{self.parts.component} steps")
         progress.update(self.step)
         last: dict[str, float] = {}
         while self.step < s.max_steps:

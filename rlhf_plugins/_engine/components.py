@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
@@ -119,6 +120,50 @@ class Dataset(Protocol):
     def __len__(self) -> int: ...
 
 
+@dataclass
+class AdvantageInputs:
+    """What an advantage estimator reads: one rollout of ``B`` completions (this process's),
+    every per-token tensor ``[B, T]`` aligned with the response tokens. Tensors are torch
+    tensors (typed ``Any`` here so that this module stays free of torch)."""
+
+    scores: Any
+    """``[B]`` sequence scores (scaled and clipped as the stage says, penalties included)."""
+    token_rewards: Any
+    """``[B, T]`` each score on its last response token, minus ``kl_coef * KL`` on every token
+    when the KL is a reward penalty (else the score alone)."""
+    mask: Any
+    """``[B, T]`` 1 for real response tokens, 0 for padding after EOS (right-padded)."""
+    group_ids: Any
+    """``[B]`` long: rows sampled from the same prompt share an id (a group)."""
+    logprobs: Any
+    """``[B, T]`` the sampling policy's log-probabilities of the response tokens."""
+    ref_logprobs: Any
+    """``[B, T]`` the reference policy's."""
+    values: Any = None
+    """``[B, T]`` the critic's values, or None when no estimator or loss of the stage needs one."""
+    reduce: Callable[[Any], Any] | None = None
+    """``reduce(t)``: the sum of ``t`` over every process (statistics across processes); None
+    on one process."""
+
+
+class AdvantageEstimator(Protocol):
+    """``estimator(inputs: AdvantageInputs) -> (advantages, returns)``: ``[B, T]`` advantages
+    (0 at padding) and, for an estimator that trains a critic (registered with
+    ``needs_critic=True``), the value targets (else None)."""
+
+    def __call__(self, inputs: AdvantageInputs) -> tuple[Any, Any]: ...
+
+
+class PolicyLoss(Protocol):
+    """``loss(logprobs, old_logprobs, advantages, mask) -> (loss, stats)``: a scalar tensor to
+    minimise and a dict of scalar tensors to log (named ``policy/...``), from the current and
+    the sampling policy's log-probabilities ``[B, T]``."""
+
+    def __call__(
+        self, logprobs: Any, old_logprobs: Any, advantages: Any, mask: Any
+    ) -> tuple[Any, dict[str, Any]]: ...
+
+
 class Views:
     """The views a dataset slot accepts, declared on the slot parameter itself:
     ``dataset: Annotated[Dataset, Views("comparisons")]``,
@@ -157,6 +202,8 @@ KINDS: dict[str, str] = {
     "trainer": "register_trainers",
     "evaluator": "register_evaluators",
     "logger": "register_loggers",
+    "advantage_estimator": "register_advantage_estimators",
+    "policy_loss": "register_policy_losses",
 }
 """Component kind -> the hook that registers it."""
 
@@ -164,6 +211,8 @@ SLOT_TYPES: dict[str, str] = {
     "Policy": "policy",
     "Dataset": "dataset",
     "RewardFunction": "reward_function",
+    "AdvantageEstimator": "advantage_estimator",
+    "PolicyLoss": "policy_loss",
 }
 """Annotation name -> the component kind a slot of that type holds."""
 

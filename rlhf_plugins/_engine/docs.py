@@ -26,7 +26,7 @@ from rlhf_plugins._engine.registry import Registry, load_registry
 from rlhf_plugins._engine.settings import Settings
 
 MARKED = re.compile(
-    r"(<!-- settings: (?P<kind>[a-z_ ]+?) (?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /settings -->)",
+    r"(<!-- settings: (?P<kind>[a-z_ ]+?) (?P<name>[\w.+-]+) -->\n)(?P<body>.*?)(<!-- /settings -->)",
     re.DOTALL,
 )
 KIND_WORDS = {"reward function": "reward_function"}

@@ -89,6 +89,27 @@ def register_evaluators(register):
 
 
 @hookspec
+def register_advantage_estimators(register):
+    """Register advantage-estimator factories for the ``policy-gradient`` trainer. An estimator
+    is ``estimator(inputs: AdvantageInputs) -> (advantages, returns)`` (see
+    ``AdvantageEstimator``); its factory takes its settings.
+
+    ``register(name, factory, *, description="", needs_critic=False, group_relative=False)``:
+    ``needs_critic`` makes the engine train a value head and hand its values in;
+    ``group_relative`` means it compares the completions of one prompt, so ``rlhf validate``
+    requires ``num_generations`` of at least 2."""
+
+
+@hookspec
+def register_policy_losses(register):
+    """Register policy-loss factories for the ``policy-gradient`` trainer. A loss is
+    ``loss(logprobs, old_logprobs, advantages, mask) -> (loss, stats)`` (see ``PolicyLoss``);
+    its factory takes its settings (e.g. an ``aggregation``).
+
+    ``register(name, factory, *, description="", needs_critic=False)``."""
+
+
+@hookspec
 def register_loggers(register):
     """Register logger factories. A logger factory takes its settings (from a ``[logging]
     loggers = [{ use = "name", ... }]`` entry) and returns an object whose ``@hookimpl``

@@ -411,7 +411,11 @@ class _Checker:
             return table
         spec = describe(component.factory)
         settings = {k: v for k, v in table.items() if k not in RESERVED_COMPONENT_KEYS}
-        resolved: dict[str, Any] = {"use": table["use"], "plugin": component.origin}
+        resolved: dict[str, Any] = {
+            "use": table["use"],
+            "plugin": component.origin,
+            **component.flags,
+        }
         if "from_stage" in table:
             self.check_from_stage(spec, table["from_stage"], f"{key}.from_stage", needs, stage)
             resolved["from_stage"] = table["from_stage"]

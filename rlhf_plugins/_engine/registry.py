@@ -81,6 +81,12 @@ CAPABILITIES: dict[str, tuple[str, ...]] = {
 }
 """Each capability keyword of ``register`` -> the component kinds that may declare it."""
 
+FLAGS: dict[str, tuple[str, ...]] = {
+    "needs_critic": ("advantage_estimator", "policy_loss"),
+    "group_relative": ("advantage_estimator",),
+}
+"""Each flag keyword of ``register`` (a ``bool``, default False) -> the kinds that declare it."""
+
 VIEWS_KINDS = ("trainer", "evaluator")
 """The component kinds whose dataset slots may declare ``Views`` (their stages are checked)."""
 
@@ -122,6 +128,13 @@ class Component:
     it adapts to the model. Called by ``rlhf validate`` for a stage whose tables are otherwise
     valid; every policy of the stage whose ``context_length`` is shorter is reported, naming
     both numbers. ``max_length_setting`` and ``generation_settings`` cover the common cases."""
+    needs_critic: bool = False
+    """An advantage estimator's or policy loss's: it reads values from a learned critic (the
+    engine then trains a value head); ``rlhf validate`` reports it with an engine that has
+    none."""
+    group_relative: bool = False
+    """An advantage estimator's: it compares the completions of one prompt (a group), so the
+    engine must sample several per prompt (``num_generations`` of at least 2)."""
     stage_rules: StageRules | None = None
     """A trainer's or evaluator's ``stage_rules(slots, settings) -> list[(key, message)]``:
     rules across a stage's slots and settings. ``slots`` maps each slot the recipe filled to
@@ -131,6 +144,11 @@ class Component:
     (``reward``, ``trainer_settings.reward_weights``; ``""`` for the stage itself). Called by
     ``rlhf validate`` only for a stage whose tables are otherwise valid; its problems are
     reported with the others."""
+
+    @property
+    def flags(self) -> dict[str, bool]:
+        """The flags this component set (``{"needs_critic": True}``); unset ones are left out."""
+        return {flag: True for flag in FLAGS if getattr(self, flag)}
 
     @property
     def origin(self) -> str:
@@ -282,6 +300,20 @@ def checked_capabilities(kind: str, name: str, **capabilities: Any) -> dict[str,
     return capabilities
 
 
+def checked_flags(kind: str, name: str, **flags: Any) -> dict[str, bool]:
+    """The flags a component of ``kind`` declared (``needs_critic=True``, ...), each checked:
+    a ``TypeError`` when one is not a ``bool``, or is set on a kind that does not take it
+    (``FLAGS``)."""
+    label = kind.replace("_", " ")
+    for keyword, value in flags.items():
+        if not isinstance(value, bool):
+            raise TypeError(f"{keyword} of {label} '{name}' must be True or False, got {value!r}")
+        if value and kind not in FLAGS[keyword]:
+            takers = " and ".join(k.replace("_", " ") + "s" for k in FLAGS[keyword])
+            raise TypeError(f"{keyword} is a flag of {takers} only; {label} '{name}' cannot set it")
+    return flags
+
+
 def checked_declaration(kind: str, name: str, factory: Callable) -> None:
     """``factory``'s declaration read once at registration (``describe``): a ``TypeError``
     naming the component when it cannot be (``Views`` on a parameter that is no dataset slot,
@@ -302,7 +334,8 @@ def checked_declaration(kind: str, name: str, factory: Callable) -> None:
 
 def register_keywords(kind: str) -> list[str]:
     """The keywords ``register`` takes for a component of ``kind``."""
-    return ["description"] + [k for k, kinds in CAPABILITIES.items() if kind in kinds]
+    declared = {**CAPABILITIES, **FLAGS}
+    return ["description"] + [k for k, kinds in declared.items() if kind in kinds]
 
 
 def _register_components(pm: pluggy.PluginManager, registry: Registry, info: PluginInfo) -> None:
@@ -338,13 +371,16 @@ def _register_function(
         chat_template: ChatTemplate | None = None,
         sequence_length: SequenceLength | None = None,
         stage_rules: StageRules | None = None,
+        needs_critic: bool = False,
+        group_relative: bool = False,
         **unknown: Any,
     ) -> None:
         try:
             if unknown:
                 valid = register_keywords(kind)
                 given = ", ".join(
-                    f"'{k}'{difflib_hint(k, ['description', *CAPABILITIES])}" for k in unknown
+                    f"'{k}'{difflib_hint(k, ['description', *CAPABILITIES, *FLAGS])}"
+                    for k in unknown
                 )
                 raise TypeError(
                     f"register() of {label} '{name}' got unknown keyword {given}; "
@@ -363,6 +399,9 @@ def _register_function(
                 chat_template=chat_template,
                 sequence_length=sequence_length,
                 stage_rules=stage_rules,
+            )
+            capabilities.update(
+                checked_flags(kind, name, needs_critic=needs_critic, group_relative=group_relative)
             )
             checked_declaration(kind, name, factory)
         except (TypeError, ValueError):

@@ -229,6 +229,13 @@ class Runner:
                 for key, value in spec.slots.items()
             }
             context.components.update(slots)
+            context.registered.update(
+                {
+                    key: self.registry.get(factory_spec.params[key].slot, value["use"])
+                    for key, value in spec.slots.items()
+                    if isinstance(value, dict) and "use" in value
+                }
+            )
             stage_fn = component.factory(
                 **factory_arguments(component.factory, slots, spec.settings, self.recipe.base_dir)
             )

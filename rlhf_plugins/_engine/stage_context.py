@@ -34,7 +34,7 @@ class StageContext:
     there and checkpoints under ``checkpoint-<step>/``. ``inputs`` maps each stage this one needs
     to its output directory. ``resume`` is True when the same stage, unchanged, was interrupted
     earlier: trainers continue from ``latest_checkpoint()``. ``components`` holds the built
-    components of this stage by slot name. ``recipe_dir`` is where relative input paths start.
+    components of this stage by slot name, ``registered`` what each declared. ``recipe_dir`` is where relative input paths start.
     """
 
     recipe_name: str
@@ -50,6 +50,10 @@ class StageContext:
     recipe_dir: Path | None = None
     hooks: Any = field(default=None, repr=False)
     """The lifecycle hooks (``Registry.hooks``); None outside a run."""
+    registered: dict[str, Any] = field(default_factory=dict)
+    """What the component of each single-component slot declared at registration, by slot
+    name (``rlhf_plugins._engine.registry.Component``: ``kind``, ``name``, ``origin``, and its
+    flags such as ``needs_critic``)."""
     _accelerator: Any = field(default=None, repr=False)
     _started: float = field(default_factory=time.monotonic, repr=False)
 
