@@ -190,13 +190,13 @@ GRPO_RECIPE = """
 name = "{name}"
 seed = 3
 
-[stages.{trainer}]
+[stages.{stage}]
 trainer = "{trainer}"
 policy = {{ use = "tiny-causal-lm", architecture = "gpt2", n_layer = 2, n_embd = 32, n_head = 2, vocab_size = 300 }}
 dataset = {{ use = "ppo-toy-prompts", rows = 32 }}
 {reward}
 
-[stages.{trainer}.trainer_settings]
+[stages.{stage}.trainer_settings]
 {settings}
 """
 TOY_REWARD = 'reward = { use = "ppo-toy-reward" }'
@@ -213,14 +213,17 @@ GRPO_SETTINGS = {
 
 @pytest.fixture
 def grpo_recipe(toy, write_recipe):
-    """A writer of a one-stage ``grpo`` (or ``rloo``) recipe on the prompts and reward of
-    tests/ppo_toy_plugin.py (installed by the ``toy`` fixture); ``settings`` override
-    ``GRPO_SETTINGS`` (None drops one)."""
+    """A writer of a one-stage ``grpo`` (or ``rloo``, ``policy-gradient``) recipe on the prompts
+    and reward of tests/ppo_toy_plugin.py (installed by the ``toy`` fixture); ``reward`` holds
+    the stage's component lines, the stage is named ``stage`` (default: the trainer's name),
+    ``settings`` override ``GRPO_SETTINGS`` (None drops one)."""
 
-    def recipe(name="toy", trainer="grpo", reward=TOY_REWARD, **settings):
+    def recipe(name="toy", trainer="grpo", reward=TOY_REWARD, stage=None, **settings):
         merged = {k: v for k, v in {**GRPO_SETTINGS, **settings}.items() if v is not None}
         lines = "\n".join(f"{k} = {json.dumps(v)}" for k, v in merged.items())
-        text = GRPO_RECIPE.format(name=name, trainer=trainer, reward=reward, settings=lines)
+        text = GRPO_RECIPE.format(
+            name=name, stage=stage or trainer, trainer=trainer, reward=reward, settings=lines
+        )
         return write_recipe(text, name)
 
     return recipe

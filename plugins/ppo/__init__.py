@@ -126,6 +126,7 @@ def policy_gradient(
                 "estimator": f"advantage estimator '{estimator.name}' ({estimator.origin})",
                 "loss": f"policy loss '{objective.name}' ({objective.origin})",
             },
+            stage=stage.name,
         )
 
     return PPOStage(

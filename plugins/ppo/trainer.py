@@ -79,6 +79,8 @@ class Parts:
     names: dict[str, str] = field(default_factory=dict)
     """``{"estimator": ..., "loss": ...}``: how a failing part is named (its component and
     plugin)."""
+    stage: str = ""
+    """The stage's name, for the line a failing part ends the run with."""
 
     @classmethod
     def ppo(cls, settings: PPOSettings) -> Parts:
@@ -99,7 +101,9 @@ class Parts:
             name = self.names.get(part)
             if name is None:
                 raise
-            raise StageFailed(f"{name} raised {type(exc).__name__}: {exc}") from exc
+            raise StageFailed(
+                f"stage '{self.stage}' failed: {name} raised {type(exc).__name__}: {exc}"
+            ) from exc
 
 
 @dataclass
