@@ -43,6 +43,18 @@ def build_component(kind: str, name: str, **values: Any) -> Any:
     return build_installed(kind, name, **values)
 
 
+def stage_toml(
+    name: str, component: str, settings: str = "", kind: str = "trainer", **slots: str
+) -> str:
+    """One ``[stages.<name>]`` table of a test recipe: ``kind`` (``trainer`` or ``evaluator``)
+    ``component``, each slot as its inline-table text, and the lines of its settings table."""
+    lines = [f"[stages.{name}]", f'{kind} = "{component}"']
+    lines += [f"{slot} = {table}" for slot, table in slots.items()]
+    if settings:
+        lines += [f"[stages.{name}.{kind}_settings]", settings.strip()]
+    return "\n".join(lines) + "\n"
+
+
 @pytest.fixture
 def run_cli(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Callable:
     """Invoke the ``rlhf`` CLI in-process from ``tmp_path``; returns click's ``Result``."""

@@ -19,7 +19,7 @@ from rlhf_plugins import (
     render_prompt,
     render_prompts,
 )
-from tests.conftest import installed
+from tests.conftest import installed, stage_toml
 
 TEMPLATE = (
     "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
@@ -182,82 +182,49 @@ max_steps = 1
 def test_every_trainer_and_the_evaluator_read_chat_data(write_recipe, run_rlhf, tmp_path):
     """sft, reward-model, ppo (delta-reward over the reward model), ilql, grpo, rloo, dpo,
     kto and rouge (reward + KL to SFT), each on ``chat = true`` data, one step each."""
-    policy = f"{{ {TINY}, chat_template = {json.dumps(TEMPLATE)} }}"
-    data = 'use = "tldr-synthetic", num_examples = 16, chat = true'
-    one_step = "max_steps = 1\nsave_steps = 0\n"
-    recipe = write_recipe(
-        f"""
-[recipe]
-name = "chat_all"
-[stages.sft]
-trainer = "sft"
-policy = {policy}
-dataset = {{ {data}, view = "sft" }}
-[stages.sft.trainer_settings]
-{one_step}per_device_train_batch_size = 4
-[stages.rm]
-trainer = "reward-model"
-policy = {{ use = "hf-causal-lm", from_stage = "sft" }}
-dataset = {{ {data}, view = "comparisons" }}
-[stages.rm.trainer_settings]
-{one_step}per_device_train_batch_size = 4
-[stages.ppo]
-trainer = "ppo"
-policy = {{ use = "hf-causal-lm", from_stage = "sft" }}
-reward = {{ use = "delta-reward", base = {{ use = "gptj-reward-head", from_stage = "rm" }} }}
-dataset = {{ {data}, view = "prompts" }}
-[stages.ppo.trainer_settings]
-{one_step}num_rollouts = 4
-chunk_size = 4
-per_device_train_batch_size = 4
-max_new_tokens = 6
-[stages.ilql]
-trainer = "ilql"
-policy = {{ use = "hf-causal-lm", from_stage = "sft" }}
-dataset = {{ {data}, view = "offline" }}
-[stages.ilql.trainer_settings]
-{one_step}per_device_train_batch_size = 4
-[stages.grpo]
-trainer = "grpo"
-policy = {{ use = "hf-causal-lm", from_stage = "sft" }}
-reward = {{ use = "gptj-reward-head", from_stage = "rm" }}
-dataset = {{ {data}, view = "prompts" }}
-[stages.grpo.trainer_settings]
-{one_step}per_device_train_batch_size = 4
-num_generations = 2
-max_completion_length = 6
-[stages.rloo]
-trainer = "rloo"
-policy = {{ use = "hf-causal-lm", from_stage = "sft" }}
-reward = {{ use = "gptj-reward-head", from_stage = "rm" }}
-dataset = {{ {data}, view = "prompts" }}
-[stages.rloo.trainer_settings]
-{one_step}per_device_train_batch_size = 4
-num_generations = 2
-max_completion_length = 6
-[stages.dpo]
-trainer = "dpo"
-policy = {{ use = "hf-causal-lm", from_stage = "sft" }}
-dataset = {{ {data}, view = "comparisons" }}
-[stages.dpo.trainer_settings]
-{one_step}per_device_train_batch_size = 4
-[stages.kto]
-trainer = "kto"
-policy = {{ use = "hf-causal-lm", from_stage = "sft" }}
-dataset = {{ {data}, view = "comparisons" }}
-[stages.kto.trainer_settings]
-{one_step}per_device_train_batch_size = 4
-[stages.eval]
-evaluator = "rouge"
-needs = ["ppo", "ilql", "grpo", "rloo", "dpo", "kto"]
-policies = {{ sft = {{ use = "hf-causal-lm", from_stage = "sft" }}, ppo = {{ use = "hf-causal-lm", from_stage = "ppo" }} }}
-dataset = {{ use = "tldr-synthetic", view = "prompts", split = "test", num_examples = 4, chat = true }}
-reward = {{ use = "gptj-reward-head", from_stage = "rm" }}
-reference = {{ use = "hf-causal-lm", from_stage = "sft" }}
-[stages.eval.evaluator_settings]
-max_new_tokens = 6
-"""
-    )
+    sft = '{ use = "hf-causal-lm", from_stage = "sft" }'
+    scorer = '{ use = "gptj-reward-head", from_stage = "rm" }'
+    step = "max_steps = 1\nsave_steps = 0\nper_device_train_batch_size = 4\n"
+    groups = step + "num_generations = 2\nmax_completion_length = 6"
+
+    def data(view: str) -> str:
+        return f'{{ use = "tldr-synthetic", num_examples = 16, chat = true, view = "{view}" }}'
+
+    stages = [
+        stage_toml(
+            "sft",
+            "sft",
+            step,
+            policy=f"{{ {TINY}, chat_template = {json.dumps(TEMPLATE)} }}",
+            dataset=data("sft"),
+        ),
+        stage_toml("rm", "reward-model", step, policy=sft, dataset=data("comparisons")),
+        stage_toml(
+            "ppo",
+            "ppo",
+            step + "num_rollouts = 4\nchunk_size = 4\nmax_new_tokens = 6",
+            policy=sft,
+            reward=f'{{ use = "delta-reward", base = {scorer} }}',
+            dataset=data("prompts"),
+        ),
+        stage_toml("ilql", "ilql", step, policy=sft, dataset=data("offline")),
+        stage_toml("grpo", "grpo", groups, policy=sft, reward=scorer, dataset=data("prompts")),
+        stage_toml("rloo", "rloo", groups, policy=sft, reward=scorer, dataset=data("prompts")),
+        stage_toml("dpo", "dpo", step, policy=sft, dataset=data("comparisons")),
+        stage_toml("kto", "kto", step, policy=sft, dataset=data("comparisons")),
+        stage_toml(
+            "eval",
+            "rouge",
+            "max_new_tokens = 6",
+            kind="evaluator",
+            needs='["ppo", "ilql", "grpo", "rloo", "dpo", "kto"]',
+            policies=f'{{ sft = {sft}, ppo = {{ use = "hf-causal-lm", from_stage = "ppo" }} }}',
+            dataset=data("prompts").replace("num_examples = 16", "num_examples = 4"),
+            reward=scorer,
+            reference=sft,
+        ),
+    ]
+    recipe = write_recipe('[recipe]\nname = "chat_all"\n' + "".join(stages))
     run_rlhf("validate", recipe)
     run_rlhf("run", recipe, timeout=900)
     run = tmp_path / "runs/chat_all"

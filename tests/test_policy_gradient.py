@@ -11,50 +11,37 @@ import json
 import pytest
 import torch
 
-TINY = 'use = "tiny-causal-lm", n_layer = 2, n_embd = 32, n_head = 2, vocab_size = 400'
-DATA = 'use = "tldr-synthetic", num_examples = 32'
-HEAD = f"""
-[recipe]
-name = "pg"
-[stages.sft]
-trainer = "sft"
-policy = {{ {TINY} }}
-dataset = {{ {DATA}, view = "sft" }}
-[stages.sft.trainer_settings]
-max_steps = 2
-per_device_train_batch_size = 4
-save_steps = 0
-[stages.rm]
-trainer = "reward-model"
-policy = {{ use = "hf-causal-lm", from_stage = "sft" }}
-dataset = {{ {DATA}, view = "comparisons" }}
-[stages.rm.trainer_settings]
-max_steps = 2
-per_device_train_batch_size = 4
-save_steps = 0
-"""
+from tests.conftest import stage_toml
+
+TINY = '{ use = "tiny-causal-lm", n_layer = 2, n_embd = 32, n_head = 2, vocab_size = 400 }'
+SFT = '{ use = "hf-causal-lm", from_stage = "sft" }'
+STEPS = "max_steps = 2\nper_device_train_batch_size = 4\nsave_steps = 0"
+
+
+def data(view: str) -> str:
+    return f'{{ use = "tldr-synthetic", num_examples = 32, view = "{view}" }}'
+
+
+HEAD = (
+    '[recipe]\nname = "pg"\n'
+    + stage_toml("sft", "sft", STEPS, policy=TINY, dataset=data("sft"))
+    + stage_toml("rm", "reward-model", STEPS, policy=SFT, dataset=data("comparisons"))
+)
 
 
 def engine_stage(name: str, advantage: str, loss: str, settings: str = "") -> str:
     """A 2-step ``policy-gradient`` stage from the SFT policy, scored by the reward model."""
-    return f"""
-[stages.{name}]
-trainer = "policy-gradient"
-policy = {{ use = "hf-causal-lm", from_stage = "sft" }}
-reward = {{ use = "gptj-reward-head", from_stage = "rm" }}
-advantage = {advantage}
-loss = {loss}
-dataset = {{ {DATA}, view = "prompts" }}
-[stages.{name}.trainer_settings]
-max_steps = 2
-num_rollouts = 8
-chunk_size = 8
-per_device_train_batch_size = 4
-ppo_epochs = 1
-max_new_tokens = 6
-save_steps = 0
-{settings}
-"""
+    return stage_toml(
+        name,
+        "policy-gradient",
+        f"{STEPS}\nnum_rollouts = 8\nchunk_size = 8\nppo_epochs = 1\nmax_new_tokens = 6\n"
+        + settings,
+        policy=SFT,
+        reward='{ use = "gptj-reward-head", from_stage = "rm" }',
+        advantage=advantage,
+        loss=loss,
+        dataset=data("prompts"),
+    )
 
 
 def test_the_parts_are_listed_with_their_settings_and_schema(run_cli):

@@ -22,7 +22,6 @@ from rlhf_plugins import (
     PolicyLoss,
     Problem,
     RewardFunction,
-    StageContext,
     StageFn,
     Views,
     generation_settings,
@@ -84,12 +83,7 @@ def ppo(
     from rlhf_builtins.ppo.trainer import Parts, PPOStage
 
     return PPOStage(
-        policy=policy,
-        reward=reward,
-        dataset=dataset,
-        eval_dataset=eval_dataset,
-        settings=settings,
-        parts=lambda stage: Parts.ppo(settings),
+        policy, reward, dataset, eval_dataset, settings, parts=lambda stage: Parts.ppo(settings)
     )
 
 
@@ -110,32 +104,13 @@ def policy_gradient(
     tokenizer into the stage directory (and the value head when a critic learned)."""
     from rlhf_builtins.ppo.trainer import Parts, PPOStage
 
-    def parts(stage: StageContext) -> Parts:
-        estimator, objective = stage.registered["advantage"], stage.registered["loss"]
-        return Parts(
-            estimator=advantage,
-            loss=loss,
-            critic=estimator.needs_critic or objective.needs_critic,
-            component="policy-gradient",
-            num_generations=settings.num_generations,
-            kl_in_loss=settings.kl_placement == "loss",
-            filter_groups=settings.filter_groups,
-            overlong_buffer=settings.overlong_buffer,
-            overlong_penalty=settings.overlong_penalty,
-            names={
-                "estimator": f"advantage estimator '{estimator.name}' ({estimator.origin})",
-                "loss": f"policy loss '{objective.name}' ({objective.origin})",
-            },
-            stage=stage.name,
-        )
-
     return PPOStage(
-        policy=policy,
-        reward=reward,
-        dataset=dataset,
-        eval_dataset=eval_dataset,
-        settings=settings,
-        parts=parts,
+        policy,
+        reward,
+        dataset,
+        eval_dataset,
+        settings,
+        parts=lambda stage: Parts.engine(settings, advantage, loss, stage),
     )
 
 

@@ -27,7 +27,7 @@ from rlhf_builtins.ppo.kl_control import make_kl_controller, update_steps
 from rlhf_builtins.ppo.losses import TrlxClip, kl_loss
 from rlhf_builtins.ppo.models import Responses, build_models
 from rlhf_builtins.ppo.rollout import Chunk, PromptSampler, Rollout, model_inputs
-from rlhf_builtins.ppo.settings import PPOSettings, RolloutSettings
+from rlhf_builtins.ppo.settings import PolicyGradientSettings, PPOSettings, RolloutSettings
 from rlhf_plugins import (
     AdvantageInputs,
     Policy,
@@ -60,6 +60,10 @@ logger = logging.getLogger("rlhf_builtins.ppo")
 VALUE_HEAD_FILE = "value_head.safetensors"
 
 
+ENGINE_SETTINGS = ("num_generations", "filter_groups", "overlong_buffer", "overlong_penalty")
+"""The ``policy-gradient`` settings a stage's ``Parts`` carry under the same names."""
+
+
 @dataclass(frozen=True)
 class Parts:
     """What a stage of the engine plugs into the loop: the advantage estimator and the policy
@@ -90,6 +94,29 @@ class Parts:
             ),
             loss=TrlxClip(settings.cliprange),
             critic=True,
+        )
+
+    @classmethod
+    def engine(
+        cls, settings: PolicyGradientSettings, estimator: Any, loss: Any, stage: StageContext
+    ) -> Parts:
+        """The parts of a ``policy-gradient`` stage: its ``advantage`` and ``loss`` slots, what
+        they declared at registration (``stage.registered``: a critic learns when either
+        needs one) and the engine settings."""
+        declared = {"estimator": stage.registered["advantage"], "loss": stage.registered["loss"]}
+        words = {"estimator": "advantage estimator", "loss": "policy loss"}
+        return cls(
+            estimator,
+            loss,
+            critic=any(component.needs_critic for component in declared.values()),
+            component="policy-gradient",
+            kl_in_loss=settings.kl_placement == "loss",
+            names={
+                part: f"{words[part]} '{component.name}' ({component.origin})"
+                for part, component in declared.items()
+            },
+            stage=stage.name,
+            **{name: getattr(settings, name) for name in ENGINE_SETTINGS},
         )
 
     def call(self, part: str, *args: Any) -> Any:

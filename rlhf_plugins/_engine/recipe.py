@@ -299,39 +299,34 @@ class _Checker:
         needed = stage_needs(component, settings, self.path.parent)
         if needed is None:
             return
-        for name, param in spec.slots.items():
-            if param.slot != "policy" or name not in slots:
-                continue
-            for where, table in slot_tables(name, param, slots[name]):
-                policy = self.registry.get("policy", table["use"])
-                context = policy_reports(policy, "context_length", table, self.path.parent)
-                label = f"policy '{table['use']}' ({prefix}.{where})"
-                if context is not None and (message := too_long(needed, context, label)):
-                    self.problem(key, message)
+        for where, table in kind_tables(spec, slots, "policy"):
+            context = self.policy_reports("context_length", table)
+            label = f"policy '{table['use']}' ({prefix}.{where})"
+            if context is not None and (message := too_long(needed, context, label)):
+                self.problem(key, message)
+
+    def policy_reports(self, capability: str, table: dict) -> Any:
+        """What the policy of ``table`` reports for its declared ``capability``."""
+        policy = self.registry.get("policy", table["use"])
+        return policy_reports(policy, capability, table, self.path.parent)
 
     def check_chat_templates(self, spec: FactorySpec, slots: dict, prefix: str) -> None:
         """A problem for every policy of a valid stage that reads a ``chat = true`` dataset and,
         by its declared ``chat_template``, has no chat template to render it with."""
         chats = [
             f"{prefix}.{where}"
-            for name, param in spec.slots.items()
-            if param.slot == "dataset" and name in slots
-            for where, table in slot_tables(name, param, slots[name])
+            for where, table in kind_tables(spec, slots, "dataset")
             if table.get(CHAT_KEY) is True
         ]
         if not chats:
             return
-        for name, param in spec.slots.items():
-            if param.slot != "policy" or name not in slots:
-                continue
-            for where, table in slot_tables(name, param, slots[name]):
-                policy = self.registry.get("policy", table["use"])
-                if policy_reports(policy, "chat_template", table, self.path.parent) is False:
-                    self.problem(
-                        f"{prefix}.{where}",
-                        f"policy '{table['use']}' has no chat template, but {chats[0]} has "
-                        "chat = true; use a model (or `tokenizer`) with one, or drop chat = true",
-                    )
+        for where, table in kind_tables(spec, slots, "policy"):
+            if self.policy_reports("chat_template", table) is False:
+                self.problem(
+                    f"{prefix}.{where}",
+                    f"policy '{table['use']}' has no chat template, but {chats[0]} has "
+                    "chat = true; use a model (or `tokenizer`) with one, or drop chat = true",
+                )
 
     def lookup(self, kind: str, name: Any, key: str):
         if not isinstance(name, str):
@@ -484,6 +479,16 @@ class _Checker:
         for name in specs:
             visit(name, [])
         return order
+
+
+def kind_tables(spec: FactorySpec, slots: dict, kind: str) -> list[tuple[str, dict]]:
+    """``(key, table)`` of every component table of ``kind`` in a stage's filled ``slots``."""
+    return [
+        found
+        for name, param in spec.slots.items()
+        if param.slot == kind and name in slots
+        for found in slot_tables(name, param, slots[name])
+    ]
 
 
 def slot_tables(name: str, param: Param, value: Any) -> list[tuple[str, dict]]:
