@@ -149,16 +149,9 @@ def gptj_reward_head(
         path = stage.local_or_hub(path)
         base_model = stage.local_or_hub(base_model)
         tokenizer = stage.local_or_hub(tokenizer)
-    return RewardHead(
-        from_stage or path,
-        base_model=base_model,
-        batch_size=batch_size,
-        max_length=max_length,
-        dtype=dtype,
-        attn_implementation=attn_implementation,
-        tokenizer=tokenizer,
-        device=device or (stage.device if stage is not None else None),
-    )
+    device = device or (stage.device if stage is not None else None)
+    loading = {"dtype": dtype, "attn_implementation": attn_implementation, "tokenizer": tokenizer}
+    return RewardHead(from_stage or path, base_model, batch_size, max_length, device, **loading)
 
 
 def delta_reward(

@@ -67,7 +67,6 @@ class RewardHead:
     def __init__(
         self,
         source: str,
-        *,
         base_model: str | None = None,
         batch_size: int = 16,
         max_length: int = 550,
