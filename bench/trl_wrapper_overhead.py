@@ -25,15 +25,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from tables import print_table
+from tiny_rl import child_env, measured, save_tiny_work
 
 STEPS, BATCH, GENERATIONS, NEW_TOKENS, BETA, SAVE_STEPS = 32, 16, 4, 24, 0.04, 16
 SETTINGS = {
@@ -66,34 +64,7 @@ reward = {{ use = "delta-reward", base = {{ use = "gptj-reward-head", path = "rm
 
 def prepare(work: Path) -> None:
     """The prompts (jsonl), a policy and a reward model (save_pretrained) and the recipe."""
-    from transformers import AutoModelForSequenceClassification, GPT2Config, GPT2LMHeadModel
-
-    from rlhf_builtins.hf_policies.policies import train_tokenizer
-    from rlhf_builtins.tldr.synthetic import synthetic_dataset
-
-    rows = synthetic_dataset("prompts", "train", 64, 0)
-    with (work / "prompts.jsonl").open("w") as f:
-        for row in rows:
-            f.write(json.dumps({"prompt": row["prompt"], "reference": row["reference"]}) + "\n")
-    tokenizer = train_tokenizer([r["prompt"] + r["reference"] for r in rows] * 4, 1024)
-    ids = dict(
-        vocab_size=len(tokenizer),
-        n_positions=512,
-        bos_token_id=tokenizer.eos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    for name, model in (
-        ("policy", GPT2LMHeadModel(GPT2Config(n_layer=4, n_embd=128, n_head=2, **ids))),
-        (
-            "rm",
-            AutoModelForSequenceClassification.from_config(
-                GPT2Config(n_layer=2, n_embd=64, n_head=2, num_labels=1, **ids)
-            ),
-        ),
-    ):
-        model.save_pretrained(work / name)
-        tokenizer.save_pretrained(work / name)
+    save_tiny_work(work)
     lines = "\n".join(f"{key} = {json.dumps(value)}" for key, value in SETTINGS.items())
     (work / "recipe.toml").write_text(RECIPE.format(settings=lines))
 
@@ -141,20 +112,6 @@ def direct(work: Path) -> None:
     tokenizer.save_pretrained(str(out))
 
 
-def measured(command: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, float]:
-    """``(wall seconds, peak RSS MiB)`` of ``command`` in a fresh process."""
-    started = time.perf_counter()
-    process = subprocess.Popen(
-        command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    output = process.stdout.read()
-    _, status, usage = os.wait4(process.pid, 0)
-    wall = time.perf_counter() - started
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{' '.join(command)} failed:\n{output[-2000:]}")
-    return wall, usage.ru_maxrss / 1024
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=3, help="alternating runs per side")
@@ -163,14 +120,7 @@ def main() -> None:
     if args.direct:
         direct(args.direct)
         return
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "HF_HUB_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "WANDB_MODE": "offline",
-        "TOKENIZERS_PARALLELISM": "false",
-    }
+    env = child_env()
     sides: dict[str, dict[str, list[float]]] = {
         side: {"wall": [], "rss": []} for side in ("stage", "direct")
     }

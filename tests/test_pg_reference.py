@@ -320,6 +320,41 @@ def test_losses_equal_trl_grpo_trainer_compute_loss(case):
         close(kl, metrics["kl"])
 
 
+def trl_beta_cases() -> list[Any]:
+    """TRL's ``grpo`` loss with a ``beta`` term that is not ratio-weighted: what the engine's
+    ``policy-gradient`` computes with ``kl_placement = "loss"``."""
+    return [
+        param
+        for param in cases("trl_loss")
+        if param.values[0]["settings"].get("beta")
+        and "use_bias_correction_kl" in param.values[0]["settings"]
+    ]
+
+
+@pytest.mark.parametrize("case", trl_beta_cases())
+def test_the_engines_kl_term_is_aggregated_like_its_loss_as_trl_does(case):
+    """The loss ``policy-gradient`` builds (its ``Parts``: the policy loss plus the KL
+    coefficient times ``kl_term``) equals TRL's ``grpo`` loss with ``beta``: the KL term is
+    aggregated per sequence as the loss is, not over all tokens."""
+    from rlhf_builtins.ppo.trainer import Parts
+
+    x, s = inputs(case), case["settings"]
+    part = losses.PPOClip(
+        clip_low=s["epsilon_low"], clip_high=s["epsilon_high"], aggregation="seq-mean-token-mean"
+    )
+    parts = Parts(estimator=None, loss=part, critic=False, kl_in_loss=True)
+    advantages = x["row_advantages"].unsqueeze(-1).expand_as(x["mask"])
+
+    def fn(lp):
+        loss, _ = parts.call("loss", lp, x["old_logprobs"], advantages, x["mask"])
+        kl = parts.kl_term(lp, x["ref_logprobs"], x["mask"], "k3")
+        return loss + s["beta"] * kl, None
+
+    loss, grad, _ = loss_and_grad(fn, x["logprobs"])
+    close(loss, case["expected"]["loss"])
+    close(grad, case["expected"]["grad"])
+
+
 # --- errors ------------------------------------------------------------------------------------
 
 

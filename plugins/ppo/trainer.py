@@ -119,6 +119,22 @@ class Parts:
             **{name: getattr(settings, name) for name in ENGINE_SETTINGS},
         )
 
+    def kl_term(
+        self, logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor, estimator: str
+    ) -> torch.Tensor:
+        """The KL-to-reference loss term (``kl_placement = "loss"``), aggregated over tokens as
+        the policy loss aggregates its own (``aggregation``, ``norm_length``): verl's KL loss
+        uses the actor's ``loss_agg_mode`` and TRL adds ``beta * KL`` to the per-token loss
+        before its one aggregation. A loss without an ``aggregation`` gets the token mean."""
+        return kl_loss(
+            logprobs,
+            ref_logprobs,
+            mask,
+            estimator=estimator,
+            aggregation=getattr(self.loss, "aggregation", "token-mean"),
+            norm_length=getattr(self.loss, "norm_length", None),
+        )
+
     def call(self, part: str, *args: Any) -> Any:
         """``estimator(*args)`` or ``loss(*args)``; an exception of a plugged-in part fails the
         stage with one line naming it (``StageFailed``)."""
@@ -507,7 +523,7 @@ class PPOTrainer:
             total = total + s.vf_coef * vf_loss
             stats.update(vf_stats, **{"loss/value": vf_loss.detach()})
         if self.parts.kl_in_loss and self.kl_controller.value > 0:
-            kl = kl_loss(logprobs, batch["ref_logprobs"], mask, estimator=s.kl_estimator)
+            kl = self.parts.kl_term(logprobs, batch["ref_logprobs"], mask, s.kl_estimator)
             total = total + self.kl_controller.value * kl
             stats["loss/kl"] = kl.detach()
         stats["policy/entropy"] = maths.masked_mean(entropy, mask).detach()
