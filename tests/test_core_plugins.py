@@ -65,7 +65,11 @@ def test_builtin_plugins_are_listed_with_their_components(run_cli):
     for plugin in plugins.values():
         assert set(plugin["components"]) <= kinds, plugin
         assert all(isinstance(n, str) for names in plugin["components"].values() for n in names)
-    assert plugins["ppo"]["components"] == {"trainers": ["ppo"]}
+    assert plugins["ppo"]["components"] == {
+        "trainers": ["ppo", "policy-gradient"],
+        "advantage_estimators": ["gae", "grpo", "rloo", "reinforce++", "reinforce++-baseline"],
+        "policy_losses": ["ppo-clip", "gspo", "cispo"],
+    }
 
 
 def test_third_party_plugin_registers_through_entry_points(run_cli, plugin_dist):

@@ -177,6 +177,7 @@ ACCEPTED = {
     ("trainer", "sft"): {"dataset": ("sft",), "eval_dataset": ("sft",)},
     ("trainer", "reward-model"): {"dataset": ("comparisons",), "eval_dataset": ("comparisons",)},
     ("trainer", "ppo"): {"dataset": ("prompts",), "eval_dataset": ("prompts",)},
+    ("trainer", "policy-gradient"): {"dataset": ("prompts",), "eval_dataset": ("prompts",)},
     ("trainer", "grpo"): {"dataset": ("prompts",), "eval_dataset": ("prompts",)},
     ("trainer", "rloo"): {"dataset": ("prompts",), "eval_dataset": ("prompts",)},
     ("trainer", "dpo"): {"dataset": ("comparisons",), "eval_dataset": ("comparisons",)},
@@ -208,27 +209,30 @@ def test_every_trainer_and_evaluator_declares_the_views_of_its_dataset_slots():
 
 @pytest.mark.parametrize("view", VIEWS)
 def test_validate_checks_the_view_of_every_dataset_slot(run_cli, view):
-    """Every dataset slot of every built-in trainer and evaluator (``tiny_compare`` runs each
-    of them once; the slots it leaves empty are filled here) filled with ``view``: exactly the
-    slots that do not accept it are reported, with the key path and the views that would do."""
-    path = REPO_ROOT / "recipes" / "tiny_compare.toml"
-    stages = tomllib.loads(path.read_text())["stages"]
-    components = {
-        (kind, table[kind]): stage
-        for stage, table in stages.items()
-        for kind in table
-        if kind in ("trainer", "evaluator")
-    }
-    assert set(components) == set(ACCEPTED), "tiny_compare runs every trainer and evaluator"
+    """Every dataset slot of every built-in trainer and evaluator (``tiny_compare`` and
+    ``tiny_pg_compare`` run each of them; the slots they leave empty are filled here) filled
+    with ``view``: exactly the slots that do not accept it are reported, with the key path and
+    the views that would do."""
+    components = {}
+    for recipe in ("tiny_compare", "tiny_pg_compare"):
+        stages = tomllib.loads((REPO_ROOT / "recipes" / f"{recipe}.toml").read_text())["stages"]
+        for stage, table in stages.items():
+            for kind in set(table) & {"trainer", "evaluator"}:
+                components.setdefault((kind, table[kind]), (recipe, stage))
+    assert set(components) == set(ACCEPTED), "the two recipes run every trainer and evaluator"
     table = f'{{ use = "tldr-synthetic", view = "{view}", num_examples = 8 }}'
-    overrides, wanted = [], {}
+    overrides, wanted = {}, {}
     for key, slots in ACCEPTED.items():
+        recipe, stage = components[key]
         for slot, accepted in slots.items():
-            overrides += ["--set", f"stages.{components[key]}.{slot}={table}"]
+            overrides.setdefault(recipe, []).extend(["--set", f"stages.{stage}.{slot}={table}"])
             if view not in accepted:
-                wanted[f"stages.{components[key]}.{slot}.view"] = (
+                wanted[recipe, f"stages.{stage}.{slot}.view"] = (
                     f"{key[1]} needs a {' or '.join(map(repr, accepted))} view here, got '{view}'"
                 )
-    result = run_cli("validate", path, *overrides)
-    reported = dict(re.findall(r"(stages\.[\w.]+\.view): (.*)", result.output))
-    assert reported == wanted, result.output
+    reported = {}
+    for recipe, sets in overrides.items():
+        result = run_cli("validate", REPO_ROOT / "recipes" / f"{recipe}.toml", *sets)
+        found = re.findall(r"(stages\.[\w.]+\.view): (.*)", result.output)
+        reported.update({(recipe, key): message for key, message in found})
+    assert reported == wanted
