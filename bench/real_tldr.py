@@ -37,7 +37,7 @@ import shlex
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -82,17 +82,8 @@ class Sizes:
     freeze_fraction: float | None = None
 
 
-CUDA = Sizes(
-    sft_steps=0,
-    sft_batch=16,
-    rm_pairs=0,
-    rm_batch=16,
-    test_pairs=0,
-    ppo_steps=64,
-    ppo_rollouts=64,
-    eval_posts=0,
-    max_words=512,
-)
+CUDA = Sizes(sft_steps=0, rm_pairs=0, test_pairs=0, eval_posts=0, max_words=512)
+CUDA = replace(CUDA, sft_batch=16, rm_batch=16, ppo_steps=64, ppo_rollouts=64)
 """GPU defaults: one epoch of every SFT post and every training pair, every test pair and
 valid post, whole posts (SmolLM2 tokens of the longest: 550)."""
 CUDA_LENGTHS = {"max_length": 640, "max_prompt_length": 576}

