@@ -22,6 +22,11 @@ SmolLM2-135M-Instruct, SFT -> reward model -> PPO -> ROUGE + reward + KL to SFT.
     python bench/real_tldr.py --rm-pairs 400 --test-pairs 200  # a shorter variant
     python bench/real_tldr.py --device cuda                    # GPU: everything (bench/gpu/)
 
+On CPU the run gets one torch thread (``--threads``): on a machine whose cores other jobs
+share, two threads wait for each other in every small operation, and generation slows down
+tenfold (8 summaries of 48 tokens from SmolLM2: 319 s with 2 threads, 30 s with 1, load
+average 4.5 on 2 cores).
+
 The test pairs are a seeded shuffle of the 1,472 (``--test-pairs all``: every one); pairs of
 one post are not independent, so the Wilson interval is somewhat narrower than it should be.
 Timings on a shared machine depend on the other jobs: the table prints the load average.
@@ -87,8 +92,8 @@ CUDA = replace(CUDA, sft_batch=16, rm_batch=16, ppo_steps=64, ppo_rollouts=64)
 """GPU defaults: one epoch of every SFT post and every training pair, every test pair and
 valid post, whole posts (SmolLM2 tokens of the longest: 550)."""
 CUDA_LENGTHS = {"max_length": 640, "max_prompt_length": 576}
-CPU_TEST_PAIRS = 300
-"""Held-out pairs scored on CPU (all 1,472 take about 25 min on 2 shared cores)."""
+CPU_TEST_PAIRS = 200
+"""Held-out pairs scored on CPU (the recipe's limit; all 1,472 take about 30 min on 2 shared cores)."""
 
 
 def recipe_value(recipe: dict, dotted: str) -> Any:
@@ -264,9 +269,11 @@ def rows(run_dir: Path, peak_gb: float, wall: float) -> list[list[str]]:
     return table
 
 
-def shown_command(command: list[str], env_path: Path, work: Path) -> str:
-    """``command`` as a user types it in ``work``, with this tree's code on PYTHONPATH."""
-    return f"cd {work} && PYTHONPATH={env_path} {shlex.join(['python', *command[1:]])}"
+def shown_command(command: list[str], variables: dict[str, str], work: Path) -> str:
+    """``command`` as a user types it in ``work``, with the environment ``variables`` (this
+    tree's code on PYTHONPATH, the torch threads) before it."""
+    assigned = " ".join(f"{k}={shlex.quote(v)}" for k, v in variables.items())
+    return f"cd {work} && {assigned} {shlex.join(['python', *command[1:]])}"
 
 
 def parse_size(text: str) -> int:
@@ -282,6 +289,11 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--work", type=Path, default=Path("/tmp/real_tldr"), help="scratch dir")
     parser.add_argument("--model", help="SFT's starting model (default: the recipe's pip:...)")
     parser.add_argument("--gguf-file", help="the GGUF file of --model's directory")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="torch threads (OMP_NUM_THREADS) of the run (cpu default 1: see the docstring)",
+    )
     sizes = parser.add_argument_group("sizes (default: the recipe's on cpu, all on cuda)")
     for name, kind, text in (
         ("sft-steps", parse_size, "SFT optimizer steps (all: one epoch)"),
@@ -336,9 +348,13 @@ def main() -> None:
     command += ["--set", f"recipe.output_dir={json.dumps(str(work / 'runs'))}"]
     path = import_path(REPO, work, "tree")
     python_path = os.pathsep.join(filter(None, [str(path), os.environ.get("PYTHONPATH")]))
-    env = {**os.environ, "PYTHONPATH": python_path, "TOKENIZERS_PARALLELISM": "false"}
+    variables = {"PYTHONPATH": python_path}
+    threads = args.threads or (1 if args.device == "cpu" else None)
+    if threads:
+        variables["OMP_NUM_THREADS"] = str(threads)
     if args.device == "cpu":
-        env["CUDA_VISIBLE_DEVICES"] = ""
+        variables["CUDA_VISIBLE_DEVICES"] = ""
+    env = {**os.environ, **variables, "TOKENIZERS_PARALLELISM": "false"}
     load_before = os.getloadavg()
     started = time.perf_counter()
     peak = peak_rss_gb(command, work, env, work / "run.log")
@@ -356,7 +372,7 @@ def main() -> None:
     for number, line in enumerate(
         (
             split_command,
-            shown_command(command, path, work),
+            shown_command(command, variables, work),
             shlex.join(["python", *baseline_command[1:]]),
         ),
         start=1,
