@@ -414,7 +414,7 @@ def _register_function(
                 kind=kind,
                 name=name,
                 factory=factory,
-                description=description or (factory.__doc__ or "").strip().split("\n")[0],
+                description=description or docstring_summary(factory),
                 plugin=info.name,
                 distribution=info.distribution,
                 version=info.version,
@@ -423,6 +423,12 @@ def _register_function(
         )
 
     return register
+
+
+def docstring_summary(factory: Callable[..., Any]) -> str:
+    """The first paragraph of ``factory``'s docstring on one line ("" without one)."""
+    paragraph = (factory.__doc__ or "").strip().split("\n\n")[0]
+    return " ".join(paragraph.split())
 
 
 def difflib_hint(word: str, choices: list[str]) -> str:
