@@ -68,9 +68,12 @@ def assert_same_weights(a: Path, b: Path) -> None:
         assert second[name].equal(tensor), name
 
 
-def ppo_recipe(toy, name: str, max_steps: int = 16, extra: str = "") -> Path:
+def ppo_recipe(toy, name: str, max_steps: int = 16, extra: str = "", delay: float = 0.0) -> Path:
+    """The toy ``ppo`` recipe with ``max_steps``; ``delay`` seconds slept in every reward call
+    keep a run busy however fast the machine is."""
     path = toy(name=name, extra=extra)
-    path.write_text(path.read_text().replace("max_steps = 8", f"max_steps = {max_steps}"))
+    text = path.read_text().replace("max_steps = 8", f"max_steps = {max_steps}")
+    path.write_text(text.replace("fault_calls = [] }", f"fault_calls = [], delay = {delay} }}"))
     return path
 
 
@@ -194,7 +197,7 @@ def test_kill_9_then_the_same_command_matches_an_uninterrupted_run(toy, run_cli,
 def test_a_second_run_is_refused_and_a_signal_stops_the_first_cleanly(
     toy, tmp_path, signum, code, said
 ):
-    recipe = ppo_recipe(toy, "busy", max_steps=400)
+    recipe = ppo_recipe(toy, "busy", max_steps=400, delay=0.5)
     out = tmp_path / "runs" / "busy" / "ppo"
     first = rlhf(tmp_path, "run", recipe)
     wait_for(lambda: (out / "metrics.jsonl").is_file(), first)
