@@ -20,7 +20,7 @@ from rlhf_plugins._engine.recipe import tomllib
 from tests.conftest import REPO_ROOT
 
 ALGORITHMS = ("ppo", "grpo", "rloo", "dpo", "kto", "ilql[beta=2]")
-ENGINE_ALGORITHMS = ("ppo", "grpo", "dr_grpo", "dapo", "gspo", "rloo", "reinforce_pp")
+ENGINE_ALGORITHMS = ("ppo", "grpo", "dr_grpo", "dapo", "gspo", "rloo", "reinforce_pp", "remax")
 SHARED_STAGES = ("sft", "reward_model")
 
 

@@ -19,6 +19,7 @@ import torch
 from rlhf_builtins.ppo import advantages as adv
 from rlhf_builtins.ppo import losses
 from rlhf_builtins.ppo.maths import kl_penalty
+from rlhf_plugins import AdvantageInputs
 
 torch.set_num_threads(1)
 
@@ -159,6 +160,20 @@ def test_remax_equals_verl_compute_remax_outcome_advantage(case):
     advantages, returns = adv.remax(x["rewards"], x["baselines"], x["mask"])
     close(advantages, case["expected"]["advantages"])
     close(returns, case["expected"]["returns"])
+    rows = len(x["mask"])
+    estimated, no_targets = adv.ReMax()(
+        AdvantageInputs(
+            scores=(x["rewards"] * x["mask"]).sum(-1),
+            token_rewards=x["rewards"],
+            mask=x["mask"],
+            group_ids=torch.arange(rows),
+            logprobs=torch.zeros_like(x["mask"]),
+            ref_logprobs=torch.zeros_like(x["mask"]),
+            baseline_scores=x["baselines"],
+        )
+    )
+    close(estimated, case["expected"]["advantages"])
+    assert no_targets is None, "no critic learns from ReMax"
 
 
 # --- losses ------------------------------------------------------------------------------------

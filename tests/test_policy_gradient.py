@@ -51,7 +51,7 @@ def test_the_parts_are_listed_with_their_settings_and_schema(run_cli):
         for line in listed.splitlines()
         if line.startswith("advantage estimator '")
     }
-    assert set(headers) == {"gae", "grpo", "rloo", "reinforce++", "reinforce++-baseline"}
+    assert set(headers) == {"gae", "grpo", "rloo", "reinforce++", "reinforce++-baseline", "remax"}
     assert headers["grpo"].endswith("Dr.GRPO without the std."), "the docstring's whole summary"
     assert "scale_by_std" in listed and "clip_high" in listed and "aggregation" in listed
     schema = json.loads(run_cli("schema").output)
@@ -113,6 +113,7 @@ def test_every_built_in_combination_trains(write_recipe, run_rlhf, tmp_path):
             'num_generations = 1\nkl_placement = "reward"\nkl_estimator = "k2"',
         ),
         "reinforce_base": ('{ use = "reinforce++-baseline" }', '{ use = "ppo-clip" }'),
+        "remax": ('{ use = "remax" }', '{ use = "ppo-clip" }', 'kl_placement = "reward"'),
     }
     recipe = write_recipe(
         HEAD + "".join(engine_stage(name, *parts) for name, parts in combinations.items())
@@ -131,6 +132,12 @@ def test_every_built_in_combination_trains(write_recipe, run_rlhf, tmp_path):
         assert (run / name / "config.json").is_file()
     assert "rollout/filtered" in records_of(run / "dapo")[-1]
     assert "policy/clipfrac_dual" in records_of(run / "dapo")[-1]
+    baselines = {
+        name
+        for name in combinations
+        if any("reward/baseline_mean" in record for record in records_of(run / name))
+    }
+    assert baselines == {"remax"}, "only an estimator registered with greedy_baseline gets one"
 
 
 def records_of(stage_dir) -> list[dict]:

@@ -165,6 +165,18 @@ def remax(
     return returns - baseline_scores.unsqueeze(-1) * m, returns
 
 
+@dataclass(frozen=True)
+class ReMax:
+    """The ``remax`` estimator: :func:`remax` on the per-token rewards (KL penalty included)
+    and the greedy completions' scores (``AdvantageInputs.baseline_scores``)."""
+
+    def __call__(self, inputs: AdvantageInputs) -> tuple[torch.Tensor, None]:
+        if inputs.baseline_scores is None:
+            raise ValueError("remax reads baseline_scores; register it with greedy_baseline=True")
+        advantages, _ = remax(inputs.token_rewards, inputs.baseline_scores, inputs.mask)
+        return advantages, None
+
+
 def _reduce(inputs: AdvantageInputs) -> Reduce:
     return inputs.reduce or (lambda t: t)
 

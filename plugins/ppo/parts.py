@@ -1,5 +1,5 @@
 """The built-in parts of the ``policy-gradient`` engine: advantage estimators (``gae``,
-``grpo``, ``rloo``, ``reinforce++``, ``reinforce++-baseline``) and policy losses
+``grpo``, ``rloo``, ``reinforce++``, ``reinforce++-baseline``, ``remax``) and policy losses
 (``ppo-clip``, ``gspo``, ``cispo``), each a factory whose parameters are its settings.
 
 The maths (``rlhf_builtins.ppo.advantages``, ``rlhf_builtins.ppo.losses``) equals verl's and
@@ -102,6 +102,15 @@ def reinforce_plus_plus_baseline() -> AdvantageEstimator:
     return ReinforcePlusPlusBaseline()
 
 
+def remax() -> AdvantageEstimator:
+    """ReMax: each completion's reward-to-go less the score of its prompt's greedy completion
+    (verl's ``compute_remax_outcome_advantage``); the engine decodes and scores one greedy
+    answer per prompt."""
+    from rlhf_builtins.ppo.advantages import ReMax
+
+    return ReMax()
+
+
 def ppo_clip(
     clip_low: ClipLow = 0.2,
     clip_high: ClipHigh = 0.2,
@@ -161,6 +170,7 @@ ESTIMATORS: dict[str, tuple[Any, dict[str, bool]]] = {
     "rloo": (rloo, {"group_relative": True}),
     "reinforce++": (reinforce_plus_plus, {}),
     "reinforce++-baseline": (reinforce_plus_plus_baseline, {"group_relative": True}),
+    "remax": (remax, {"greedy_baseline": True}),
 }
 """Each built-in estimator: its factory and the flags it registers with."""
 

@@ -92,7 +92,8 @@ def right_pad(rows: Sequence[torch.Tensor], width: int, value: float) -> torch.T
 @dataclass
 class Chunk:
     """One generation chunk: prompts (unpadded), responses and per-token tensors
-    (``[chunk, response_length]``), raw and scaled scores."""
+    (``[chunk, response_length]``), raw and scaled scores, and with a greedy baseline the
+    scaled score of each row's prompt's greedy completion."""
 
     queries: list[torch.Tensor]
     responses: torch.Tensor
@@ -103,6 +104,7 @@ class Chunk:
     scores: torch.Tensor | None = None
     scaled_scores: torch.Tensor | None = None
     group_ids: torch.Tensor | None = None
+    baseline_scores: torch.Tensor | None = None
 
     ROW_FIELDS = (
         "responses",
@@ -113,6 +115,7 @@ class Chunk:
         "scores",
         "scaled_scores",
         "group_ids",
+        "baseline_scores",
     )
 
     def __len__(self) -> int:
@@ -152,6 +155,11 @@ class Rollout(Chunk):
             scores=torch.cat([c.scores for c in chunks]),
             scaled_scores=torch.cat([c.scaled_scores for c in chunks]),
             group_ids=torch.cat([c.group_ids for c in chunks]),
+            baseline_scores=(
+                torch.cat([c.baseline_scores for c in chunks])
+                if chunks[0].baseline_scores is not None
+                else None
+            ),
             **padded,
         )
 

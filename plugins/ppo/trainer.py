@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -68,8 +68,9 @@ ENGINE_SETTINGS = ("num_generations", "filter_groups", "overlong_buffer", "overl
 class Parts:
     """What a stage of the engine plugs into the loop: the advantage estimator and the policy
     loss (the ``AdvantageEstimator`` and ``PolicyLoss`` contracts), whether a critic learns,
-    completions per prompt, where the KL goes, and DAPO's filters. ``ppo`` is GAE + trlX's
-    clipped surrogate with a critic and the KL as a reward penalty."""
+    completions per prompt, where the KL goes, DAPO's filters and whether the estimator reads
+    greedy baselines (ReMax). ``ppo`` is GAE + trlX's clipped surrogate with a critic and the
+    KL as a reward penalty."""
 
     estimator: Any
     loss: Any
@@ -80,6 +81,7 @@ class Parts:
     filter_groups: bool = False
     overlong_buffer: int = 0
     overlong_penalty: float = 0.0
+    greedy_baseline: bool = False
     names: dict[str, str] = field(default_factory=dict)
     """``{"estimator": ..., "loss": ...}``: how a failing part is named (its component and
     plugin)."""
@@ -111,6 +113,7 @@ class Parts:
             critic=any(component.needs_critic for component in declared.values()),
             component="policy-gradient",
             kl_in_loss=settings.kl_placement == "loss",
+            greedy_baseline=declared["estimator"].greedy_baseline,
             names={
                 part: f"{words[part]} '{component.name}' ({component.origin})"
                 for part, component in declared.items()
@@ -348,12 +351,33 @@ class PPOTrainer:
             values=values * mask,
         )
 
+    def generate_greedy(self, prompts: list[str]) -> tuple[list[str], torch.Tensor]:
+        """One greedy completion of each prompt (ReMax's baseline): texts and token counts."""
+        tokenizer = self.tokenizer
+        batch = encode_prompts(tokenizer, prompts, self.max_prompt_length, self.device)
+        greedy = replace(self.sampling, do_sample=False).generate_kwargs(tokenizer)
+        with self.full_model() as model, self.accelerator.autocast():
+            sequences = model.policy.generate(**batch, **greedy)
+        responses = sequences[:, batch["input_ids"].shape[1] :]
+        lengths = maths.response_mask(responses, tokenizer.eos_token_id).sum(dim=1)
+        return tokenizer.batch_decode(responses, skip_special_tokens=True), lengths
+
     def score(self, rows: dict[str, list], chunk: Chunk) -> bool:
-        """Score the chunk with the reward function; False (on every process) when any
-        process got unusable scores, so that all of them skip this chunk together."""
+        """Score the chunk with the reward function (in the same call, with a greedy baseline,
+        one greedy completion of each prompt); False (on every process) when any process got
+        unusable scores, so that all of them skip this chunk together."""
+        prompts = list(rows["prompt"])
         completions = self.tokenizer.batch_decode(chunk.responses, skip_special_tokens=True)
-        extra = {c: rows[c] for c in self.extra_columns}
-        scores, problem = reward_scores(self.reward, rows["prompt"], completions, extra)
+        extra = {c: list(rows[c]) for c in self.extra_columns}
+        lengths = chunk.mask.sum(dim=1)
+        if self.parts.greedy_baseline:
+            firsts = slice(None, None, self.parts.num_generations)
+            texts, greedy_lengths = self.generate_greedy(prompts[firsts])
+            prompts += prompts[firsts]
+            completions += texts
+            extra = {c: values + values[firsts] for c, values in extra.items()}
+            lengths = torch.cat([lengths, greedy_lengths.to(lengths.device)])
+        scores, problem = reward_scores(self.reward, prompts, completions, extra)
         failed = self.reduce(torch.tensor([0.0 if scores is not None else 1.0], device=self.device))
         if float(failed.item()) > 0:
             self.skipped_chunks += 1
@@ -366,7 +390,8 @@ class PPOTrainer:
                 self.skipped_chunks,
             )
             return False
-        raw = torch.tensor(scores, dtype=torch.float32, device=self.device)
+        every = torch.tensor(scores, dtype=torch.float32, device=self.device)
+        raw = every[: len(chunk)]
         if self.settings.scale_reward == "running" or (
             self.settings.scale_reward == "ref" and self.ref_std is None
         ):
@@ -374,15 +399,18 @@ class PPOTrainer:
             if self.settings.scale_reward == "ref":
                 self.ref_std = self.moments.std or 1.0
         divisor = {"running": self.moments.std, "ref": self.ref_std}.get(self.settings.scale_reward)
-        scaled = maths.scale_scores(raw, divisor, self.settings.cliprange_reward)
+        scaled = maths.scale_scores(every, divisor, self.settings.cliprange_reward)
         if self.parts.overlong_buffer:
             scaled = scaled + maths.overlong_penalty(
-                chunk.mask.sum(dim=1),
+                lengths,
                 self.settings.max_new_tokens,
                 self.parts.overlong_buffer,
                 self.parts.overlong_penalty,
             ).to(scaled.dtype)
-        chunk.scores, chunk.scaled_scores = raw, scaled
+        chunk.scores, chunk.scaled_scores = raw, scaled[: len(chunk)]
+        if self.parts.greedy_baseline:
+            greedy = scaled[len(chunk) :]
+            chunk.baseline_scores = greedy.repeat_interleave(self.parts.num_generations)
         return True
 
     def add_to_moments(self, scores: torch.Tensor) -> None:
@@ -457,6 +485,7 @@ class PPOTrainer:
             logprobs=rollout.logprobs,
             ref_logprobs=rollout.ref_logprobs,
             values=rollout.values if parts.critic else None,
+            baseline_scores=rollout.baseline_scores,
             reduce=self.reduce if self.stage.num_processes > 1 else None,
         )
         rollout.advantages, rollout.returns = parts.call("estimator", inputs)
@@ -491,6 +520,9 @@ class PPOTrainer:
         }
         if parts.filter_groups:
             stats["rollout/filtered"] = dropped
+        if rollout.baseline_scores is not None:
+            total = self.reduce(rollout.baseline_scores.sum().double().reshape(1))
+            stats["reward/baseline_mean"] = float(total.item()) / count
         return rollout, stats
 
     def group_ids(self, chunk_index: int) -> torch.Tensor:

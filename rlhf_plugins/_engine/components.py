@@ -141,6 +141,10 @@ class AdvantageInputs:
     """``[B, T]`` the reference policy's."""
     values: Any = None
     """``[B, T]`` the critic's values, or None when no estimator or loss of the stage needs one."""
+    baseline_scores: Any = None
+    """``[B]`` the score of the greedy completion of each row's prompt, scaled, clipped and
+    penalised as ``scores`` are (without the KL), for an estimator registered with
+    ``greedy_baseline=True``; else None."""
     reduce: Callable[[Any], Any] | None = None
     """``reduce(t)``: the sum of ``t`` over every process (statistics across processes); None
     on one process."""

@@ -94,10 +94,12 @@ def register_advantage_estimators(register):
     is ``estimator(inputs: AdvantageInputs) -> (advantages, returns)`` (see
     ``AdvantageEstimator``); its factory takes its settings.
 
-    ``register(name, factory, *, description="", needs_critic=False, group_relative=False)``:
-    ``needs_critic`` makes the engine train a value head and hand its values in;
-    ``group_relative`` means it compares the completions of one prompt, so ``rlhf validate``
-    requires ``num_generations`` of at least 2."""
+    ``register(name, factory, *, description="", needs_critic=False, group_relative=False,
+    greedy_baseline=False)``: ``needs_critic`` makes the engine train a value head and hand its
+    values in; ``group_relative`` means it compares the completions of one prompt, so
+    ``rlhf validate`` requires ``num_generations`` of at least 2; ``greedy_baseline`` makes the
+    engine decode one greedy completion per prompt and hand its score in
+    (``AdvantageInputs.baseline_scores``)."""
 
 
 @hookspec

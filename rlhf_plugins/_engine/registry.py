@@ -84,6 +84,7 @@ CAPABILITIES: dict[str, tuple[str, ...]] = {
 FLAGS: dict[str, tuple[str, ...]] = {
     "needs_critic": ("advantage_estimator", "policy_loss"),
     "group_relative": ("advantage_estimator",),
+    "greedy_baseline": ("advantage_estimator",),
 }
 """Each flag keyword of ``register`` (a ``bool``, default False) -> the kinds that declare it."""
 
@@ -135,6 +136,10 @@ class Component:
     group_relative: bool = False
     """An advantage estimator's: it compares the completions of one prompt (a group), so the
     engine must sample several per prompt (``num_generations`` of at least 2)."""
+    greedy_baseline: bool = False
+    """An advantage estimator's: it compares each completion with the greedy completion of its
+    prompt (ReMax), so the engine also decodes one greedy answer per prompt, scores it like the
+    samples and hands the scores in (``AdvantageInputs.baseline_scores``)."""
     stage_rules: StageRules | None = None
     """A trainer's or evaluator's ``stage_rules(slots, settings) -> list[(key, message)]``:
     rules across a stage's slots and settings. ``slots`` maps each slot the recipe filled to
@@ -373,6 +378,7 @@ def _register_function(
         stage_rules: StageRules | None = None,
         needs_critic: bool = False,
         group_relative: bool = False,
+        greedy_baseline: bool = False,
         **unknown: Any,
     ) -> None:
         try:
@@ -401,7 +407,13 @@ def _register_function(
                 stage_rules=stage_rules,
             )
             capabilities.update(
-                checked_flags(kind, name, needs_critic=needs_critic, group_relative=group_relative)
+                checked_flags(
+                    kind,
+                    name,
+                    needs_critic=needs_critic,
+                    group_relative=group_relative,
+                    greedy_baseline=greedy_baseline,
+                )
             )
             checked_declaration(kind, name, factory)
         except (TypeError, ValueError):
