@@ -67,7 +67,14 @@ def test_builtin_plugins_are_listed_with_their_components(run_cli):
         assert all(isinstance(n, str) for names in plugin["components"].values() for n in names)
     assert plugins["ppo"]["components"] == {
         "trainers": ["ppo", "policy-gradient"],
-        "advantage_estimators": ["gae", "grpo", "rloo", "reinforce++", "reinforce++-baseline"],
+        "advantage_estimators": [
+            "gae",
+            "grpo",
+            "rloo",
+            "reinforce++",
+            "reinforce++-baseline",
+            "remax",
+        ],
         "policy_losses": ["ppo-clip", "gspo", "cispo"],
     }
 
