@@ -21,7 +21,9 @@ SFT_SAVING = SFT_RECIPE.replace("logging_steps = 2 }", "logging_steps = 2, save_
 
 
 def rlhf(cwd: Path, *args: str) -> subprocess.Popen:
-    """``rlhf ARGS`` as a real process in ``cwd`` (its own process group, output captured)."""
+    """``rlhf ARGS`` as a real process in ``cwd`` (its own process group, output captured),
+    with SIGINT's default action as in a terminal: a test session started in the background by
+    a shell inherits SIGINT ignored, and Ctrl-C's test would then test nothing."""
     return subprocess.Popen(
         [sys.executable, "-m", "rlhf_plugins.cli", *map(str, args)],
         cwd=cwd,
@@ -29,6 +31,7 @@ def rlhf(cwd: Path, *args: str) -> subprocess.Popen:
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
