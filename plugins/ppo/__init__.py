@@ -1,7 +1,8 @@
 """The rollout engine: trainer ``ppo`` (PPO with a value head on the policy trunk and a hydra
 reference, trlX's design) and trainer ``policy-gradient`` (the same loop with an advantage
 estimator and a policy loss plugged in as components: GRPO, Dr.GRPO, DAPO, GSPO, CISPO, RLOO,
-REINFORCE++, ReMax, or PPO itself), both on Accelerate and scoring rollouts with any reward function.
+REINFORCE++, ReMax, or PPO itself), both on Accelerate and scoring rollouts with any reward
+function.
 The built-in estimators and losses are registered here too (``rlhf_builtins.ppo.parts``).
 
 This hook module imports nothing heavy; ``rlhf_builtins.ppo.trainer`` is imported when a stage

@@ -150,18 +150,14 @@ class Rollout(Chunk):
             padded[name] = torch.cat(
                 [right_pad(list(getattr(c, name)), width, fill) for c in chunks]
             )
-        return cls(
-            queries=[q for c in chunks for q in c.queries],
-            scores=torch.cat([c.scores for c in chunks]),
-            scaled_scores=torch.cat([c.scaled_scores for c in chunks]),
-            group_ids=torch.cat([c.group_ids for c in chunks]),
-            baseline_scores=(
-                torch.cat([c.baseline_scores for c in chunks])
-                if chunks[0].baseline_scores is not None
-                else None
-            ),
-            **padded,
-        )
+        per_row = {
+            name: torch.cat([getattr(c, name) for c in chunks])
+            if getattr(chunks[0], name) is not None
+            else None
+            for name in cls.ROW_FIELDS
+            if name not in cls.TOKEN_FIELDS
+        }
+        return cls(queries=[q for c in chunks for q in c.queries], **per_row, **padded)
 
     def minibatch(self, indices: Sequence[int], pad_id: int) -> dict[str, Any]:
         """Rows ``indices``: model inputs, ``response_start`` and the response-aligned

@@ -489,7 +489,7 @@ class PPOTrainer:
             reduce=self.reduce if self.stage.num_processes > 1 else None,
         )
         rollout.advantages, rollout.returns = parts.call("estimator", inputs)
-        n = len(rollout)
+        n, baseline = len(rollout), rollout.baseline_scores
         totals = self.reduce(
             torch.stack(
                 [
@@ -500,6 +500,7 @@ class PPOTrainer:
                     rollout.mask.sum().float(),
                     (-rollout.logprobs * rollout.mask).sum(),
                     rollout.scaled_scores.sum(),
+                    baseline.sum() if baseline is not None else rollout.scores.new_zeros(()),
                 ]
             ).to(torch.float64)
         ).tolist()
@@ -520,9 +521,8 @@ class PPOTrainer:
         }
         if parts.filter_groups:
             stats["rollout/filtered"] = dropped
-        if rollout.baseline_scores is not None:
-            total = self.reduce(rollout.baseline_scores.sum().double().reshape(1))
-            stats["reward/baseline_mean"] = float(total.item()) / count
+        if baseline is not None:
+            stats["reward/baseline_mean"] = totals[7] / count
         return rollout, stats
 
     def group_ids(self, chunk_index: int) -> torch.Tensor:
