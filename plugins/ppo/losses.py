@@ -28,6 +28,7 @@ it to ``[-20, 20]`` (10 above for GSPO's), beyond any ratio that trains.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import torch
@@ -99,7 +100,7 @@ Tensor = torch.Tensor
 
 
 @dataclass(frozen=True)
-class ClippedLoss:
+class ClippedLoss(ABC):
     """A policy loss with a clip range on the importance ratio ``r = p / p_old``: per-token
     losses (``token_losses``) aggregated by :func:`aggregate` (``aggregation``,
     ``norm_length``). Called as ``loss(logprobs, old_logprobs, advantages, mask) -> (loss,
@@ -120,11 +121,11 @@ class ClippedLoss:
         losses, stats = self.token_losses(logprobs, old_logprobs, advantages, mask)
         return aggregate(losses, mask, self.aggregation, norm_length=self.norm_length), stats
 
+    @abstractmethod
     def token_losses(
         self, logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """``([B, T] losses, stats)`` before aggregation."""
-        raise NotImplementedError
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ log-probabilities of the response tokens):
 from __future__ import annotations
 
 import copy
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -119,7 +120,7 @@ def freeze(module: nn.Module) -> nn.Module:
     return module.eval()
 
 
-class Reference(nn.Module):
+class Reference(nn.Module, ABC):
     """What every reference does: ``run`` scores the responses with the policy (one forward of
     the trained module) and with the reference."""
 
@@ -142,6 +143,7 @@ class Reference(nn.Module):
         """Active during the policy's forward; yields what the reference keeps of it."""
         yield {}
 
+    @abstractmethod
     def logprobs(
         self,
         model: PolicyValueModel,
@@ -151,7 +153,6 @@ class Reference(nn.Module):
         policy_logprobs: torch.Tensor,
     ) -> torch.Tensor:
         """The reference's log-probabilities of the response tokens."""
-        raise NotImplementedError
 
 
 class HydraReference(Reference):
