@@ -42,7 +42,7 @@ import shlex
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -321,12 +321,8 @@ def arguments() -> argparse.Namespace:
 def chosen_sizes(args: argparse.Namespace) -> Sizes:
     """The device's defaults with every size option given on the command line."""
     base = CUDA if args.device == "cuda" else Sizes()
-    given = {
-        field: getattr(args, field)
-        for field in Sizes.__dataclass_fields__
-        if getattr(args, field) is not None
-    }
-    return Sizes(**{**base.__dict__, **given})
+    given = {f.name: getattr(args, f.name) for f in fields(Sizes)}
+    return replace(base, **{name: value for name, value in given.items() if value is not None})
 
 
 def main() -> None:

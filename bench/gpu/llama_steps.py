@@ -33,12 +33,24 @@ sys.path.insert(0, str(HERE.parent))  # bench/: tables, real_memory
 from real_memory import recipe_text  # noqa: E402
 from tables import print_table  # noqa: E402
 
-LLAMA_1B = dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16)
-LLAMA_1B.update(num_attention_heads=32, num_key_value_heads=8, tie_word_embeddings=True)
-LLAMA_1B.update(max_position_embeddings=2048)
+LLAMA_1B = {
+    "hidden_size": 2048,
+    "intermediate_size": 8192,
+    "num_hidden_layers": 16,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "tie_word_embeddings": True,
+    "max_position_embeddings": 2048,
+}
 """Llama-3.2-1B's shape (its vocabulary aside)."""
-TINY = dict(LLAMA_1B, hidden_size=64, intermediate_size=128, num_hidden_layers=2)
-TINY.update(num_attention_heads=4, num_key_value_heads=2)
+TINY = {
+    **LLAMA_1B,
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+}
 MAX_NEW_TOKENS = 48
 MAX_PROMPT_WORDS = 256
 
